@@ -1,0 +1,1 @@
+"""Running GGUF embedding models through llama-cpp-python."""

@@ -1,0 +1,1 @@
+"""Checkpoint → GGUF: source reading, the modern-bert unit, tokenizer mapping, streaming writer."""

@@ -1,0 +1,180 @@
+"""Streaming GGUF writer: checkpoint → one .gguf, tensor by tensor, row chunk by row chunk.
+
+The file is written under a temporary name in the destination folder, fsynced and renamed, so an
+interrupted or failed run never leaves a partial file under the final name.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+import numpy as np
+from gguf import GGML_QUANT_SIZES, GGML_QUANT_VERSION, GGMLQuantizationType, GGUFWriter, LlamaFileType
+from gguf.quants import quantize
+from tqdm import tqdm
+
+from granite_gguf import __version__
+from granite_gguf.convert import keys
+from granite_gguf.convert.modern_bert import ModernBertSpec, map_tensor_names
+from granite_gguf.convert.source import Checkpoint
+from granite_gguf.convert.tokenizer import build_vocab, write_vocab
+from granite_gguf.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+class OutType(Enum):
+    """Output types this converter writes with gguf-py's numpy quantizers (1-D tensors stay F32)."""
+
+    F32 = ("f32", GGMLQuantizationType.F32, LlamaFileType.ALL_F32)
+    F16 = ("f16", GGMLQuantizationType.F16, LlamaFileType.MOSTLY_F16)
+    BF16 = ("bf16", GGMLQuantizationType.BF16, LlamaFileType.MOSTLY_BF16)
+    Q8_0 = ("q8_0", GGMLQuantizationType.Q8_0, LlamaFileType.MOSTLY_Q8_0)
+
+    def __init__(self, label: str, ggml_type: GGMLQuantizationType, file_type: LlamaFileType) -> None:
+        self.label = label
+        self.ggml_type = ggml_type
+        self.file_type = file_type
+
+    @classmethod
+    def parse(cls, label: str) -> OutType:
+        for member in cls:
+            if member.label == label.lower():
+                return member
+        raise UserError(f"unknown output type {label!r}; expected one of {', '.join(m.label for m in cls)}")
+
+
+@dataclass(frozen=True)
+class TensorPlan:
+    gguf_name: str
+    hf_name: str
+    shape: tuple[int, ...]  # numpy (rows, cols) or (n,)
+    ggml_type: GGMLQuantizationType
+
+    @property
+    def nbytes(self) -> int:
+        block, type_size = GGML_QUANT_SIZES[self.ggml_type]
+        return int(np.prod(self.shape)) // block * type_size
+
+
+def plan_tensors(ckpt: Checkpoint, spec: ModernBertSpec, outtype: OutType) -> list[TensorPlan]:
+    """Choose each tensor's storage type: norms stay F32; a row that does not fit the block size falls back to F16."""
+    plans = []
+    for gguf_name, hf_name in map_tensor_names(ckpt, spec).items():
+        shape = ckpt.tensors[hf_name].shape
+        ggml_type = outtype.ggml_type if len(shape) == 2 else GGMLQuantizationType.F32
+        block = GGML_QUANT_SIZES[ggml_type][0]
+        if shape[-1] % block:
+            log.warning("%s: row length %d is not a multiple of %d; stored as F16", gguf_name, shape[-1], block)
+            ggml_type = GGMLQuantizationType.F16
+        plans.append(TensorPlan(gguf_name, hf_name, shape, ggml_type))
+    return plans
+
+
+def encode_rows(rows: np.ndarray, ggml_type: GGMLQuantizationType) -> np.ndarray:
+    """float32 rows → the bytes GGUF stores for `ggml_type`."""
+    if ggml_type == GGMLQuantizationType.F32:
+        return np.ascontiguousarray(rows, dtype=np.float32)
+    if ggml_type == GGMLQuantizationType.F16:
+        return rows.astype(np.float16)
+    return quantize(np.ascontiguousarray(rows, dtype=np.float32), ggml_type)
+
+
+def convert(
+    ckpt: Checkpoint,
+    out_path: Path,
+    outtype: OutType,
+    *,
+    matryoshka_dims: tuple[int, ...] | None = None,
+    progress: bool = False,
+) -> Path:
+    """Write `ckpt` as a modern-bert GGUF at `out_path` (atomically). Returns the path."""
+    spec = ModernBertSpec.from_checkpoint(ckpt, matryoshka_dims)
+    vocab = build_vocab(ckpt.tokenizer, ckpt.special_tokens_map, ckpt.config)
+    if len(vocab.tokens) != spec.vocab_size:
+        raise UserError(f"tokenizer has {len(vocab.tokens)} tokens but the embedding table {spec.vocab_size} rows")
+    plans = plan_tensors(ckpt, spec, outtype)
+    with atomic_output(out_path) as tmp_path:
+        writer = GGUFWriter(tmp_path, keys.ARCH)
+        write_general(writer, ckpt, spec, outtype)
+        spec.write_metadata(writer)
+        write_vocab(writer, vocab)
+        for plan in plans:
+            writer.add_tensor_info(plan.gguf_name, plan.shape, np.dtype(np.float32), plan.nbytes, raw_dtype=plan.ggml_type)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        fout = writer.fout[0]
+        writer.write_padding(fout, fout.tell())
+        total = sum(plan.nbytes for plan in plans)
+        with tqdm(total=total, unit="B", unit_scale=True, desc=out_path.name, disable=not progress) as bar:
+            for plan in plans:
+                written = 0
+                for rows in ckpt.iter_rows(plan.hf_name):
+                    data = encode_rows(rows, plan.ggml_type)
+                    fout.write(data.tobytes())
+                    written += data.nbytes
+                    bar.update(data.nbytes)
+                if written != plan.nbytes:
+                    raise RuntimeError(f"{plan.gguf_name}: wrote {written} bytes, planned {plan.nbytes}")
+                writer.write_padding(fout, written)
+        fout.flush()
+        os.fsync(fout.fileno())
+        writer.close()
+    return out_path
+
+
+def write_general(writer: GGUFWriter, ckpt: Checkpoint, spec: ModernBertSpec, outtype: OutType) -> None:
+    """`general.*` provenance: name, size, license, source, file type."""
+    basename = ckpt.source.rstrip("/").rsplit("/", 1)[-1] or ckpt.root.name
+    writer.add_name(basename)
+    writer.add_basename(basename)
+    writer.add_size_label(size_label(spec.parameter_count()))
+    writer.add_file_type(outtype.file_type)
+    writer.add_quantization_version(GGML_QUANT_VERSION)
+    writer.add_string(keys.CONVERTER_VERSION, __version__)
+    if not Path(ckpt.source).exists():
+        writer.add_source_repo_url(f"https://huggingface.co/{ckpt.source}")
+    license_name = ckpt.config.get("license") or _readme_license(ckpt.root)
+    if license_name:
+        writer.add_license(license_name)
+
+
+def size_label(n_params: int) -> str:
+    return f"{n_params / 1e9:.1f}B" if n_params >= 1e9 else f"{round(n_params / 1e6)}M"
+
+
+def _readme_license(root: Path) -> str | None:
+    readme = root / "README.md"
+    if not readme.is_file():
+        return None
+    for line in readme.read_text(encoding="utf-8", errors="replace").splitlines()[:40]:
+        if line.startswith("license:"):
+            return line.split(":", 1)[1].strip()
+    return None
+
+
+@contextmanager
+def atomic_output(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it into place only if the block succeeds."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory")
+    if not path.parent.is_dir():
+        raise UserError(f"{path.parent}: no such directory")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"{path}: cannot write ({exc.strerror or exc})") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -1,0 +1,175 @@
+"""The `granite-gguf` command line: convert, verify, inspect, fixture, demo.
+
+User errors print one line `error: …` and exit 2 (no traceback); verify exits 1 on a parity failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from granite_gguf.errors import UserError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s", stream=sys.stderr)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        return int(args.run(args) or 0)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    """Turn SIGTERM into an exception so temporary outputs are removed on the way out."""
+    raise KeyboardInterrupt
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="granite-gguf", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    convert = commands.add_parser("convert", help="convert a checkpoint folder or hub repo id to GGUF")
+    convert.add_argument("source", help="checkpoint folder, or a hub repo id such as ibm-granite/granite-embedding-english-r2")
+    convert.add_argument("-o", "--output", type=Path, help="output .gguf (default: <model>-<type>.gguf here)")
+    convert.add_argument("--outtype", default="f16", help="f32, f16, bf16 or q8_0 (default f16)")
+    convert.add_argument("--matryoshka-dims", help="comma-separated dimensions, e.g. 768,512,256 (default: built-in table)")
+    convert.add_argument("--no-progress", action="store_true", help="no progress bar")
+    convert.set_defaults(run=run_convert)
+
+    verify = commands.add_parser("verify", help="check a GGUF against the PyTorch reference (exit 1 on failure)")
+    verify.add_argument("source", help="the checkpoint the GGUF was converted from")
+    verify.add_argument("gguf", type=Path, nargs="+", help="one or more GGUF files")
+    verify.add_argument("--json", type=Path, help="also write the reports as JSON")
+    verify.add_argument("--threshold", type=float, help="minimum cosine (default: per file type)")
+    verify.set_defaults(run=run_verify)
+
+    inspect = commands.add_parser("inspect", help="show a GGUF's metadata, tensor types and tokenizer")
+    inspect.add_argument("gguf", type=Path)
+    inspect.add_argument("--json", action="store_true", help="print JSON")
+    inspect.set_defaults(run=run_inspect)
+
+    fixture = commands.add_parser("fixture", help="build a tiny Granite-R2-shaped test checkpoint")
+    fixture.add_argument("name", choices=_fixture_names())
+    fixture.add_argument("dest", type=Path)
+    fixture.set_defaults(run=run_fixture)
+
+    demo = commands.add_parser("demo", help="fixture → GGUF → verify → embed two sentences")
+    demo.add_argument("--outdir", type=Path, default=Path("out"))
+    demo.set_defaults(run=run_demo)
+    return parser
+
+
+def _fixture_names() -> list[str]:
+    from granite_gguf.fixtures import FIXTURES
+
+    return list(FIXTURES)
+
+
+def _parse_dims(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise UserError(f"--matryoshka-dims: expected comma-separated integers, got {text!r}") from None
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    from granite_gguf.convert.source import open_checkpoint
+    from granite_gguf.convert.writer import OutType, convert
+
+    outtype = OutType.parse(args.outtype)
+    ckpt = open_checkpoint(args.source)
+    output = args.output or Path(f"{Path(ckpt.source.rstrip('/')).name}-{outtype.label}.gguf")
+    convert(ckpt, output, outtype, matryoshka_dims=_parse_dims(args.matryoshka_dims), progress=not args.no_progress)
+    print(f"wrote {output} ({output.stat().st_size / 2**20:.1f} MiB, {outtype.label})")
+    return 0
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    from granite_gguf.verify import compare, run_reference
+
+    for path in args.gguf:
+        if not path.is_file():
+            raise UserError(f"{path}: no such GGUF file")
+    reference = run_reference(args.source)
+    reports = []
+    for path in args.gguf:
+        report = compare(reference, path, args.threshold)
+        print(report.table() + "\n")
+        reports.append(report)
+    if args.json:
+        args.json.write_text(json.dumps([r.as_dict() for r in reports], indent=2, ensure_ascii=False))
+    return 0 if all(r.passed for r in reports) else 1
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    from granite_gguf.convert.inspect import read_summary
+
+    summary = read_summary(args.gguf)
+    if args.json:
+        print(json.dumps({"metadata": summary.metadata, "tensor_types": summary.tensor_types,
+                          "tensor_bytes": summary.tensor_bytes}, indent=2, ensure_ascii=False))
+        return 0
+    meta = summary.metadata
+    print(f"file          {args.gguf} ({args.gguf.stat().st_size / 2**20:.1f} MiB)")
+    print(f"architecture  {meta.get('general.architecture')}   file type {summary.file_type}")
+    print(f"pooling       {summary.pooling}   normalize {summary.normalize}   matryoshka {list(summary.matryoshka_dims) or 'none'}")
+    print(f"tokenizer     {meta.get('granite_gguf.tokenizer_family', '?')} (pre {meta.get('tokenizer.ggml.pre')}), "
+          f"add_bos {meta.get('tokenizer.ggml.add_bos_token')}, add_eos {meta.get('tokenizer.ggml.add_eos_token')}")
+    print("tensor types  " + ", ".join(f"{name} ×{count} ({summary.tensor_bytes[name] / 2**20:.2f} MiB)"
+                                        for name, count in summary.tensor_types.most_common()))
+    print("metadata:")
+    for key, value in meta.items():
+        print(f"  {key} = {value}")
+    return 0
+
+
+def run_fixture(args: argparse.Namespace) -> int:
+    from granite_gguf.fixtures import build_fixture
+
+    print(f"built {build_fixture(args.name, args.dest)}")
+    return 0
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """The README's first command: everything end to end on the Gemma-style (311m-shaped) fixture."""
+    import numpy as np
+
+    from granite_gguf.bindings.embedder import Embedder
+    from granite_gguf.convert.source import open_checkpoint
+    from granite_gguf.convert.writer import OutType, convert
+    from granite_gguf.fixtures import build_fixture
+    from granite_gguf.verify import compare, run_reference
+
+    args.outdir.mkdir(parents=True, exist_ok=True)
+    source = build_fixture("tiny-gemma3", args.outdir / "tiny-gemma3")
+    print(f"1. fixture checkpoint: {source}")
+    gguf = convert(open_checkpoint(str(source)), args.outdir / "tiny-gemma3-f16.gguf", OutType.F16)
+    print(f"2. converted: {gguf}")
+    report = compare(run_reference(str(source)), gguf)
+    print("3. parity against PyTorch on the built-in probe set:\n" + report.table())
+    sentences = ["The cat sits on the mat.", "Die Katze sitzt auf der Matte."]
+    with Embedder(gguf) as embedder:
+        vectors = embedder.encode(sentences)
+    print(f"4. embedded {len(sentences)} sentences: shape {vectors.shape}, cosine {float(np.dot(vectors[0], vectors[1])):.4f}")
+    for sentence, vector in zip(sentences, vectors):
+        print(f"   {sentence!r}: [{', '.join(f'{x:+.4f}' for x in vector[:4])}, …]")
+    return 0 if report.passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""Parity: a GGUF against the PyTorch reference (sentence-transformers, fp32) on the probe set.
+
+Two checks. Tokens: the ids HF `tokenizers` gives must equal llama.cpp's for every probe, special
+tokens included. Vectors: per text, cosine between the reference and llama.cpp vectors; the minimum
+over the set must reach the threshold of the file's type (THRESHOLDS), and NMSE is reported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from granite_gguf.bindings.embedder import Embedder
+from granite_gguf.convert.inspect import read_summary
+from granite_gguf.convert.source import open_checkpoint
+from granite_gguf.errors import UserError
+from granite_gguf.probes import probe_texts
+
+# Minimum cosine per general.file_type (shared/DESIGN.md §8; TEI and vLLM gate at 0.999).
+THRESHOLDS = {"ALL_F32": 0.99999, "MOSTLY_F16": 0.9999, "MOSTLY_BF16": 0.999, "MOSTLY_Q8_0": 0.998}
+
+
+@dataclass
+class ParityReport:
+    gguf: str
+    file_type: str
+    threshold: float
+    n_texts: int
+    max_tokens: int
+    token_mismatches: int
+    cosine_min: float
+    cosine_mean: float
+    nmse: float
+    worst_text: str
+    mismatch_examples: list[dict[str, object]] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return self.token_mismatches == 0 and self.cosine_min >= self.threshold
+
+    def as_dict(self) -> dict[str, object]:
+        return {**asdict(self), "passed": self.passed}
+
+    def table(self) -> str:
+        rows = [
+            ("file", Path(self.gguf).name), ("type", self.file_type), ("texts", str(self.n_texts)),
+            ("longest input (tokens)", str(self.max_tokens)), ("token mismatches", str(self.token_mismatches)),
+            ("cosine min", f"{self.cosine_min:.7f}"), ("cosine mean", f"{self.cosine_mean:.7f}"),
+            ("NMSE", f"{self.nmse:.3e}"), ("threshold (min cosine)", f"{self.threshold}"),
+            ("result", "PASS" if self.passed else "FAIL"),
+        ]
+        width = max(len(k) for k, _ in rows)
+        return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+@dataclass
+class Reference:
+    """What the PyTorch side says about a probe set: token ids (HF tokenizers) and vectors."""
+
+    source: str
+    texts: list[str]
+    token_ids: list[list[int]]
+    vectors: np.ndarray
+
+    @property
+    def longest(self) -> int:
+        return max(len(ids) for ids in self.token_ids)
+
+
+def run_reference(source: str, texts: Sequence[str] | None = None) -> Reference:
+    """Tokenize and embed `texts` (default: the built-in probe set) with the checkpoint's HF pipeline."""
+    from tokenizers import Tokenizer
+
+    texts = list(probe_texts() if texts is None else texts)
+    ckpt = open_checkpoint(source)
+    hf_tokenizer = Tokenizer.from_file(str(ckpt.root / "tokenizer.json"))
+    token_ids = [encoding.ids for encoding in hf_tokenizer.encode_batch(texts)]
+    vectors = reference_vectors(ckpt.root, texts, max_tokens=max(len(ids) for ids in token_ids))
+    return Reference(source, texts, token_ids, vectors)
+
+
+def compare(reference: Reference, gguf_path: Path, threshold: float | None = None) -> ParityReport:
+    """Run `gguf_path` through llama.cpp on the reference's texts and measure the differences."""
+    summary = read_summary(gguf_path)
+    if threshold is None:
+        if summary.file_type not in THRESHOLDS:
+            raise UserError(f"{gguf_path}: no parity threshold for file type {summary.file_type}; pass --threshold")
+        threshold = THRESHOLDS[summary.file_type]
+    texts = reference.texts
+    with Embedder(gguf_path, max_tokens=reference.longest) as embedder:
+        mismatches = []
+        for index, (text, ids) in enumerate(zip(texts, reference.token_ids)):
+            ours = embedder.tokenize(text)
+            if ours != ids:
+                mismatches.append({"index": index, "text": text[:80], "hf": ids[:16], "llama_cpp": ours[:16]})
+        vectors = embedder.encode(texts)
+    cosines = np.sum(reference.vectors * vectors, axis=1)
+    squared_error = np.sum((reference.vectors - vectors) ** 2, axis=1)
+    nmse = float(np.mean(squared_error) / np.mean(np.sum(reference.vectors**2, axis=1)))
+    worst = int(np.argmin(cosines))
+    return ParityReport(
+        gguf=str(gguf_path), file_type=summary.file_type, threshold=threshold, n_texts=len(texts),
+        max_tokens=reference.longest, token_mismatches=len(mismatches), cosine_min=float(cosines[worst]),
+        cosine_mean=float(np.mean(cosines)), nmse=nmse, worst_text=texts[worst][:80], mismatch_examples=mismatches[:5],
+    )
+
+
+def reference_vectors(folder: Path, texts: Sequence[str], max_tokens: int) -> np.ndarray:
+    """L2-normalized fp32 vectors from the sentence-transformers pipeline of the checkpoint."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    torch.manual_seed(0)
+    model = SentenceTransformer(str(folder), device="cpu", local_files_only=True)
+    model.max_seq_length = max_tokens
+    with torch.inference_mode():
+        vectors = model.encode(list(texts), batch_size=8, convert_to_numpy=True, normalize_embeddings=True)
+    return vectors.astype(np.float32)

@@ -1,0 +1,1 @@
+"""ollama Modelfiles, model store and registry (issue 2; nothing here yet)."""
