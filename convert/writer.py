@@ -6,6 +6,7 @@ interrupted or failed run never leaves a partial file under the final name.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from collections.abc import Iterator
@@ -27,6 +28,8 @@ from granite_gguf.convert.tokenizer import build_vocab, write_vocab
 from granite_gguf.errors import UserError
 
 log = logging.getLogger(__name__)
+
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}  # the user's to fix
 
 
 class OutType(Enum):
@@ -147,7 +150,9 @@ def write_general(writer: GGUFWriter, ckpt: Checkpoint, spec: ModernBertSpec, ou
 
 
 def size_label(n_params: int) -> str:
-    return f"{n_params / 1e9:.1f}B" if n_params >= 1e9 else f"{round(n_params / 1e6)}M"
+    if n_params >= 1e9:
+        return f"{n_params / 1e9:.1f}B"
+    return f"{round(n_params / 1e6)}M" if n_params >= 1e7 else f"{n_params / 1e6:.1f}M"
 
 
 def _readme_license(root: Path) -> str | None:
@@ -174,7 +179,9 @@ def atomic_output(path: Path) -> Iterator[Path]:
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        raise UserError(f"{path}: cannot write ({exc.strerror or exc})") from None
+        if exc.errno in WRITE_ERRNOS:
+            raise UserError(f"{path}: cannot write ({exc.strerror})") from None
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -30,6 +30,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `granite-gguf inspect X | head`
+        sys.stderr.close()
+        return 0
 
 
 def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:

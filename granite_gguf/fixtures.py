@@ -21,7 +21,7 @@ import numpy as np
 from granite_gguf.convert.tokenizer import O200K_SPLIT_REGEX, SPACE_ESCAPE, TokenizerFamily
 from granite_gguf.corpus import cldr_sentences
 
-FIXTURE_VERSION = 1
+FIXTURE_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,7 @@ def train_tokenizer(shape: FixtureShape) -> tuple[Any, dict[str, str]]:
     """Train a BPE tokenizer with the structure of `shape.family` on CLDR text."""
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
-    corpus = cldr_sentences()
+    corpus = training_corpus()
     if shape.family is TokenizerFamily.GEMMA3:
         specials = {"pad": "<pad>", "eos": "<eos>", "bos": "<bos>", "unk": "<unk>", "mask": "<mask>"}
         # Train on newline-free pieces: llama.cpp splits Gemma-style text at newlines before merging.
@@ -142,6 +142,13 @@ def train_tokenizer(shape: FixtureShape) -> tuple[Any, dict[str, str]]:
     single, bos, eos = template
     tok.post_processor = processors.TemplateProcessing(single=single, special_tokens=[(bos, vocab[bos]), (eos, vocab[eos])])
     return tok, specials
+
+
+def training_corpus() -> list[str]:
+    """CLDR runs, plus the same runs as paragraphs so that newline runs are learned as merges."""
+    sentences = list(cldr_sentences())
+    paragraphs = ["\n\n".join(sentences[i : i + 3]) + "\n" for i in range(0, len(sentences), 3)]
+    return sentences + paragraphs
 
 
 def _renumber(head: list[str], trained: dict[str, int], tail: list[str]) -> dict[str, int]:

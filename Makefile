@@ -1,0 +1,10 @@
+# The two front-door commands (see README.md). Both install into .venv first; installs are idempotent.
+.PHONY: demo test
+
+demo:
+	bash scripts/install.sh verify
+	.venv/bin/granite-gguf demo --outdir out
+
+test:
+	bash scripts/install.sh test
+	.venv/bin/python -m pytest -q

@@ -1,0 +1,183 @@
+"""Build a deterministic FULL-SIZE random checkpoint with the shapes of a multilingual Granite R2 model.
+
+For conversion benchmarks (memory, time), never for quality: the weights are seeded noise. The
+tokenizer is the small trained fixture tokenizer of the same family, grown to the real vocabulary
+size with unique filler tokens, each reachable by one extra merge (so the merges list also has a
+realistic length). Weights are streamed into safetensors in row chunks, never the whole model in
+memory; the 311m shape is written as two shards with a `model.safetensors.index.json`.
+
+    python scripts/build_full_size_checkpoint.py --shape 311m --dest /tmp/full311m
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import struct
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from granite_gguf.convert.tokenizer import BYTE_PIECES
+from granite_gguf.fixtures import (
+    FIXTURES,
+    GLOBAL_EVERY,
+    FixtureShape,
+    train_tokenizer,
+    write_config,
+    write_sentence_transformers,
+    write_tokenizer_files,
+)
+
+WEIGHT_STD = 0.02
+CHUNK_BYTES = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class FullShape:
+    """Real Granite R2 dimensions plus the tiny fixture whose tokenizer family and config style it reuses."""
+
+    fixture: FixtureShape
+    hidden: int
+    layers: int
+    heads: int
+    intermediate: int  # per GLU half: Wi has 2 * intermediate rows
+    vocab: int
+    shards: int
+
+
+SHAPES: dict[str, FullShape] = {
+    "311m": FullShape(dataclasses.replace(FIXTURES["tiny-gemma3"], name="full-311m"), 768, 22, 12, 1152, 262_144, 2),
+    "97m": FullShape(dataclasses.replace(FIXTURES["tiny-o200k"], name="full-97m"), 384, 12, 12, 1536, 180_000, 1),
+}
+
+
+def build(shape: FullShape, dest: Path) -> None:
+    """Write the whole checkpoint (tokenizer files, config, sentence-transformers modules, weights) into `dest`."""
+    if dest.exists() and any(dest.iterdir()):
+        raise SystemExit(f"{dest}: exists and is not empty")
+    dest.mkdir(parents=True, exist_ok=True)
+    tokenizer, specials = grown_tokenizer(shape)
+    (dest / "tokenizer.json").write_text(tokenizer.to_str(pretty=True), encoding="utf-8")
+    write_tokenizer_files(dest, specials)
+    write_config(dest, shape.fixture, shape.vocab, specials, tokenizer)
+    _update_json(dest / "config.json", {
+        "hidden_size": shape.hidden, "num_hidden_layers": shape.layers, "num_attention_heads": shape.heads,
+        "intermediate_size": shape.intermediate, "vocab_size": shape.vocab,
+        "layer_types": ["full_attention" if i % GLOBAL_EVERY == 0 else "sliding_attention" for i in range(shape.layers)],
+    })
+    write_sentence_transformers(dest, shape.fixture)
+    _update_json(dest / "1_Pooling" / "config.json", {"word_embedding_dimension": shape.hidden})
+    write_weights(dest, shape)
+
+
+def grown_tokenizer(shape: FullShape) -> tuple[Any, dict[str, str]]:
+    """The fixture tokenizer of the family, with filler tokens `a+b` (and merges `a b`) up to `shape.vocab`."""
+    from tokenizers import Tokenizer
+
+    small, specials = train_tokenizer(shape.fixture)
+    data = json.loads(small.to_str())
+    vocab: dict[str, int] = data["model"]["vocab"]
+    merges: list[list[str]] = data["model"]["merges"]
+    base = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1]) if t not in BYTE_PIECES and t not in specials.values()]
+    pairs = ((a, b) for a in base for b in base if a + b not in vocab)
+    while len(vocab) < shape.vocab:
+        a, b = next(pairs)
+        vocab[a + b] = len(vocab)
+        merges.append([a, b])
+    return Tokenizer.from_str(json.dumps(data)), specials
+
+
+def tensor_shapes(shape: FullShape) -> dict[str, tuple[int, ...]]:
+    """HF tensor name → shape, in state-dict order (as ModernBertModel saves them)."""
+    h = shape.hidden
+    shapes: dict[str, tuple[int, ...]] = {"embeddings.tok_embeddings.weight": (shape.vocab, h), "embeddings.norm.weight": (h,)}
+    for i in range(shape.layers):
+        if i:
+            shapes[f"layers.{i}.attn_norm.weight"] = (h,)
+        shapes[f"layers.{i}.attn.Wqkv.weight"] = (3 * h, h)
+        shapes[f"layers.{i}.attn.Wo.weight"] = (h, h)
+        shapes[f"layers.{i}.mlp_norm.weight"] = (h,)
+        shapes[f"layers.{i}.mlp.Wi.weight"] = (2 * shape.intermediate, h)
+        shapes[f"layers.{i}.mlp.Wo.weight"] = (h, shape.intermediate)
+    shapes["final_norm.weight"] = (h,)
+    return shapes
+
+
+def write_weights(folder: Path, shape: FullShape) -> None:
+    """Split the tensors into `shape.shards` files of about equal size (in state-dict order) and stream each."""
+    shapes = tensor_shapes(shape)
+    total = sum(4 * int(np.prod(s)) for s in shapes.values())
+    groups: list[dict[str, tuple[int, ...]]] = [{} for _ in range(shape.shards)]
+    done = 0
+    for name, dims in shapes.items():
+        groups[min(shape.shards - 1, done * shape.shards // total)][name] = dims
+        done += 4 * int(np.prod(dims))
+    rng = np.random.default_rng(shape.fixture.seed)
+    if shape.shards == 1:
+        write_safetensors(folder / "model.safetensors", groups[0], rng)
+        return
+    weight_map = {}
+    for index, group in enumerate(groups, 1):
+        file_name = f"model-{index:05d}-of-{shape.shards:05d}.safetensors"
+        write_safetensors(folder / file_name, group, rng)
+        weight_map.update(dict.fromkeys(group, file_name))
+    index_json = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index_json, indent=2))
+
+
+def write_safetensors(path: Path, shapes: dict[str, tuple[int, ...]], rng: np.random.Generator) -> None:
+    """A float32 safetensors file (tensors sorted by name, as the reference writer does), data in row chunks."""
+    names = sorted(shapes)
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for name in names:
+        nbytes = 4 * int(np.prod(shapes[name]))
+        header[name] = {"dtype": "F32", "shape": list(shapes[name]), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the format allows space padding; keeps the data 8-byte aligned
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)) + text)
+        for name in names:
+            for chunk in _tensor_chunks(shapes[name], rng):
+                f.write(chunk.tobytes())
+
+
+def _tensor_chunks(dims: tuple[int, ...], rng: np.random.Generator) -> Iterator[np.ndarray]:
+    """Norm weights are ones; matrices are N(0, WEIGHT_STD) float32, generated CHUNK_BYTES at a time."""
+    if len(dims) == 1:
+        yield np.ones(dims, dtype="<f4")
+        return
+    rows, cols = dims
+    step = max(1, CHUNK_BYTES // (4 * cols))
+    for first in range(0, rows, step):
+        count = min(step, rows - first)
+        yield (rng.standard_normal((count, cols), dtype=np.float32) * np.float32(WEIGHT_STD)).astype("<f4")
+
+
+def _update_json(path: Path, changes: dict[str, Any]) -> None:
+    data = json.loads(path.read_text())
+    data.update(changes)
+    path.write_text(json.dumps(data, indent=2))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", choices=SHAPES, required=True)
+    parser.add_argument("--dest", type=Path, required=True, help="new or empty folder")
+    parser.add_argument("--dtype", choices=["f32"], default="f32", help="weight storage type (only f32)")
+    args = parser.parse_args(argv)
+    build(SHAPES[args.shape], args.dest)
+    size = sum(p.stat().st_size for p in args.dest.rglob("*") if p.is_file())
+    print(f"{args.dest}: {args.shape}-shaped checkpoint, {size / 2**20:.0f} MiB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
