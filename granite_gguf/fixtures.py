@@ -21,7 +21,8 @@ import numpy as np
 from granite_gguf.convert.tokenizer import O200K_SPLIT_REGEX, SPACE_ESCAPE, TokenizerFamily
 from granite_gguf.corpus import cldr_sentences
 
-FIXTURE_VERSION = 2
+FIXTURE_VERSION = 3
+USER_DEFINED_TOKEN = "<|code|>"  # a non-special added token in the GPT-2-style fixture
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,7 @@ def build_fixture(name: str, dest: Path) -> Path:
 
 def train_tokenizer(shape: FixtureShape) -> tuple[Any, dict[str, str]]:
     """Train a BPE tokenizer with the structure of `shape.family` on CLDR text."""
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
     corpus = training_corpus()
     if shape.family is TokenizerFamily.GEMMA3:
@@ -109,7 +110,7 @@ def train_tokenizer(shape: FixtureShape) -> tuple[Any, dict[str, str]]:
         byte_pieces = [f"<0x{b:02X}>" for b in range(256)]
         vocab = _renumber(list(specials.values()) + byte_pieces, trained["vocab"], [])
         tok = Tokenizer.from_str(json.dumps(_tokenizer_json(
-            vocab, trained["merges"], specials, first_specials=True,
+            vocab, trained["merges"], specials,
             model_flags={"byte_fallback": True, "fuse_unk": True, "unk_token": "<unk>"},
         )))
         tok.normalizer = normalizers.Replace(" ", SPACE_ESCAPE)
@@ -123,24 +124,24 @@ def train_tokenizer(shape: FixtureShape) -> tuple[Any, dict[str, str]]:
         pre = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(O200K_SPLIT_REGEX), "isolated"), byte_level])
         model_flags = {"ignore_merges": True}
         template = ("<|startoftext|> $A <|endoftext|>", "<|startoftext|>", "<|endoftext|>")
-        first = False
     else:
         specials = {"unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "pad": "[PAD]", "mask": "[MASK]"}
         pre = byte_level
         model_flags = {}
         template = ("[CLS] $A [SEP]", "[CLS]", "[SEP]")
-        first = False
     trainer_tok = Tokenizer(models.BPE(**model_flags))
     trainer_tok.pre_tokenizer = pre
     trainer = trainers.BpeTrainer(vocab_size=shape.trained_vocab, show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     trainer_tok.train_from_iterator(corpus, trainer)
     trained = json.loads(trainer_tok.to_str())["model"]
     vocab = _renumber([], trained["vocab"], list(specials.values()))
-    tok = Tokenizer.from_str(json.dumps(_tokenizer_json(vocab, trained["merges"], specials, first_specials=first, model_flags=model_flags)))
+    tok = Tokenizer.from_str(json.dumps(_tokenizer_json(vocab, trained["merges"], specials, model_flags=model_flags)))
     tok.pre_tokenizer = pre
     tok.decoder = decoders.ByteLevel()
     single, bos, eos = template
     tok.post_processor = processors.TemplateProcessing(single=single, special_tokens=[(bos, vocab[bos]), (eos, vocab[eos])])
+    if shape.family is TokenizerFamily.GPT2:
+        tok.add_tokens([AddedToken(USER_DEFINED_TOKEN, normalized=False, special=False)])  # as fine-tunes do
     return tok, specials
 
 
@@ -157,7 +158,7 @@ def _renumber(head: list[str], trained: dict[str, int], tail: list[str]) -> dict
     return {token: index for index, token in enumerate(ordered)}
 
 
-def _tokenizer_json(vocab: dict[str, int], merges: list[Any], specials: dict[str, str], first_specials: bool, model_flags: dict[str, Any]) -> dict[str, Any]:
+def _tokenizer_json(vocab: dict[str, int], merges: list[Any], specials: dict[str, str], model_flags: dict[str, Any]) -> dict[str, Any]:
     model = {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None, "end_of_word_suffix": None,
              "fuse_unk": False, "byte_fallback": False, "ignore_merges": False, "vocab": vocab, "merges": merges}
     model.update(model_flags)

@@ -22,6 +22,7 @@ CODE = [
     "fn main() { let v: Vec<f32> = vec![0.5; 384]; println!(\"{:?}\", v.len()); }",
     "x = [i**2 for i in range(10) if i % 3 == 0]  # squares\n\n\nprint(x)",
     "const f = async (u) => (await fetch(u)).json();\r\nexport default f;",
+    "x = 1 <|code|> y = 2 <|code|><|code|>end",
     "\\begin{equation} e^{i\\pi} + 1 = 0 \\end{equation}",
     "λx. x + 1 ≠ ∀y ∈ ℝ: y² ≥ 0 → ∑ᵢ aᵢ ≤ ∞",
     "https://huggingface.co/ibm-granite/granite-embedding-311m-multilingual-r2?x=1&y=%20",

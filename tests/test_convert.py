@@ -18,6 +18,7 @@ from granite_gguf.convert.inspect import read_summary
 from granite_gguf.convert.source import open_checkpoint
 from granite_gguf.convert.writer import OutType, convert
 from granite_gguf.errors import UserError
+from granite_gguf.fixtures import USER_DEFINED_TOKEN
 from tests.conftest import FAMILIES, Workspace
 
 EXPECTED_PRE = {"tiny-gemma3": "granite-embed-multi-311m", "tiny-o200k": "granite-embed-multi-97m", "tiny-gpt2": "modern-bert"}
@@ -74,6 +75,8 @@ def test_vocab_is_unique_padded_and_typed(workspace: Workspace, family: str) -> 
         assert meta["tokenizer.ggml.add_bos_token"] is True and meta["tokenizer.ggml.add_eos_token"] is False
     else:
         assert meta["tokenizer.ggml.add_bos_token"] is True and meta["tokenizer.ggml.add_eos_token"] is True
+    if family == "tiny-gpt2":
+        assert types[tokens.index(USER_DEFINED_TOKEN)] == TokenType.USER_DEFINED
 
 
 def test_merges_with_newlines_and_spaces_survive(workspace: Workspace) -> None:
@@ -191,3 +194,14 @@ sys.exit(main(["convert", {str(workspace.checkpoint("tiny-o200k"))!r}, "-o", {st
     assert previous.read_bytes() == b"an earlier good file"
     if sig == signal.SIGTERM:
         assert sorted(p.name for p in tmp_path.iterdir()) == ["previous.gguf"], "SIGTERM must clean the temporary file"
+
+
+def test_matryoshka_dims_from_option_and_builtin_table(workspace: Workspace, tmp_path: Path) -> None:
+    source = workspace.checkpoint("tiny-gemma3")
+    out = convert(open_checkpoint(str(source)), tmp_path / "m.gguf", OutType.F16, matryoshka_dims=(32, 64, 16))
+    assert read_summary(out).matryoshka_dims == (64, 32, 16)
+    assert read_summary(workspace.gguf("tiny-gemma3", "f16")).matryoshka_dims == ()
+    named = tmp_path / "granite-embedding-311m-multilingual-r2"
+    shutil.copytree(source, named)
+    with pytest.raises(UserError, match=r"\[768, 512, 384, 256, 128\] must lie in 1..64"):
+        convert(open_checkpoint(str(named)), tmp_path / "n.gguf", OutType.F16)
