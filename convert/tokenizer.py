@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from gguf import TokenType
+from gguf import GGUFWriter, TokenType
 
+from granite_gguf.convert import keys
 from granite_gguf.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -254,10 +255,8 @@ def _special_ids(special_tokens_map: dict[str, Any], config: dict[str, Any], tex
     return ids
 
 
-def write_vocab(writer: Any, vocab: GGUFVocab) -> None:
-    """The `tokenizer.ggml.*` keys (writer: a gguf.GGUFWriter)."""
-    from granite_gguf.convert import keys
-
+def write_vocab(writer: GGUFWriter, vocab: GGUFVocab) -> None:
+    """The `tokenizer.ggml.*` keys."""
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre(vocab.family.pre)
     writer.add_token_list(vocab.tokens)
