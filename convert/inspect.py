@@ -19,6 +19,7 @@ class GGUFSummary:
     metadata: dict[str, Any]
     tensor_types: Counter[str] = field(default_factory=Counter)  # type name → tensor count
     tensor_bytes: Counter[str] = field(default_factory=Counter)  # type name → bytes
+    tensor_elements: Counter[str] = field(default_factory=Counter)  # type name → parameters
 
     def arch_value(self, key: str, default: Any = None) -> Any:
         return self.metadata.get(f"{self.metadata.get('general.architecture')}.{key}", default)
@@ -60,6 +61,7 @@ def read_summary(path: Path, with_vocab: bool = False) -> GGUFSummary:
     for tensor in reader.tensors:
         summary.tensor_types[tensor.tensor_type.name] += 1
         summary.tensor_bytes[tensor.tensor_type.name] += int(tensor.n_bytes)
+        summary.tensor_elements[tensor.tensor_type.name] += int(tensor.n_elements)
     return summary
 
 

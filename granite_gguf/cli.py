@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("source", help="checkpoint folder, or a hub repo id such as ibm-granite/granite-embedding-english-r2")
     convert.add_argument("-o", "--output", type=Path, help="output .gguf (default: <model>-<type>.gguf here)")
     convert.add_argument("--outtype", default="f16", help="f32, f16, bf16 or q8_0 (default f16)")
+    convert.add_argument("--quant", help="several llama.cpp types at once, e.g. f16,q8_0,q6_k,q5_k_m,q4_k_m,q4_0 "
+                                         "(written as <model>-<type>.gguf in --outdir)")
+    convert.add_argument("--outdir", type=Path, default=Path("."), help="folder for --quant (default: here)")
     convert.add_argument("--matryoshka-dims", help="comma-separated dimensions, e.g. 768,512,256 (default: built-in table)")
     convert.add_argument("--no-progress", action="store_true", help="no progress bar")
     convert.set_defaults(run=run_convert)
@@ -91,13 +94,25 @@ def _parse_dims(text: str | None) -> tuple[int, ...] | None:
 
 
 def run_convert(args: argparse.Namespace) -> int:
+    from granite_gguf.convert.quantize import convert_set, parse_types
     from granite_gguf.convert.source import open_checkpoint
     from granite_gguf.convert.writer import OutType, convert
 
+    if args.quant and args.output:
+        raise UserError("--quant writes several files into --outdir; -o names a single file")
+    labels = parse_types(args.quant) if args.quant else None
     outtype = OutType.parse(args.outtype)
+    dims = _parse_dims(args.matryoshka_dims)
     ckpt = open_checkpoint(args.source)
-    output = args.output or Path(f"{Path(ckpt.source.rstrip('/')).name}-{outtype.label}.gguf")
-    convert(ckpt, output, outtype, matryoshka_dims=_parse_dims(args.matryoshka_dims), progress=not args.no_progress)
+    model_name = Path(ckpt.source.rstrip("/")).name
+    if labels:
+        for result in convert_set(ckpt, args.outdir, labels, model_name=model_name, progress=not args.no_progress,
+                                  matryoshka_dims=dims):
+            note = "" if result.truthful else f"  (asked for {result.label}; most weights are {result.dominant_type})"
+            print(f"wrote {result.path} ({result.path.stat().st_size / 2**20:.1f} MiB){note}")
+        return 0
+    output = args.output or Path(f"{model_name}-{outtype.label}.gguf")
+    convert(ckpt, output, outtype, matryoshka_dims=dims, progress=not args.no_progress)
     print(f"wrote {output} ({output.stat().st_size / 2**20:.1f} MiB, {outtype.label})")
     return 0
 

@@ -1,0 +1,35 @@
+"""Several llama.cpp types from one checkpoint read, with truthful names."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from granite_gguf.bindings.embedder import Embedder
+from granite_gguf.convert.inspect import read_summary
+from granite_gguf.convert.quantize import convert_set, parse_types
+from granite_gguf.convert.source import open_checkpoint
+from granite_gguf.verify import compare
+from tests.conftest import Workspace
+
+
+def test_quant_set_loads_and_names_are_truthful(workspace: Workspace, tmp_path: Path) -> None:
+    labels = parse_types("f16,q8_0,q6_k,q5_k_m,q4_k_m,q4_0")
+    results = convert_set(open_checkpoint(str(workspace.checkpoint("tiny-o200k"))), tmp_path, labels, model_name="tiny")
+    assert [r.label for r in results] == labels
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(r.path.name for r in results), "no temporary files left"
+    for result in results:
+        summary = read_summary(result.path)
+        weights = {t: n for t, n in summary.tensor_elements.items() if t != "F32"}
+        assert result.dominant_type == max(weights, key=weights.__getitem__)
+        assert result.truthful == (result.path.name == f"tiny-{result.label}.gguf")
+        if result.label.endswith(("_k", "_k_m")):
+            # hidden 64 is not a multiple of 256: no tensor can be a K-quant, and the name says so
+            assert not any(t.endswith("_K") for t in weights) and not result.truthful
+        with Embedder(result.path, max_tokens=64) as embedder:
+            vector = embedder.encode("Grüß Gott, 世界")
+        assert vector.shape == (64,) and abs(float(np.linalg.norm(vector)) - 1) < 1e-5
+    q8 = next(r for r in results if r.label == "q8_0")
+    assert q8.truthful
+    assert compare(workspace.reference("tiny-o200k"), q8.path).passed, "llama.cpp's q8_0 must pass like gguf-py's"
