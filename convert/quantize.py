@@ -18,8 +18,9 @@ from tqdm import tqdm
 
 from granite_gguf.convert.inspect import read_summary
 from granite_gguf.convert.source import Checkpoint
-from granite_gguf.convert.writer import OutType, atomic_output, convert
+from granite_gguf.convert.writer import OutType, convert
 from granite_gguf.errors import UserError
+from granite_gguf.files import atomic_output
 
 log = logging.getLogger(__name__)
 

@@ -1,16 +1,13 @@
 """Streaming GGUF writer: checkpoint → one .gguf, tensor by tensor, row chunk by row chunk.
 
-The file is written under a temporary name in the destination folder, fsynced and renamed, so an
-interrupted or failed run never leaves a partial file under the final name.
+The file is written through `atomic_output`, so an interrupted or failed run never leaves a partial
+file under the final name.
 """
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -26,10 +23,10 @@ from granite_gguf.convert.modern_bert import ModernBertSpec, map_tensor_names
 from granite_gguf.convert.source import Checkpoint
 from granite_gguf.convert.tokenizer import build_vocab, write_vocab
 from granite_gguf.errors import UserError
+from granite_gguf.files import atomic_output
 
 log = logging.getLogger(__name__)
 
-WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}  # the user's to fix
 
 
 class OutType(Enum):
@@ -161,25 +158,3 @@ def _readme_license(root: Path) -> str | None:
         if line.startswith("license:"):
             return line.split(":", 1)[1].strip()
     return None
-
-
-@contextmanager
-def atomic_output(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it into place only if the block succeeds."""
-    path = Path(path)
-    if path.is_dir():
-        raise UserError(f"{path}: is a directory")
-    if not path.parent.is_dir():
-        raise UserError(f"{path.parent}: no such directory")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        if exc.errno in WRITE_ERRNOS:
-            raise UserError(f"{path}: cannot write ({exc.strerror})") from None
-        raise
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

@@ -15,6 +15,7 @@ from pathlib import Path
 from types import FrameType
 
 from granite_gguf.errors import UserError
+from granite_gguf.modelfiles.cli import add_commands as add_modelfile_commands
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -75,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="fixture → GGUF → verify → embed two sentences")
     demo.add_argument("--outdir", type=Path, default=Path("out"))
     demo.set_defaults(run=run_demo)
+
+    add_modelfile_commands(commands)
     return parser
 
 

@@ -112,7 +112,9 @@ def reference_vectors(folder: Path, texts: Sequence[str], max_tokens: int) -> np
     """L2-normalized fp32 vectors from the sentence-transformers pipeline of the checkpoint."""
     import torch
     from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as transformers_logging
 
+    transformers_logging.disable_progress_bar()
     torch.manual_seed(0)
     model = SentenceTransformer(str(folder), device="cpu", local_files_only=True)
     model.max_seq_length = max_tokens

@@ -1,1 +1,1 @@
-"""ollama Modelfiles, model store and registry (issue 2; nothing here yet)."""
+"""ollama packaging: Modelfiles (generate, parse, check), the ollama model store, and their commands."""

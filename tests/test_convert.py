@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from gguf import GGUFReader, TokenType
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file
 
 from granite_gguf.convert.inspect import read_summary
 from granite_gguf.convert.source import open_checkpoint

@@ -1,0 +1,45 @@
+"""Atomic outputs: write beside the destination under a temporary name, then rename into place."""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO
+
+from granite_gguf.errors import UserError
+
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}  # the user's to fix
+
+
+@contextmanager
+def atomic_output(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it into place only if the block succeeds."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory")
+    if not path.parent.is_dir():
+        raise UserError(f"{path.parent}: no such directory")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.errno in WRITE_ERRNOS:
+            raise UserError(f"{path}: cannot write ({exc.strerror})") from None
+        raise
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_atomic(path: Path, fill: Callable[[BinaryIO], object]) -> None:
+    """Create `path`'s folder, write it through `fill`, fsync, rename into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(path) as tmp, tmp.open("wb") as out:
+        fill(out)
+        out.flush()
+        os.fsync(out.fileno())

@@ -1,0 +1,265 @@
+"""The ollama model store (shared/DESIGN.md §7): sha256-named blobs and Docker v2 manifests, as `ollama create` writes them.
+
+Layout under the models folder: `blobs/sha256-<hex>` and `manifests/<host>/<namespace>/<model>/<tag>`.
+Blobs go first and the manifest last, each file atomically, because ollama prunes blobs that no
+manifest names when it starts: an interrupted install leaves either the old model or the new one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from granite_gguf.convert.inspect import GGUFSummary, read_summary
+from granite_gguf.errors import UserError
+from granite_gguf.files import write_atomic
+from granite_gguf.modelfiles.modelfile import (
+    Modelfile,
+    ModelFacts,
+    embedding_modelfile,
+    file_type_label,
+    load_modelfile,
+)
+
+MANIFEST_MEDIA_TYPE = "application/vnd.docker.distribution.manifest.v2+json"
+CONFIG_MEDIA_TYPE = "application/vnd.docker.container.image.v1+json"
+MODEL_MEDIA_TYPE = "application/vnd.ollama.image.model"
+PARAMS_MEDIA_TYPE = "application/vnd.ollama.image.params"
+# Text layers in the order ollama's create writes them; each holds the instruction's value as it is.
+TEXT_LAYERS = {
+    "TEMPLATE": "application/vnd.ollama.image.template",
+    "SYSTEM": "application/vnd.ollama.image.system",
+    "LICENSE": "application/vnd.ollama.image.license",
+}
+
+DEFAULT_HOST, DEFAULT_NAMESPACE, DEFAULT_TAG = "registry.ollama.ai", "library", "latest"
+# ollama's types/model/name.go: a letter, digit or '_', then also these characters; (characters, longest).
+_NAME_PARTS = {"host": ("-.:", 350), "namespace": ("-", 80), "model": ("-.", 80), "tag": ("-.", 80)}
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+_CHUNK = 8 << 20
+
+
+@dataclass(frozen=True)
+class ModelName:
+    host: str
+    namespace: str
+    model: str
+    tag: str
+
+    @classmethod
+    def parse(cls, text: str) -> ModelName:
+        """ollama's `[host/][namespace/]model[:tag]`; any part that could leave the store is a UserError."""
+        rest, tag = text, DEFAULT_TAG
+        if rest.rfind(":") > rest.rfind("/"):  # a ':' before the last '/' belongs to host:port
+            rest, _, tag = rest.rpartition(":")
+        parts = rest.rsplit("/", 2)  # from the right: model, namespace, and the host takes the rest
+        host, namespace, model = [DEFAULT_HOST, DEFAULT_NAMESPACE][: 3 - len(parts)] + parts
+        name = cls(host, namespace, model, tag)
+        for part, (extra, longest) in _NAME_PARTS.items():
+            value = getattr(name, part)
+            if not re.fullmatch(rf"[A-Za-z0-9_][A-Za-z0-9_{re.escape(extra)}]*", value) or len(value) > longest:
+                allowed = ", ".join(["letters", "digits", "'_'", *(repr(char) for char in extra)])
+                raise UserError(f"invalid model name {text!r}: the {part} {value!r} must start with a letter, "
+                                f"digit or '_' and hold only {allowed}, at most {longest} characters")
+        return name
+
+    @property
+    def parts(self) -> tuple[str, str, str, str]:
+        return self.host, self.namespace, self.model, self.tag
+
+    def __str__(self) -> str:
+        """The shortest form, as `ollama list` shows it."""
+        if self.host != DEFAULT_HOST:
+            return "/".join(self.parts[:3]) + f":{self.tag}"
+        prefix = f"{self.namespace}/" if self.namespace != DEFAULT_NAMESPACE else ""
+        return f"{prefix}{self.model}:{self.tag}"
+
+
+@dataclass(frozen=True)
+class StoredModel:
+    name: str
+    digest: str  # sha256 of the manifest, the ID `ollama list` shows (first 12 hex digits)
+    size: int  # config and layers, bytes
+    modified: float  # manifest mtime, seconds since the epoch
+
+
+def models_dir_or_default(models_dir: Path | None) -> Path:
+    """ollama's own rule: `$OLLAMA_MODELS` if set, else ~/.ollama/models."""
+    return models_dir or Path(os.environ.get("OLLAMA_MODELS") or Path.home() / ".ollama" / "models")
+
+
+def install(source: Path, name: str, models_dir: Path | None = None) -> StoredModel:
+    """Store a GGUF (with a generated embedding Modelfile) or a Modelfile's model as `name`; idempotent."""
+    model_name = ModelName.parse(name)
+    root = models_dir_or_default(models_dir)
+    if _is_gguf(source):
+        gguf, summary = source, read_summary(source)
+        modelfile = embedding_modelfile(ModelFacts.from_summary(summary), str(source))
+    else:
+        modelfile = load_modelfile(source)
+        _refuse_unsupported(modelfile, source)
+        gguf = _gguf_of(modelfile, source)
+        summary = read_summary(gguf)
+    blobs = root / "blobs"
+    layers = [_put_file(blobs, MODEL_MEDIA_TYPE, gguf)]
+    layers += [_put_bytes(blobs, media_type, value.encode()) for keyword, media_type in TEXT_LAYERS.items()
+               for value in modelfile.values(keyword)]
+    params = modelfile.parameters()
+    if params:
+        layers.append(_put_bytes(blobs, PARAMS_MEDIA_TYPE, _go_json(params)))
+    config = _put_bytes(blobs, CONFIG_MEDIA_TYPE, _go_json(_config(summary, layers)))
+    manifest = {"schemaVersion": 2, "mediaType": MANIFEST_MEDIA_TYPE, "config": config, "layers": layers}
+    path = _manifest_path(root, model_name)
+    data = _go_json(manifest)
+    write_atomic(path, lambda out: out.write(data))
+    return _stored(model_name, path)
+
+
+def list_models(models_dir: Path | None = None) -> list[StoredModel]:
+    return [_stored(name, path) for name, path in _manifests(models_dir_or_default(models_dir))]
+
+
+def remove(name: str, models_dir: Path | None = None) -> None:
+    """Delete `name`'s manifest, then the blobs that no other manifest names."""
+    model_name = ModelName.parse(name)
+    root = models_dir_or_default(models_dir)
+    path = _manifest_path(root, model_name)
+    if not path.is_file():
+        raise UserError(f"model '{model_name}' not found in {root}")
+    digests = _digests(path)
+    path.unlink()
+    for folder in path.parents[:3]:  # tag's folders up to manifests/<host>, while empty
+        if any(folder.iterdir()):
+            break
+        folder.rmdir()
+    still_used = {digest for _, other in _manifests(root) for digest in _digests(other)}
+    for digest in digests - still_used:
+        (root / "blobs" / _blob_name(digest)).unlink(missing_ok=True)
+
+
+def _is_gguf(path: Path) -> bool:
+    try:
+        with path.open("rb") as f:
+            return f.read(4) == b"GGUF"
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read ({exc.strerror})") from None
+
+
+def _gguf_of(modelfile: Modelfile, modelfile_path: Path) -> Path:
+    """FROM resolved like ollama's client does: ~ expanded, relative to the Modelfile's folder."""
+    source = modelfile.values("FROM")[-1]
+    path = modelfile_path.parent / Path(source).expanduser()
+    if not path.is_file() or not _is_gguf(path):
+        raise UserError(f"{modelfile_path}: FROM {source}: not a GGUF file (installing from another model is not supported)")
+    return path
+
+
+def _refuse_unsupported(modelfile: Modelfile, source: Path) -> None:
+    for keyword in ("ADAPTER", "MESSAGE"):
+        if modelfile.values(keyword):
+            raise UserError(f"{source}: {keyword} is not supported by granite-gguf ollama install")
+
+
+def _config(summary: GGUFSummary, layers: list[dict[str, Any]]) -> dict[str, Any]:
+    """ollama's ConfigV2 in its field order; architecture/os are the Docker image's platform, fixed by ollama."""
+    family = summary.metadata.get("general.architecture", "")
+    return {
+        "model_format": "gguf",
+        "model_family": family,
+        "model_families": [family],
+        "model_type": summary.metadata.get("general.size_label", ""),
+        "file_type": file_type_label(summary).upper(),
+        "architecture": "amd64",
+        "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": [layer["digest"] for layer in layers]},
+    }
+
+
+def _go_json(value: Any) -> bytes:
+    """JSON as Go's json.Encoder writes it: compact, UTF-8, HTML characters escaped, one trailing newline."""
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    for char in "<>&\u2028\u2029":
+        text = text.replace(char, f"\\u{ord(char):04x}")
+    return (text + "\n").encode()
+
+
+def _layer(media_type: str, digest: str, size: int) -> dict[str, Any]:
+    return {"mediaType": media_type, "digest": digest, "size": size}
+
+
+def _put_bytes(blobs: Path, media_type: str, data: bytes) -> dict[str, Any]:
+    layer = _layer(media_type, f"sha256:{hashlib.sha256(data).hexdigest()}", len(data))
+    _put(blobs, layer, lambda out: out.write(data))
+    return layer
+
+
+def _put_file(blobs: Path, media_type: str, path: Path) -> dict[str, Any]:
+    """A large file hashed, then copied, in chunks; a file that changes in between is refused."""
+    layer = _layer(media_type, _file_digest(path), path.stat().st_size)
+
+    def copy(out: BinaryIO) -> None:
+        digest = hashlib.sha256()
+        with path.open("rb") as f:
+            while chunk := f.read(_CHUNK):
+                digest.update(chunk)
+                out.write(chunk)
+        if f"sha256:{digest.hexdigest()}" != layer["digest"]:
+            raise UserError(f"{path}: changed while it was being installed")
+
+    _put(blobs, layer, copy)
+    return layer
+
+
+def _put(blobs: Path, layer: dict[str, Any], fill: Callable[[BinaryIO], object]) -> None:
+    """Write a blob unless one with the right content is already there (re-install does not rewrite it)."""
+    path = blobs / _blob_name(layer["digest"])
+    if not (path.is_file() and path.stat().st_size == layer["size"] and _file_digest(path) == layer["digest"]):
+        write_atomic(path, fill)
+
+
+def _file_digest(path: Path) -> str:
+    with path.open("rb") as f:
+        return f"sha256:{hashlib.file_digest(f, 'sha256').hexdigest()}"
+
+
+def _blob_name(digest: str) -> str:
+    """`sha256:<hex>` → `sha256-<hex>`; anything else in a manifest is refused, so no path can leave blobs/."""
+    if not _DIGEST.fullmatch(digest):
+        raise UserError(f"invalid blob digest {digest!r} in a manifest")
+    return digest.replace(":", "-")
+
+
+def _manifest_path(root: Path, name: ModelName) -> Path:
+    return root / "manifests" / Path(*name.parts)
+
+
+def _manifests(root: Path) -> Iterator[tuple[ModelName, Path]]:
+    folder = root / "manifests"
+    for path in sorted(folder.glob("*/*/*/*")):
+        if path.is_file() and not path.name.startswith("."):  # dot files are temporary writes
+            yield ModelName(*path.relative_to(folder).parts), path
+
+
+def _entries(path: Path) -> list[dict[str, Any]]:
+    """The config and layer descriptors a manifest names."""
+    try:
+        manifest = json.loads(path.read_bytes())
+        return [manifest["config"], *manifest["layers"]]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"{path}: not a readable manifest ({exc})") from None
+
+
+def _digests(path: Path) -> set[str]:
+    return {entry["digest"] for entry in _entries(path)}
+
+
+def _stored(name: ModelName, path: Path) -> StoredModel:
+    size = sum(int(entry["size"]) for entry in _entries(path))
+    digest = f"sha256:{hashlib.sha256(path.read_bytes()).hexdigest()}"
+    return StoredModel(str(name), digest, size, path.stat().st_mtime)

@@ -1,0 +1,197 @@
+"""Modelfiles: ollama's grammar (shared/DESIGN.md §7) on hand-written files, the generator, the shipped files, `modelfile`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+import granite_gguf.cli
+from granite_gguf.errors import UserError
+from granite_gguf.modelfiles.cli import add_commands
+from granite_gguf.modelfiles.granite_r2 import CONTEXT_LENGTHS, FILE_TYPES, FOLDER, shipped_modelfiles
+from granite_gguf.modelfiles.modelfile import (
+    Instruction,
+    Modelfile,
+    ModelFacts,
+    check_modelfile,
+    embedding_modelfile,
+    generate_modelfile,
+    parse_modelfile,
+)
+from tests.conftest import Workspace
+
+
+def run_cli(monkeypatch: pytest.MonkeyPatch, *argv: str) -> int:
+    """The real `granite_gguf.cli.main` (its error handling), on a fresh parser holding only these commands."""
+
+    def parser() -> argparse.ArgumentParser:
+        fresh = argparse.ArgumentParser(prog="granite-gguf")
+        add_commands(fresh.add_subparsers(dest="command", required=True))
+        return fresh
+
+    monkeypatch.setattr(granite_gguf.cli, "build_parser", parser)
+    return granite_gguf.cli.main(list(argv))
+
+
+VALID = '\ufeff' + """# provenance comment
+   # an indented comment is a comment too
+from ./model.gguf
+Parameter num_ctx 8192
+PARAMETER\tnum_batch\t8192
+PARAMETER use_mmap false
+PARAMETER temperature 0.7
+PARAMETER top_p 1e-1
+PARAMETER seed -1
+PARAMETER stop "<|end|>"
+PARAMETER stop #not a comment here
+SYSTEM You are # a value, not a comment
+TEMPLATE \"\"\"{{ .Prompt }}
+# inside quotes this line is text
+\"\"\"
+MESSAGE user "hello there"
+LICENSE \"\"\"apache-2.0
+with "quotes" inside\"\"\"
+LICENSE "second license"
+""".replace("\n", "\r\n")
+
+
+def test_valid_modelfile_parses_as_ollama_reads_it() -> None:
+    assert check_modelfile(VALID) == []
+    modelfile, _ = parse_modelfile(VALID)
+    assert [(ins.keyword, ins.line) for ins in modelfile.instructions][:2] == [("FROM", 3), ("PARAMETER", 4)]
+    assert modelfile.values("FROM") == ["./model.gguf"]
+    assert modelfile.values("SYSTEM") == ["You are # a value, not a comment"]
+    assert modelfile.values("TEMPLATE") == ["{{ .Prompt }}\n# inside quotes this line is text\n"]
+    assert modelfile.values("LICENSE") == ['apache-2.0\nwith "quotes" inside', "second license"]
+    assert modelfile.values("MESSAGE") == ["hello there"]
+    assert modelfile.parameters() == {
+        "num_batch": 8192, "num_ctx": 8192, "seed": -1, "stop": ["<|end|>", "#not a comment here"],
+        "temperature": 0.7, "top_p": 0.1, "use_mmap": False,
+    }
+
+
+# Each case: a Modelfile with one planted error, the line it is on, and words the problem must say.
+INVALID = {
+    "upper-case parameter name": ("FROM x.gguf\nPARAMETER NUM_CTX 8192\n", 2, "lower-case: num_ctx"),
+    "mixed-case parameter name": ("FROM x.gguf\n\nPARAMETER Num_Batch 8\n", 3, "lower-case: num_batch"),
+    "unknown parameter": ("FROM x.gguf\nPARAMETER num_ctxx 8192\n", 2, "unknown parameter 'num_ctxx'"),
+    "missing FROM": ("PARAMETER num_ctx 8192\n", 1, "no FROM line"),
+    "unterminated quote": ("FROM x.gguf\nSYSTEM ok\nSYSTEM \"open\nPARAMETER num_ctx 1\n", 3, "unterminated quote"),
+    "unterminated triple quote": ("FROM x.gguf\nLICENSE \"\"\"text\"\"\n", 2, "unterminated quote"),
+    "text after a closing quote": ("FROM x.gguf\nSYSTEM \"a\" b\n", 2, "unterminated quote"),
+    "# after an int": ("FROM x.gguf\nPARAMETER num_ctx 8192 # comment\n", 2, "'#' starts a comment only"),
+    "# after a float": ("# c\nFROM x.gguf\nPARAMETER temperature 0.5 #warm\n", 3, "'#' starts a comment only"),
+    "bad bool": ("FROM x.gguf\nPARAMETER use_mmap yes\n", 2, "invalid bool value 'yes'"),
+    "int with underscore": ("FROM x.gguf\nPARAMETER num_ctx 8_192\n", 2, "invalid int value"),
+    "float out of float32 range": ("FROM x.gguf\nPARAMETER top_p 1e39\n", 2, "invalid float value"),
+    "single-quoted number": ("FROM x.gguf\nPARAMETER num_ctx '8192'\n", 2, "single quotes are not quotes"),
+    "single-quoted string": ("FROM x.gguf\nPARAMETER stop '<eos>'\n", 2, "single quotes are not quotes"),
+    "unknown instruction": ("FROM x.gguf\nQUANTIZE q8_0\n", 2, "unknown instruction 'QUANTIZE'"),
+    "parameter without keyword": ("FROM x.gguf\nnum_ctx 8192\n", 2, "is not an instruction"),
+    "bad parameter name character": ("FROM x.gguf\nPARAMETER num-ctx 8\n", 2, "invalid character"),
+    "FROM without value": ("FROM\nFROM x.gguf\n", 1, "FROM has no value"),
+    "parameter without value": ("FROM x.gguf\nPARAMETER num_ctx\n", 2, "PARAMETER num_ctx has no value"),
+    "message role": ("FROM x.gguf\nMESSAGE bot hi\n", 2, "MESSAGE role 'bot'"),
+    "repeated parameter": ("FROM x.gguf\nPARAMETER num_ctx 1\nPARAMETER num_ctx 2\n", 3, "repeats line 2"),
+    "REQUIRES": ("FROM x.gguf\nREQUIRES 0.12.0\n", 2, "only newer ollama servers"),
+    "RENDERER": ("FROM x.gguf\nrenderer qwen3\n", 2, "only newer ollama servers"),
+    "PARSER": ("FROM x.gguf\nPARSER qwen3\n", 2, "only newer ollama servers"),
+    "DRAFT": ("FROM x.gguf\nDRAFT ./small.gguf\n", 2, "only newer ollama servers"),
+}
+
+
+@pytest.mark.parametrize("case", INVALID)
+def test_planted_error_is_flagged_on_its_line(case: str) -> None:
+    text, line, words = INVALID[case]
+    problems = check_modelfile(text)
+    assert [(p.line, words in p.message) for p in problems] == [(line, True)], problems
+
+
+def test_checker_reports_every_problem_in_one_pass() -> None:
+    text = "PARAMETER NUM_CTX 1\nPARAMETER num_batch 8 # x\nPARAMETER stop \"\"\"never closed\n"
+    assert [p.line for p in check_modelfile(text)] == [1, 1, 2, 3]
+
+
+@pytest.mark.parametrize("value", ["plain", " leading space", "two\nlines", '"starts with a quote', 'ends with"', 'a "b" c'])
+def test_rendered_values_read_back_unchanged(value: str) -> None:
+    modelfile = Modelfile([Instruction("FROM", "x.gguf"), Instruction("SYSTEM", value), Instruction("LICENSE", value)])
+    parsed, problems = parse_modelfile(modelfile.render())
+    assert problems == []
+    assert [(i.keyword, i.value) for i in parsed.instructions] == [(i.keyword, i.value) for i in modelfile.instructions]
+
+
+def test_value_with_three_quotes_cannot_be_written() -> None:
+    with pytest.raises(UserError, match="three double quotes"):
+        Modelfile([Instruction("LICENSE", 'say """hi"""')]).render()
+
+
+def test_shipped_modelfiles_are_the_generators_output() -> None:
+    expected = shipped_modelfiles()
+    assert sorted(expected) == sorted(f"{m}-{t}.Modelfile" for m in CONTEXT_LENGTHS for t in FILE_TYPES)
+    assert sorted(path.name for path in FOLDER.iterdir()) == sorted(expected)
+    for name, text in expected.items():
+        assert (FOLDER / name).read_text(encoding="utf-8") == text, f"regenerate: python -m granite_gguf.modelfiles.granite_r2 ({name})"
+        assert check_modelfile(text) == []
+        modelfile, _ = parse_modelfile(text)
+        model = name.rsplit("-", 1)[0]
+        assert modelfile.values("FROM") == [f"./{name.removesuffix('.Modelfile')}.gguf"]
+        assert modelfile.parameters() == {"num_batch": CONTEXT_LENGTHS[model], "num_ctx": CONTEXT_LENGTHS[model]}
+        assert modelfile.values("LICENSE") == ["apache-2.0"] and 'LICENSE """apache-2.0"""' in text
+
+
+@pytest.mark.parametrize("family, context", [("tiny-gemma3", 32768), ("tiny-gpt2", 8192)])
+def test_generated_from_a_gguf(workspace: Workspace, tmp_path: Path, family: str, context: int) -> None:
+    gguf = workspace.gguf(family, "f16")
+    text = generate_modelfile(gguf, tmp_path / "Modelfile")
+    assert check_modelfile(text) == []
+    modelfile, _ = parse_modelfile(text)
+    source = modelfile.values("FROM")[0]
+    assert (tmp_path / source).resolve() == gguf.resolve()
+    assert modelfile.parameters() == {"num_batch": context, "num_ctx": context}
+    assert modelfile.values("LICENSE") == ["apache-2.0"]
+    assert [line for line in text.splitlines() if line.startswith("#")][:4] == [
+        f"# model: {family}", "# file type: f16", "# pooling: CLS", "# converter: granite-gguf 0.1.0"]
+    assert text.splitlines()[4].startswith("# num_batch = num_ctx")
+    beside = generate_modelfile(gguf, gguf.with_name("Modelfile"))
+    assert parse_modelfile(beside)[0].values("FROM") == [f"./{gguf.name}"]
+
+
+def test_facts_alone_and_gguf_give_the_same_shape() -> None:
+    facts = ModelFacts("m", 512, "q8_0", None, pooling="MEAN", converter="granite-gguf 9")
+    text = embedding_modelfile(facts).render()
+    assert "LICENSE" not in text and "FROM ./m-q8_0.gguf\n" in text and "# pooling: MEAN" in text
+    assert check_modelfile(text) == []
+
+
+def test_cli_check(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "Modelfile"
+    bad.write_text("FROM x.gguf\nPARAMETER num_ctx 8192 # comment\nPARAMETER Seed 1\n")
+    assert run_cli(monkeypatch, "modelfile", "--check", str(bad)) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split(": ", 1)[0] for line in out] == [f"{bad}:2", f"{bad}:3"]
+    bad.write_text("FROM x.gguf\n")
+    assert run_cli(monkeypatch, "modelfile", "--check", str(bad)) == 0
+    assert capsys.readouterr().out == f"{bad}: ok\n"
+
+
+def test_cli_writes_a_modelfile(workspace: Workspace, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                capsys: pytest.CaptureFixture[str]) -> None:
+    gguf = workspace.gguf("tiny-gemma3", "f16")
+    output = tmp_path / "Modelfile"
+    assert run_cli(monkeypatch, "modelfile", str(gguf), "-o", str(output)) == 0
+    assert output.read_text() == generate_modelfile(gguf, output)
+    assert [p.name for p in tmp_path.iterdir()] == ["Modelfile"]
+    capsys.readouterr()
+    monkeypatch.chdir(tmp_path)
+    assert run_cli(monkeypatch, "modelfile", str(gguf)) == 0
+    assert capsys.readouterr().out == output.read_text()
+
+
+@pytest.mark.parametrize("argv", [["modelfile"], ["modelfile", "x.gguf", "--check", "Modelfile"],
+                                  ["modelfile", "--check", "/no/such/Modelfile"], ["modelfile", "/no/such.gguf"]])
+def test_cli_usage_errors(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
+    assert run_cli(monkeypatch, *argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and len(captured.err.splitlines()) == 1 and captured.err.startswith("error: ")
