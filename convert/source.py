@@ -94,7 +94,7 @@ class Checkpoint:
 
     def read(self, name: str) -> np.ndarray:
         """The whole tensor as float32 (for small tensors and tests)."""
-        return np.concatenate(list(self.iter_rows(name))) if len(self.tensors[name].shape) > 1 else next(self.iter_rows(name))
+        return np.concatenate(list(self.iter_rows(name)))
 
 
 def _to_float32(raw: np.ndarray, dtype: str) -> np.ndarray:

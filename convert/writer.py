@@ -116,7 +116,7 @@ def convert(
                 written = 0
                 for rows in ckpt.iter_rows(plan.hf_name):
                     data = encode_rows(rows, plan.ggml_type)
-                    fout.write(data.tobytes())
+                    fout.write(memoryview(data).cast("B"))  # no extra copy of the chunk
                     written += data.nbytes
                     bar.update(data.nbytes)
                 if written != plan.nbytes:

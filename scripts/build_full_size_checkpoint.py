@@ -5,6 +5,7 @@ tokenizer is the small trained fixture tokenizer of the same family, grown to th
 size with unique filler tokens, each reachable by one extra merge (so the merges list also has a
 realistic length). Weights are streamed into safetensors in row chunks, never the whole model in
 memory; the 311m shape is written as two shards with a `model.safetensors.index.json`.
+Weights are bit-for-bit reproducible; tokenizer.json is as reproducible as `fixtures.train_tokenizer`.
 
     python scripts/build_full_size_checkpoint.py --shape 311m --dest /tmp/full311m
 """
@@ -145,8 +146,7 @@ def write_safetensors(path: Path, shapes: dict[str, tuple[int, ...]], rng: np.ra
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(text)) + text)
         for name in names:
-            for chunk in _tensor_chunks(shapes[name], rng):
-                f.write(chunk.tobytes())
+            f.writelines(chunk.tobytes() for chunk in _tensor_chunks(shapes[name], rng))
 
 
 def _tensor_chunks(dims: tuple[int, ...], rng: np.random.Generator) -> Iterator[np.ndarray]:

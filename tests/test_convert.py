@@ -205,3 +205,13 @@ def test_matryoshka_dims_from_option_and_builtin_table(workspace: Workspace, tmp
     shutil.copytree(source, named)
     with pytest.raises(UserError, match=r"\[768, 512, 384, 256, 128\] must lie in 1..64"):
         convert(open_checkpoint(str(named)), tmp_path / "n.gguf", OutType.F16)
+
+
+def test_fixtures_are_identical_across_processes(workspace: Workspace, tmp_path: Path) -> None:
+    """Tokenizer training must not depend on per-process hash seeds (tie-breaking) or anything else."""
+    script = "import sys; from pathlib import Path; from granite_gguf.fixtures import FIXTURES, build_fixture\n" \
+             "[build_fixture(n, Path(sys.argv[1]) / n) for n in FIXTURES]"
+    subprocess.run([sys.executable, "-c", script, str(tmp_path)], check=True)
+    for name in FAMILIES:
+        for file in ("tokenizer.json", "config.json", "model.safetensors"):
+            assert (tmp_path / name / file).read_bytes() == (workspace.checkpoint(name) / file).read_bytes(), f"{name}/{file}"
