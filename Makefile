@@ -6,5 +6,6 @@ demo:
 	.venv/bin/granite-gguf demo --outdir out
 
 test:
+	bash scripts/install-test-services.sh
 	bash scripts/install.sh test
 	.venv/bin/python -m pytest -q

@@ -16,6 +16,7 @@ from types import FrameType
 
 from granite_gguf.errors import UserError
 from granite_gguf.modelfiles.cli import add_commands as add_modelfile_commands
+from granite_gguf.modelfiles.registry import add_registry_commands
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -78,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(run=run_demo)
 
     add_modelfile_commands(commands)
+    add_registry_commands(commands)
     return parser
 
 
