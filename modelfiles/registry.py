@@ -60,20 +60,20 @@ def push(name: str, target: str, models_dir: Path | None, insecure: bool) -> Non
     from granite_gguf.modelfiles.store import (
         MANIFEST_MEDIA_TYPE,
         ModelName,
-        _blob_name,
-        _entries,
-        _manifest_path,
+        blob_file_name,
+        manifest_entries,
+        manifest_file_path,
         models_dir_or_default,
     )
 
     root = models_dir_or_default(models_dir)
-    path = _manifest_path(root, ModelName.parse(name))
+    path = manifest_file_path(root, ModelName.parse(name))
     if not path.is_file():
         raise UserError(f"model '{name}' not found in {root}")
     manifest = path.read_bytes()
     registry = _Registry(target, insecure)
-    for entry in _unique(_entries(path)):
-        blob = root / "blobs" / _blob_name(entry["digest"])
+    for entry in _unique(manifest_entries(path)):
+        blob = root / "blobs" / blob_file_name(entry["digest"])
         if not blob.is_file():
             raise UserError(f"{blob}: missing from the store (named by {path})")
         if registry.request("HEAD", f"blobs/{entry['digest']}", ok=(200, 404)).status_code == 200:
@@ -95,7 +95,7 @@ def pull(target: str, models_dir: Path | None, insecure: bool, name: str | None 
     from granite_gguf.modelfiles.store import (
         MANIFEST_MEDIA_TYPE,
         ModelName,
-        _manifest_path,
+        manifest_file_path,
         models_dir_or_default,
     )
 
@@ -113,19 +113,19 @@ def pull(target: str, models_dir: Path | None, insecure: bool, name: str | None 
     entries = _manifest_entries(manifest, target)
     for entry in _unique(entries):
         _download(registry, entry, root / "blobs")
-    write_atomic(_manifest_path(root, local), lambda out: out.write(manifest))
+    write_atomic(manifest_file_path(root, local), lambda out: out.write(manifest))
 
 
 def _manifest_entries(manifest: bytes, target: str) -> list[dict[str, Any]]:
     """The config and layers of a Docker v2 schema-2 manifest, digests and sizes checked before any use."""
-    from granite_gguf.modelfiles.store import MANIFEST_MEDIA_TYPE, _blob_name
+    from granite_gguf.modelfiles.store import MANIFEST_MEDIA_TYPE, blob_file_name
 
     try:
         value = json.loads(manifest)
         entries = [value["config"], *value["layers"]]
         media_type = value.get("mediaType")
         for entry in entries:
-            _blob_name(entry["digest"])
+            blob_file_name(entry["digest"])
             if not isinstance(entry["size"], int) or entry["size"] < 0:
                 raise ValueError(f"bad size {entry['size']!r}")
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
@@ -137,17 +137,17 @@ def _manifest_entries(manifest: bytes, target: str) -> list[dict[str, Any]]:
 
 def _download(registry: _Registry, entry: dict[str, Any], blobs: Path) -> None:
     """Fetch one blob by Range requests into `<blob>-partial`, resuming it; verify; rename into place."""
-    from granite_gguf.modelfiles.store import _blob_name, _file_digest
+    from granite_gguf.modelfiles.store import blob_file_name, sha256_of_file
 
     digest, size = entry["digest"], entry["size"]
-    final = blobs / _blob_name(digest)
-    if final.is_file() and final.stat().st_size == size and _file_digest(final) == digest:
+    final = blobs / blob_file_name(digest)
+    if final.is_file() and final.stat().st_size == size and sha256_of_file(final) == digest:
         return
     blobs.mkdir(parents=True, exist_ok=True)
     partial = final.with_name(final.name + "-partial")
     for attempt in range(2):
         resumed = _fetch(registry, digest, size, partial)
-        actual = _file_digest(partial)
+        actual = sha256_of_file(partial)
         got = partial.stat().st_size
         if got == size and actual == digest:
             os.replace(partial, final)

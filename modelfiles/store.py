@@ -115,7 +115,7 @@ def install(source: Path, name: str, models_dir: Path | None = None) -> StoredMo
         layers.append(_put_bytes(blobs, PARAMS_MEDIA_TYPE, _go_json(params)))
     config = _put_bytes(blobs, CONFIG_MEDIA_TYPE, _go_json(_config(summary, layers)))
     manifest = {"schemaVersion": 2, "mediaType": MANIFEST_MEDIA_TYPE, "config": config, "layers": layers}
-    path = _manifest_path(root, model_name)
+    path = manifest_file_path(root, model_name)
     data = _go_json(manifest)
     write_atomic(path, lambda out: out.write(data))
     return _stored(model_name, path)
@@ -129,7 +129,7 @@ def remove(name: str, models_dir: Path | None = None) -> None:
     """Delete `name`'s manifest, then the blobs that no other manifest names."""
     model_name = ModelName.parse(name)
     root = models_dir_or_default(models_dir)
-    path = _manifest_path(root, model_name)
+    path = manifest_file_path(root, model_name)
     if not path.is_file():
         raise UserError(f"model '{model_name}' not found in {root}")
     digests = _digests(path)
@@ -140,7 +140,7 @@ def remove(name: str, models_dir: Path | None = None) -> None:
         folder.rmdir()
     still_used = {digest for _, other in _manifests(root) for digest in _digests(other)}
     for digest in digests - still_used:
-        (root / "blobs" / _blob_name(digest)).unlink(missing_ok=True)
+        (root / "blobs" / blob_file_name(digest)).unlink(missing_ok=True)
 
 
 def _is_gguf(path: Path) -> bool:
@@ -201,7 +201,7 @@ def _put_bytes(blobs: Path, media_type: str, data: bytes) -> dict[str, Any]:
 
 def _put_file(blobs: Path, media_type: str, path: Path) -> dict[str, Any]:
     """A large file hashed, then copied, in chunks; a file that changes in between is refused."""
-    layer = _layer(media_type, _file_digest(path), path.stat().st_size)
+    layer = _layer(media_type, sha256_of_file(path), path.stat().st_size)
 
     def copy(out: BinaryIO) -> None:
         digest = hashlib.sha256()
@@ -218,24 +218,24 @@ def _put_file(blobs: Path, media_type: str, path: Path) -> dict[str, Any]:
 
 def _put(blobs: Path, layer: dict[str, Any], fill: Callable[[BinaryIO], object]) -> None:
     """Write a blob unless one with the right content is already there (re-install does not rewrite it)."""
-    path = blobs / _blob_name(layer["digest"])
-    if not (path.is_file() and path.stat().st_size == layer["size"] and _file_digest(path) == layer["digest"]):
+    path = blobs / blob_file_name(layer["digest"])
+    if not (path.is_file() and path.stat().st_size == layer["size"] and sha256_of_file(path) == layer["digest"]):
         write_atomic(path, fill)
 
 
-def _file_digest(path: Path) -> str:
+def sha256_of_file(path: Path) -> str:
     with path.open("rb") as f:
         return f"sha256:{hashlib.file_digest(f, 'sha256').hexdigest()}"
 
 
-def _blob_name(digest: str) -> str:
+def blob_file_name(digest: str) -> str:
     """`sha256:<hex>` → `sha256-<hex>`; anything else in a manifest is refused, so no path can leave blobs/."""
     if not _DIGEST.fullmatch(digest):
         raise UserError(f"invalid blob digest {digest!r} in a manifest")
     return digest.replace(":", "-")
 
 
-def _manifest_path(root: Path, name: ModelName) -> Path:
+def manifest_file_path(root: Path, name: ModelName) -> Path:
     return root / "manifests" / Path(*name.parts)
 
 
@@ -246,7 +246,7 @@ def _manifests(root: Path) -> Iterator[tuple[ModelName, Path]]:
             yield ModelName(*path.relative_to(folder).parts), path
 
 
-def _entries(path: Path) -> list[dict[str, Any]]:
+def manifest_entries(path: Path) -> list[dict[str, Any]]:
     """The config and layer descriptors a manifest names."""
     try:
         manifest = json.loads(path.read_bytes())
@@ -256,10 +256,10 @@ def _entries(path: Path) -> list[dict[str, Any]]:
 
 
 def _digests(path: Path) -> set[str]:
-    return {entry["digest"] for entry in _entries(path)}
+    return {entry["digest"] for entry in manifest_entries(path)}
 
 
 def _stored(name: ModelName, path: Path) -> StoredModel:
-    size = sum(int(entry["size"]) for entry in _entries(path))
+    size = sum(int(entry["size"]) for entry in manifest_entries(path))
     digest = f"sha256:{hashlib.sha256(path.read_bytes()).hexdigest()}"
     return StoredModel(str(name), digest, size, path.stat().st_mtime)
