@@ -1,82 +1,215 @@
-"""Embedder: a GGUF embedding model run through llama-cpp-python, read settings from the file itself.
+"""Embedder: a GGUF embedding model run through llama-cpp-python, with settings read from the file.
 
-Each input is decoded as its own micro-batch: llama.cpp aborts a non-causal model whose sequence is
-longer than `n_ubatch`, so context, batch and micro-batch are all sized to `max_tokens`, and longer
-inputs are truncated (counted, with a warning) before they reach llama.cpp.
+llama.cpp aborts the process when a non-causal model gets a sequence longer than the micro-batch,
+so every input is cut to `max_tokens` (or refused, or split, per `long_inputs`) before it reaches
+llama.cpp, and the context is created with a micro-batch that holds the longest allowed input.
+Short inputs are sorted by length and packed several per decode up to a token budget: llama.cpp
+computes attention over the whole micro-batch, so the budget is small (measured, docs/performance.md).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from types import TracebackType
 
 import numpy as np
 
 from granite_gguf.convert.inspect import read_summary
+from granite_gguf.convert.tokenizer import TokenizerFamily
 from granite_gguf.errors import UserError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_TOKENS = 8192
+DEFAULT_MAX_TOKENS = 8192  # the Granite R2 sentence-transformers max_seq_length
 # llama.cpp 0.3.36 (llama-cpp-python's) aborts at context creation (GGML_ASSERT in build_pooling) for
 # a MEAN-pooled modern-bert with n_ubatch > 2048; measured, see docs/parity.md.
 MEAN_POOLING_MAX_TOKENS = 2048
+# Tokens per decode when packing short inputs, and sequences per decode (llama.cpp allows 256).
+DEFAULT_BATCH_TOKENS = 1024
+MAX_SEQUENCES_PER_DECODE = 64
+CHUNK_OVERLAP_FRACTION = 8  # "chunk" windows overlap by 1/8 of their length
+
+
+class LongInputs(Enum):
+    """What `encode` does with an input longer than `max_tokens`."""
+
+    TRUNCATE = "truncate"  # keep the first tokens (special tokens kept), warn with a count
+    ERROR = "error"  # refuse the whole call before any work
+    CHUNK = "chunk"  # overlapping windows, vectors averaged (weighted by length) and re-normalized
+
+
+@dataclass
+class _Piece:
+    """One sequence handed to llama.cpp: a whole input, a truncated one, or one chunk of a long one."""
+
+    owner: int  # index of the input text
+    tokens: list[int]
+
+
+def usable_threads() -> int:
+    """CPUs this process may run on (cgroup/affinity aware), not the host's count."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def clean_text(text: str) -> bytes:
+    """UTF-8 for llama.cpp: lone surrogates become U+FFFD instead of an exception or a '?'."""
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace").encode("utf-8")
 
 
 class Embedder:
-    """`encode(texts)` → float32 array, like sentence-transformers, on a GGUF model."""
+    """`encode(texts)` → float32 array, in the style of sentence-transformers, on a GGUF model."""
 
     def __init__(self, path: str | os.PathLike[str], *, n_threads: int | None = None, gpu_layers: int = 0,
-                 max_tokens: int | None = None, flash_attn: bool = True) -> None:
+                 max_tokens: int | None = None, batch_tokens: int = DEFAULT_BATCH_TOKENS,
+                 flash_attn: bool = True) -> None:
         import llama_cpp
 
         self.path = Path(path)
         if not self.path.is_file():
             raise UserError(f"{self.path}: no such GGUF file")
-        self.summary = read_summary(self.path)
-        context = int(self.summary.arch_value("context_length", DEFAULT_MAX_TOKENS))
-        self.max_tokens = min(context, max_tokens or DEFAULT_MAX_TOKENS)
-        if self.summary.pooling == "MEAN" and self.max_tokens > MEAN_POOLING_MAX_TOKENS:
-            log.warning("MEAN pooling: inputs limited to %d tokens (llama.cpp aborts above)", MEAN_POOLING_MAX_TOKENS)
-            self.max_tokens = MEAN_POOLING_MAX_TOKENS
-        self.normalize = self.summary.normalize
-        self.matryoshka_dims = self.summary.matryoshka_dims
+        summary = read_summary(self.path)
+        if summary.pooling not in ("CLS", "MEAN", "LAST"):
+            raise UserError(f"{self.path}: pooling {summary.pooling} gives no sentence vector; not an embedding model")
+        context = int(summary.arch_value("context_length", DEFAULT_MAX_TOKENS))
+        limit = MEAN_POOLING_MAX_TOKENS if summary.pooling == "MEAN" else context
+        wanted = max_tokens or DEFAULT_MAX_TOKENS
+        if wanted < 1:
+            raise UserError(f"max_tokens must be positive, got {max_tokens}")
+        self.max_tokens = min(context, wanted, limit)
+        if max_tokens and self.max_tokens < max_tokens:
+            log.warning("max_tokens %d lowered to %d (context %d, %s pooling)", max_tokens, self.max_tokens,
+                        context, summary.pooling)
+        if batch_tokens < 1:
+            raise UserError(f"batch_tokens must be positive, got {batch_tokens}")
+        self.batch_tokens = min(batch_tokens, limit)
+        self.summary = summary
+        self.pooling = summary.pooling
+        self.normalize = summary.normalize  # the model's own Normalize module
+        self.matryoshka_dims = summary.matryoshka_dims
+        pre = summary.metadata.get("tokenizer.ggml.pre")
+        self.tokenizer_family = next((f for f in TokenizerFamily if f.pre == pre), None)
+        micro_batch = max(self.max_tokens, self.batch_tokens)
         self._llama = llama_cpp.Llama(
-            model_path=str(self.path), embedding=True, n_ctx=self.max_tokens, n_batch=self.max_tokens,
-            n_ubatch=self.max_tokens, n_seq_max=1, n_threads=n_threads or os.cpu_count(), n_gpu_layers=gpu_layers,
+            model_path=str(self.path), embedding=True, n_ctx=micro_batch, n_batch=micro_batch, n_ubatch=micro_batch,
+            n_seq_max=MAX_SEQUENCES_PER_DECODE, n_threads=n_threads or usable_threads(), n_gpu_layers=gpu_layers,
             flash_attn=flash_attn, verbose=False,
         )
+        vocab = self._llama._model.vocab
+        self._prefix = 1 if llama_cpp.llama_vocab_get_add_bos(vocab) else 0
+        self._specials = self._llama.tokenize(b"", add_bos=True, special=False)  # e.g. [CLS, SEP]
         self.dimension = self._llama.n_embd()
         self.truncated_inputs = 0
 
     def tokenize(self, text: str) -> list[int]:
         """Token ids as the model sees them, BOS/EOS included per the file's tokenizer settings."""
-        return self._llama.tokenize(text.encode("utf-8", errors="replace"), add_bos=True, special=False)
+        return self._llama.tokenize(clean_text(text), add_bos=True, special=False)
 
-    def encode(self, texts: str | Sequence[str], *, normalize_embeddings: bool = True) -> np.ndarray:
-        """One row per text: the pooled vector, L2-normalized unless asked not to."""
-        import llama_cpp
+    def encode(self, texts: str | Sequence[str], *, batch_size: int = 32, normalize_embeddings: bool = True,
+               truncate_dim: int | None = None, show_progress_bar: bool = False,
+               long_inputs: str | LongInputs = LongInputs.TRUNCATE) -> np.ndarray:
+        """One float32 row per text (a 1-D array for a single string).
 
+        Pipeline per text, as sentence-transformers runs it: pooled vector → the model's Normalize
+        (if the file says so) → first `truncate_dim` values → L2 normalization if `normalize_embeddings`.
+        """
         single = isinstance(texts, str)
-        rows = np.zeros((1 if single else len(texts), self.dimension), dtype=np.float32)
-        ctx, batch = self._llama._ctx, self._llama._batch
-        for row, text in enumerate([texts] if single else texts):
-            tokens = self.tokenize(text)
-            if len(tokens) > self.max_tokens:
-                self.truncated_inputs += 1
-                log.warning("input of %d tokens truncated to %d", len(tokens), self.max_tokens)
-                tokens = tokens[: self.max_tokens]
-            batch.reset()
-            batch.add_sequence(tokens, 0, True)
-            ctx.kv_cache_clear()
-            ctx.decode(batch)
-            rows[row] = np.ctypeslib.as_array(llama_cpp.llama_get_embeddings_seq(ctx.ctx, 0), shape=(self.dimension,))
+        items = [texts] if single else list(texts)
+        if not all(isinstance(text, str) for text in items):
+            raise UserError("encode takes a string or a sequence of strings")
+        dim = self._checked_dim(truncate_dim)
+        try:
+            mode = LongInputs(long_inputs)
+        except ValueError:
+            raise UserError(f"long_inputs must be one of {[m.value for m in LongInputs]}, got {long_inputs!r}") from None
+        if not 1 <= batch_size <= MAX_SEQUENCES_PER_DECODE:
+            raise UserError(f"batch_size must lie in 1..{MAX_SEQUENCES_PER_DECODE}, got {batch_size}")
+        pieces = list(self._pieces(items, mode))
+        vectors = self._embed(pieces, batch_size, show_progress_bar)
+        if self.normalize:
+            vectors = _l2(vectors)
+        rows = np.zeros((len(items), self.dimension), dtype=np.float32)
+        weights = np.zeros(len(items), dtype=np.float32)
+        for piece, vector in zip(pieces, vectors):
+            rows[piece.owner] += len(piece.tokens) * vector
+            weights[piece.owner] += len(piece.tokens)
+        rows /= np.maximum(weights, 1)[:, None]
+        if self.normalize:
+            rows = _l2(rows)
+        rows = rows[:, :dim]
         if normalize_embeddings:
-            rows /= np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+            rows = _l2(rows)
         return rows[0] if single else rows
+
+    def _checked_dim(self, truncate_dim: int | None) -> int:
+        if truncate_dim is None or truncate_dim == self.dimension:
+            return self.dimension
+        if truncate_dim not in self.matryoshka_dims:
+            valid = sorted({*self.matryoshka_dims, self.dimension}, reverse=True)
+            raise UserError(f"truncate_dim {truncate_dim} is not a Matryoshka dimension of this model; valid: "
+                            f"{', '.join(map(str, valid))}")
+        return truncate_dim
+
+    def _pieces(self, texts: list[str], mode: LongInputs) -> Iterator[_Piece]:
+        """The sequences to decode; long inputs truncated, refused or chunked, special tokens kept."""
+        tokenized = [self.tokenize(text) for text in texts]
+        too_long = [i for i, tokens in enumerate(tokenized) if len(tokens) > self.max_tokens]
+        if too_long and mode is LongInputs.ERROR:
+            first = too_long[0]
+            raise UserError(f"{len(too_long)} input(s) longer than max_tokens {self.max_tokens} (input {first}: "
+                            f"{len(tokenized[first])} tokens); use long_inputs='truncate' or 'chunk'")
+        if too_long and mode is LongInputs.TRUNCATE:
+            self.truncated_inputs += len(too_long)
+            log.warning("%d input(s) truncated to %d tokens", len(too_long), self.max_tokens)
+        prefix, suffix = self._specials[: self._prefix], self._specials[self._prefix:]
+        room = self.max_tokens - len(self._specials)
+        for owner, tokens in enumerate(tokenized):
+            if len(tokens) <= self.max_tokens:
+                yield _Piece(owner, tokens)
+                continue
+            content = tokens[len(prefix): len(tokens) - len(suffix)]
+            if mode is LongInputs.TRUNCATE:
+                yield _Piece(owner, prefix + content[:room] + suffix)
+                continue
+            step = room - room // CHUNK_OVERLAP_FRACTION
+            for start in range(0, len(content) - room + step, step):
+                yield _Piece(owner, prefix + content[start: start + room] + suffix)
+
+    def _embed(self, pieces: list[_Piece], batch_size: int, show_progress_bar: bool) -> np.ndarray:
+        """Pooled vectors, longest first, packed up to `batch_tokens` tokens and `batch_size` sequences per decode."""
+        import llama_cpp
+        from tqdm import tqdm
+
+        vectors = np.zeros((len(pieces), self.dimension), dtype=np.float32)
+        order = sorted(range(len(pieces)), key=lambda i: -len(pieces[i].tokens))
+        order = [i for i in order if pieces[i].tokens]  # only a file without special tokens gives none
+        ctx, batch = self._llama._ctx, self._llama._batch
+        with tqdm(total=len(order), unit="seq", disable=not show_progress_bar) as progress:
+            start = 0
+            while start < len(order):
+                group = [order[start]]
+                used = len(pieces[order[start]].tokens)
+                for index in order[start + 1:]:
+                    size = len(pieces[index].tokens)
+                    if len(group) == batch_size or used + size > self.batch_tokens:
+                        break
+                    group.append(index)
+                    used += size
+                batch.reset()
+                for seq_id, index in enumerate(group):
+                    batch.add_sequence(pieces[index].tokens, seq_id, True)
+                ctx.kv_cache_clear()  # a no-op for encoders (no memory); kept for files that have one
+                ctx.decode(batch)
+                for seq_id, index in enumerate(group):
+                    pointer = llama_cpp.llama_get_embeddings_seq(ctx.ctx, seq_id)
+                    vectors[index] = np.ctypeslib.as_array(pointer, shape=(self.dimension,))
+                start += len(group)
+                progress.update(len(group))
+        return vectors
 
     def close(self) -> None:
         self._llama.close()
@@ -86,3 +219,7 @@ class Embedder:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self.close()
+
+
+def _l2(rows: np.ndarray) -> np.ndarray:
+    return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
