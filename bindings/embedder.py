@@ -104,6 +104,7 @@ class Embedder:
         self._specials = self._llama.tokenize(b"", add_bos=True, special=False)  # e.g. [CLS, SEP]
         self.dimension = self._llama.n_embd()
         self.truncated_inputs = 0
+        self.last_token_counts: list[int] = []  # tokens per input of the last encode call, before any cut
 
     def tokenize(self, text: str) -> list[int]:
         """Token ids as the model sees them, BOS/EOS included per the file's tokenizer settings."""
@@ -157,6 +158,7 @@ class Embedder:
     def _pieces(self, texts: list[str], mode: LongInputs) -> Iterator[_Piece]:
         """The sequences to decode; long inputs truncated, refused or chunked, special tokens kept."""
         tokenized = [self.tokenize(text) for text in texts]
+        self.last_token_counts = [len(tokens) for tokens in tokenized]
         too_long = [i for i, tokens in enumerate(tokenized) if len(tokens) > self.max_tokens]
         if too_long and mode is LongInputs.ERROR:
             first = too_long[0]

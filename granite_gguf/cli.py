@@ -1,4 +1,4 @@
-"""The `granite-gguf` command line: convert, verify, inspect, fixture, demo.
+"""The `granite-gguf` command line: convert, verify, inspect, embed, serve, ollama packaging, fixture, demo.
 
 User errors print one line `error: …` and exit 2 (no traceback); verify exits 1 on a parity failure.
 """
@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
+from granite_gguf.bindings.cli import add_commands as add_embedding_commands
 from granite_gguf.errors import UserError
 from granite_gguf.modelfiles.cli import add_commands as add_modelfile_commands
 from granite_gguf.modelfiles.registry import add_registry_commands
@@ -78,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--outdir", type=Path, default=Path("out"))
     demo.set_defaults(run=run_demo)
 
+    add_embedding_commands(commands)
     add_modelfile_commands(commands)
     add_registry_commands(commands)
     return parser
