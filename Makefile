@@ -8,4 +8,5 @@ demo:
 test:
 	bash scripts/install-test-services.sh
 	bash scripts/install.sh test
+	bash scripts/build-llama-server.sh
 	.venv/bin/python -m pytest -q
