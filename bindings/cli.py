@@ -29,13 +29,16 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         command.add_argument("--long-inputs", choices=[mode.value for mode in LongInputs], default="truncate",
                              help="inputs past --max-tokens: truncate (default), error, or chunk and average")
         command.add_argument("--threads", type=int, help="CPU threads (default: the CPUs this process may use)")
+        command.add_argument("--unsafe-skip-check", action="store_true",
+                             help="hand the file to llama.cpp without validating it first (experts only)")
 
 
 def run_embed(args: argparse.Namespace) -> int:
     from granite_gguf.bindings.embedder import Embedder
 
     texts = [line.rstrip("\n") for line in sys.stdin] if args.texts == ["-"] else args.texts
-    with Embedder(args.gguf, n_threads=args.threads, max_tokens=args.max_tokens) as embedder:
+    with Embedder(args.gguf, n_threads=args.threads, max_tokens=args.max_tokens,
+                  unsafe_skip_check=args.unsafe_skip_check) as embedder:
         vectors = embedder.encode(texts, truncate_dim=args.dim, long_inputs=args.long_inputs)
     for vector in vectors:
         print(json.dumps([round(float(x), 7) for x in vector]))
@@ -47,7 +50,8 @@ def run_serve(args: argparse.Namespace) -> int:
     from granite_gguf.bindings.server import EmbeddingService, make_server
     from granite_gguf.errors import UserError
 
-    with Embedder(args.gguf, n_threads=args.threads, max_tokens=args.max_tokens) as embedder:
+    with Embedder(args.gguf, n_threads=args.threads, max_tokens=args.max_tokens,
+                  unsafe_skip_check=args.unsafe_skip_check) as embedder:
         service = EmbeddingService(embedder, args.model_name or args.gguf.name.removesuffix(".gguf"),
                                    LongInputs(args.long_inputs))
         try:

@@ -19,6 +19,7 @@ from types import TracebackType
 
 import numpy as np
 
+from granite_gguf.convert.check import check_gguf
 from granite_gguf.convert.inspect import read_summary
 from granite_gguf.convert.tokenizer import TokenizerFamily
 from granite_gguf.errors import UserError
@@ -66,12 +67,14 @@ class Embedder:
 
     def __init__(self, path: str | os.PathLike[str], *, n_threads: int | None = None, gpu_layers: int = 0,
                  max_tokens: int | None = None, batch_tokens: int = DEFAULT_BATCH_TOKENS,
-                 flash_attn: bool = True) -> None:
+                 flash_attn: bool = True, unsafe_skip_check: bool = False) -> None:
         import llama_cpp
 
         self.path = Path(path)
         if not self.path.is_file():
             raise UserError(f"{self.path}: no such GGUF file")
+        if not unsafe_skip_check:  # llama.cpp aborts the whole process on some malformed files
+            check_gguf(self.path)
         summary = read_summary(self.path)
         if summary.pooling not in ("CLS", "MEAN", "LAST"):
             raise UserError(f"{self.path}: pooling {summary.pooling} gives no sentence vector; not an embedding model")

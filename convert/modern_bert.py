@@ -114,21 +114,7 @@ class ModernBertSpec:
 
     def expected_shapes(self) -> dict[str, tuple[int, ...]]:
         """GGUF tensor name → numpy shape (rows, cols) as stored in the HF checkpoint."""
-        h, ff = self.hidden_size, self.intermediate_size
-        shapes: dict[str, tuple[int, ...]] = {
-            "token_embd.weight": (self.vocab_size, h),
-            "token_embd_norm.weight": (h,),
-            "output_norm.weight": (h,),
-        }
-        for i in range(self.num_layers):
-            if i != 0:
-                shapes[f"blk.{i}.attn_norm.weight"] = (h,)
-            shapes[f"blk.{i}.attn_qkv.weight"] = (3 * h, h)
-            shapes[f"blk.{i}.attn_output.weight"] = (h, h)
-            shapes[f"blk.{i}.ffn_norm.weight"] = (h,)
-            shapes[f"blk.{i}.ffn_up.weight"] = (2 * ff, h)
-            shapes[f"blk.{i}.ffn_down.weight"] = (h, ff)
-        return shapes
+        return tensor_shapes(self.hidden_size, self.intermediate_size, self.num_layers, self.vocab_size)
 
     def parameter_count(self) -> int:
         return sum(int(np.prod(shape)) for shape in self.expected_shapes().values())
@@ -152,6 +138,28 @@ class ModernBertSpec:
         writer.add_bool(keys.NORMALIZE, self.normalize)
         if self.matryoshka_dims:
             writer.add_array(keys.MATRYOSHKA_DIMS, [int(d) for d in self.matryoshka_dims])
+
+
+def tensor_shapes(hidden: int, intermediate: int, num_layers: int, vocab_size: int) -> dict[str, tuple[int, ...]]:
+    """Every tensor of a modern-bert file, numpy order (rows, cols); a GGUF lists the dims reversed.
+
+    Layer 0 has no attn_norm (the embedding norm precedes it), as in the Granite R2 checkpoints.
+    """
+    h, ff = hidden, intermediate
+    shapes: dict[str, tuple[int, ...]] = {
+        "token_embd.weight": (vocab_size, h),
+        "token_embd_norm.weight": (h,),
+        "output_norm.weight": (h,),
+    }
+    for i in range(num_layers):
+        if i != 0:
+            shapes[f"blk.{i}.attn_norm.weight"] = (h,)
+        shapes[f"blk.{i}.attn_qkv.weight"] = (3 * h, h)
+        shapes[f"blk.{i}.attn_output.weight"] = (h, h)
+        shapes[f"blk.{i}.ffn_norm.weight"] = (h,)
+        shapes[f"blk.{i}.ffn_up.weight"] = (2 * ff, h)
+        shapes[f"blk.{i}.ffn_down.weight"] = (h, ff)
+    return shapes
 
 
 def map_tensor_names(ckpt: Checkpoint, spec: ModernBertSpec) -> dict[str, str]:

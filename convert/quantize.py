@@ -19,6 +19,7 @@ from tqdm import tqdm
 from granite_gguf.convert.inspect import read_summary
 from granite_gguf.convert.source import Checkpoint
 from granite_gguf.convert.writer import OutType, convert
+from granite_gguf.convert.check import check_gguf
 from granite_gguf.errors import UserError
 from granite_gguf.files import atomic_output
 
@@ -78,6 +79,7 @@ def quantize_file(source: Path, dest: Path, label: str, nthread: int | None = No
     from llama_cpp._utils import suppress_stdout_stderr
 
     ftype, _ = LLAMA_TYPES[label]
+    check_gguf(source)  # llama.cpp's quantizer aborts on some malformed files
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = ftype
     params.nthread = nthread or os.cpu_count() or 1

@@ -70,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--json", action="store_true", help="print JSON")
     inspect.set_defaults(run=run_inspect)
 
+    check = commands.add_parser("check", help="validate GGUF files before llama.cpp loads them (exit 1 if any is bad)")
+    check.add_argument("gguf", type=Path, nargs="+")
+    check.set_defaults(run=run_check)
+
     fixture = commands.add_parser("fixture", help="build a tiny Granite-R2-shaped test checkpoint")
     fixture.add_argument("name", choices=_fixture_names())
     fixture.add_argument("dest", type=Path)
@@ -161,6 +165,23 @@ def run_inspect(args: argparse.Namespace) -> int:
     for key, value in meta.items():
         print(f"  {key} = {value}")
     return 0
+
+
+def run_check(args: argparse.Namespace) -> int:
+    from granite_gguf.convert.check import GGUFCheckError, check_gguf
+
+    bad = 0
+    for path in args.gguf:
+        try:
+            checked = check_gguf(path)
+        except GGUFCheckError as exc:
+            bad += 1
+            print(f"INVALID {exc}")
+            continue
+        vocab = len(checked.metadata["tokenizer.ggml.tokens"])
+        print(f"ok      {path}: GGUF v{checked.version}, {len(checked.tensors)} tensors, {len(checked.metadata)} keys, "
+              f"{vocab} tokens")
+    return 1 if bad else 0
 
 
 def run_fixture(args: argparse.Namespace) -> int:
