@@ -110,8 +110,12 @@ class Embedder:
         self.last_token_counts: list[int] = []  # tokens per input of the last encode call, before any cut
 
     def tokenize(self, text: str) -> list[int]:
-        """Token ids as the model sees them, BOS/EOS included per the file's tokenizer settings."""
-        return self._llama.tokenize(clean_text(text), add_bos=True, special=False)
+        """Token ids as the model sees them, BOS/EOS included per the file's tokenizer settings.
+
+        Special tokens spelled out in the text ("<eos>", "[SEP]") are read as those tokens, as HF
+        tokenizers (and so sentence-transformers) and llama-server do.
+        """
+        return self._llama.tokenize(clean_text(text), add_bos=True, special=True)
 
     def encode(self, texts: str | Sequence[str], *, batch_size: int = 32, normalize_embeddings: bool = True,
                truncate_dim: int | None = None, show_progress_bar: bool = False,

@@ -155,3 +155,20 @@ def test_bad_arguments_are_user_errors(workspace: Workspace, tmp_path: Path) -> 
         assert embedder.encode([]).shape == (0, embedder.dimension)
     with pytest.raises(UserError, match="no such GGUF"):
         Embedder(tmp_path / "missing.gguf")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_special_tokens_written_in_the_text_are_read_like_hf(workspace: Workspace, family: str) -> None:
+    import json
+
+    from tokenizers import Tokenizer
+
+    folder = workspace.checkpoint(family)
+    specials = [value if isinstance(value, str) else value["content"]
+                for value in json.loads((folder / "special_tokens_map.json").read_text()).values()]
+    text = f"before {specials[0]} middle {specials[-1]} after"
+    hf_ids = Tokenizer.from_file(str(folder / "tokenizer.json")).encode(text).ids
+    expected = sentence_transformer(folder).encode([text], normalize_embeddings=True)
+    with Embedder(workspace.gguf(family)) as embedder:
+        assert embedder.tokenize(text) == hf_ids
+        assert min_cosine(embedder.encode([text]), expected) >= F32_COSINE

@@ -195,8 +195,6 @@ def test_special_token_strings_are_parsed_like_hf(server: Server) -> None:
     assert body["usage"]["prompt_tokens"] == len(hf_ids)
 
 
-@pytest.mark.xfail(strict=True, reason="Embedder.tokenize uses special=False: a special token written in the text "
-                   "is split into pieces, where HF tokenizers and llama-server read it as the special token")
 def test_embedder_parses_special_token_strings_like_the_server(server: Server) -> None:
     text = special_token_text(server.checkpoint)
     ids = server.post("/tokenize", {"content": text, "add_special": True})["tokens"]
