@@ -16,7 +16,11 @@ WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.ERO
 
 @contextmanager
 def atomic_output(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it into place only if the block succeeds."""
+    """Yield a temporary path beside `path`; fsync it and rename it into place only if the block succeeds.
+
+    A crash or SIGKILL at any point leaves either the previous file or the complete new one under
+    `path` (at worst a stray `.name.PID.tmp` beside it).
+    """
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{path}: is a directory")
@@ -25,7 +29,9 @@ def atomic_output(path: Path) -> Iterator[Path]:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         yield tmp
+        _fsync(tmp)
         os.replace(tmp, path)
+        _fsync(path.parent)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         if exc.errno in WRITE_ERRNOS:
@@ -36,10 +42,17 @@ def atomic_output(path: Path) -> Iterator[Path]:
         raise
 
 
+def _fsync(path: Path) -> None:
+    """Flush a file's (or a folder's entries') data to disk."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
 def write_atomic(path: Path, fill: Callable[[BinaryIO], object]) -> None:
-    """Create `path`'s folder, write it through `fill`, fsync, rename into place."""
+    """Create `path`'s folder, write it through `fill`, then fsync and rename into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(path) as tmp, tmp.open("wb") as out:
         fill(out)
-        out.flush()
-        os.fsync(out.fileno())

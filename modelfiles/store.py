@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from granite_gguf.convert.check import check_gguf
 from granite_gguf.convert.inspect import GGUFSummary, read_summary
 from granite_gguf.errors import UserError
 from granite_gguf.files import write_atomic
@@ -106,6 +107,7 @@ def install(source: Path, name: str, models_dir: Path | None = None) -> StoredMo
         _refuse_unsupported(modelfile, source)
         gguf = _gguf_of(modelfile, source)
         summary = read_summary(gguf)
+    check_gguf(gguf)  # ollama runs llama.cpp, which aborts on some malformed files
     blobs = root / "blobs"
     layers = [_put_file(blobs, MODEL_MEDIA_TYPE, gguf)]
     layers += [_put_bytes(blobs, media_type, value.encode()) for keyword, media_type in TEXT_LAYERS.items()
