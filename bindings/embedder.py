@@ -97,9 +97,10 @@ class Embedder:
         pre = summary.metadata.get("tokenizer.ggml.pre")
         self.tokenizer_family = next((f for f in TokenizerFamily if f.pre == pre), None)
         micro_batch = max(self.max_tokens, self.batch_tokens)
+        threads = n_threads or usable_threads()
         self._llama = llama_cpp.Llama(
             model_path=str(self.path), embedding=True, n_ctx=micro_batch, n_batch=micro_batch, n_ubatch=micro_batch,
-            n_seq_max=MAX_SEQUENCES_PER_DECODE, n_threads=n_threads or usable_threads(), n_gpu_layers=gpu_layers,
+            n_seq_max=MAX_SEQUENCES_PER_DECODE, n_threads=threads, n_threads_batch=threads, n_gpu_layers=gpu_layers,
             flash_attn=flash_attn, verbose=False,
         )
         vocab = self._llama._model.vocab
@@ -158,7 +159,7 @@ class Embedder:
             return self.dimension
         if truncate_dim not in self.matryoshka_dims:
             valid = sorted({*self.matryoshka_dims, self.dimension}, reverse=True)
-            raise UserError(f"truncate_dim {truncate_dim} is not a Matryoshka dimension of this model; valid: "
+            raise UserError(f"dimension {truncate_dim} is not a Matryoshka dimension of this model; valid: "
                             f"{', '.join(map(str, valid))}")
         return truncate_dim
 
