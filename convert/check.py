@@ -18,6 +18,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
 from granite_gguf.convert import keys
 from granite_gguf.convert.modern_bert import tensor_shapes
+from granite_gguf.convert.tokenizer import MAX_VOCAB
 from granite_gguf.errors import UserError
 
 MAGIC = b"GGUF"
@@ -27,7 +28,7 @@ MAX_KEYS = 65_536
 MAX_KEY_BYTES = 1_024
 MAX_STRING_BYTES = 16 * 1024 * 1024
 MAX_ARRAY_ITEMS = 16 * 1024 * 1024
-MAX_VOCAB = 1 << 20  # Granite R2's largest is 262,144
+
 MAX_DIMS = 4
 MAX_NAME_BYTES = 63  # GGML_MAX_NAME - 1
 DEFAULT_ALIGNMENT = 32

@@ -41,6 +41,10 @@ NAME_TABLE: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"^layers\.(\d+)\.mlp\.Wo\.weight$"), "blk.{}.ffn_down.weight"),
     (re.compile(r"^final_norm\.weight$"), "output_norm.weight"),
 ]
+# Upper bounds on config.json integers, far above any ModernBERT, so a hostile config cannot make the
+# converter loop or allocate without end (docs/security.md).
+CONFIG_LIMITS = {"num_hidden_layers": 1_024, "vocab_size": 1 << 20, "max_position_embeddings": 1 << 20}
+DEFAULT_CONFIG_LIMIT = 1 << 16
 IGNORED_PREFIXES = ("head.", "decoder.")  # the masked-LM head is not part of the encoder
 
 
@@ -66,6 +70,13 @@ class ModernBertSpec:
 
     @classmethod
     def from_checkpoint(cls, ckpt: Checkpoint, matryoshka_dims: tuple[int, ...] | None = None) -> ModernBertSpec:
+        try:
+            return cls._from_checkpoint(ckpt, matryoshka_dims)
+        except (TypeError, AttributeError, KeyError, IndexError, ValueError) as exc:  # a value of the wrong JSON type
+            raise UserError(f"config.json: unexpected structure ({type(exc).__name__}: {exc})") from None
+
+    @classmethod
+    def _from_checkpoint(cls, ckpt: Checkpoint, matryoshka_dims: tuple[int, ...] | None) -> ModernBertSpec:
         config = ckpt.config
         architectures = config.get("architectures") or []
         if config.get("model_type") != "modernbert" or not any(a in SUPPORTED_ARCHITECTURES for a in architectures):
@@ -203,6 +214,9 @@ def _int(config: dict[str, Any], key: str) -> int:
         raise UserError(f"config.json: missing key {key!r}")
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         raise UserError(f"config.json: {key} must be a positive integer, got {value!r}")
+    limit = CONFIG_LIMITS.get(key, DEFAULT_CONFIG_LIMIT)
+    if value > limit:
+        raise UserError(f"config.json: {key} = {value} exceeds the limit {limit}")
     return value
 
 

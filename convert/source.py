@@ -10,6 +10,7 @@ every touched page of the file resident for the life of the handle.
 from __future__ import annotations
 
 import json
+import math
 import mmap
 import os
 import re
@@ -242,14 +243,14 @@ def _validate_entry(path: Path, name: str, info: Any, data_start: int, data_size
     if not isinstance(info, dict):
         raise bad("entry is not an object")
     dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
-    if dtype not in SAFETENSORS_DTYPES:
+    if not isinstance(dtype, str) or dtype not in SAFETENSORS_DTYPES:
         raise bad(f"unsupported dtype {dtype!r}; expected one of {', '.join(SAFETENSORS_DTYPES)}")
     if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
         raise bad(f"bad shape {shape!r}")
     if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
         raise bad(f"bad data_offsets {offsets!r}")
     begin, end = offsets
-    nbytes = int(np.prod(shape, dtype=np.int64)) * SAFETENSORS_DTYPES[dtype][1]
+    nbytes = math.prod(shape) * SAFETENSORS_DTYPES[dtype][1]  # Python ints: no overflow on hostile shapes
     if not 0 <= begin <= end or end - begin != nbytes:
         raise bad(f"data_offsets {offsets} do not hold {nbytes} bytes")
     if end > data_size:

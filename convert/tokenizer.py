@@ -30,6 +30,9 @@ SPACE_ESCAPE = "\u2581"  # ▁
 BYTE_PIECES = {f"<0x{b:02X}>" for b in range(256)}
 
 
+MAX_VOCAB = 1 << 20  # Granite R2's largest vocabulary is 262,144; bounds what a hostile file can make us allocate
+
+
 class TokenizerFamily(Enum):
     """A tokenizer family and the llama.cpp pre-tokenizer (`tokenizer.ggml.pre`) that reproduces it."""
 
@@ -116,7 +119,34 @@ def _is_split_on_space(pre: dict[str, Any]) -> bool:
 
 
 def build_vocab(tokenizer: dict[str, Any], special_tokens_map: dict[str, Any], config: dict[str, Any]) -> GGUFVocab:
-    """Token list, types, merges, special ids and BOS/EOS policy, padded to config.vocab_size."""
+    """Token list, types, merges, special ids and BOS/EOS policy, padded to config.vocab_size.
+
+    tokenizer.json comes from anywhere: ids and sizes are bounded first, and a value of the wrong
+    JSON type anywhere becomes a one-line error instead of a traceback.
+    """
+    if not isinstance(tokenizer, dict) or not isinstance(tokenizer.get("model"), dict):
+        raise UserError("tokenizer.json: expected an object with a model object")
+    _check_bounds(tokenizer, config)
+    try:
+        return _build_vocab(tokenizer, special_tokens_map if isinstance(special_tokens_map, dict) else {}, config)
+    except (TypeError, AttributeError, KeyError, IndexError, ValueError) as exc:
+        raise UserError(f"tokenizer.json: unexpected structure ({type(exc).__name__}: {exc})") from None
+
+
+def _check_bounds(tokenizer: dict[str, Any], config: dict[str, Any]) -> None:
+    vocab = tokenizer["model"].get("vocab") or {}
+    added = tokenizer.get("added_tokens") or []
+    if not isinstance(vocab, dict) or not isinstance(added, list):
+        raise UserError("tokenizer.json: model.vocab must be an object and added_tokens a list")
+    ids = list(vocab.values()) + [token.get("id") if isinstance(token, dict) else None for token in added]
+    if not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < MAX_VOCAB for i in ids):
+        raise UserError(f"tokenizer.json: every token id must be an integer in 0..{MAX_VOCAB - 1}")
+    size = config.get("vocab_size", 0)
+    if isinstance(size, int) and size > MAX_VOCAB:
+        raise UserError(f"config.json: vocab_size {size} exceeds the limit {MAX_VOCAB}")
+
+
+def _build_vocab(tokenizer: dict[str, Any], special_tokens_map: dict[str, Any], config: dict[str, Any]) -> GGUFVocab:
     family = detect_family(tokenizer)
     model = tokenizer["model"]
     id_to_text: dict[int, str] = {}

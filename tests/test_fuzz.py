@@ -1,0 +1,176 @@
+"""Property-based fuzzing of every parser that reads outside input: a bad input gives a clear error.
+
+The allowed outcomes are a result or the project's own error type (UserError, RequestError); any
+other exception, or a hang, fails. The suite runs FUZZ_EXAMPLES cases per input kind (200 by
+default); scripts/fuzz.sh runs 10,000 each. Crashes found become examples in REGRESSIONS below.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import struct
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from granite_gguf.bindings.embedder import Embedder
+from granite_gguf.bindings.server import EmbeddingService, RequestError
+from granite_gguf.convert.check import GGUFCheckError, check_gguf
+from granite_gguf.convert.modern_bert import ModernBertSpec
+from granite_gguf.convert.source import open_checkpoint, read_safetensors_header
+from granite_gguf.convert.tokenizer import build_vocab
+from granite_gguf.errors import UserError
+from granite_gguf.modelfiles.modelfile import check_modelfile
+from granite_gguf.modelfiles.store import ModelName, manifest_file_path
+from granite_gguf.fixtures import build_fixture
+
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "200"))
+FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=EXAMPLES <= 200,
+                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
+                                       HealthCheck.data_too_large])
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=True) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4),
+    max_leaves=12,
+)
+
+
+@pytest.fixture(scope="module")
+def fixture_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_fixture("tiny-o200k", tmp_path_factory.mktemp("fuzz") / "tiny-o200k")
+
+
+@pytest.fixture(scope="module")
+def good_gguf(fixture_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    from granite_gguf.convert.writer import OutType, convert
+
+    path = tmp_path_factory.mktemp("fuzz-gguf") / "good.gguf"
+    return convert(open_checkpoint(str(fixture_dir)), path, OutType.F16).read_bytes()
+
+
+def mutate(document: Any, path: list[int], replacement: Any) -> Any:
+    """Replace the value reached by following `path` (indices into keys/items, modulo their count)."""
+    if not path or not isinstance(document, (dict, list)) or not document:
+        return replacement
+    keys = list(document) if isinstance(document, dict) else list(range(len(document)))
+    key = keys[path[0] % len(keys)]
+    document[key] = mutate(document[key], path[1:], replacement)
+    return document
+
+
+@FUZZ
+@given(edits=st.lists(st.tuples(st.integers(0, 1 << 16), st.integers(0, 255)), max_size=8),
+       cut=st.one_of(st.none(), st.integers(0, 1 << 16)))
+def test_gguf_check(good_gguf: bytes, tmp_path_factory: pytest.TempPathFactory, edits: list[tuple[int, int]],
+                    cut: int | None) -> None:
+    data = bytearray(good_gguf[:cut] if cut is not None else good_gguf)
+    for position, value in edits:
+        if position < len(data):
+            data[position] = value
+    path = tmp_path_factory.getbasetemp() / "fuzz.gguf"
+    path.write_bytes(bytes(data))
+    try:
+        check_gguf(path)
+    except GGUFCheckError:
+        pass
+
+
+@FUZZ
+@given(header=st.one_of(json_values, st.dictionaries(st.text(max_size=8), st.fixed_dictionaries(
+    {"dtype": st.sampled_from(["F32", "F16", "BF16", "I64", "X"]) | json_values,
+     "shape": st.lists(st.integers(-2, 1 << 40), max_size=4) | json_values,
+     "data_offsets": st.lists(st.integers(-2, 1 << 40), max_size=3) | json_values}), max_size=3)),
+       declared=st.one_of(st.none(), st.integers(0, 1 << 64 - 1)), payload=st.binary(max_size=64))
+@example(header={"": {"dtype": [], "shape": [], "data_offsets": []}}, declared=None, payload=b"")  # was a TypeError
+@example(header={"t": {"dtype": "F32", "shape": [1 << 40, 1 << 40, 1 << 40], "data_offsets": [0, 0]}}, declared=None,
+         payload=b"")  # int64 overflow in the size product
+def test_safetensors_header(tmp_path_factory: pytest.TempPathFactory, header: Any, declared: int | None,
+                            payload: bytes) -> None:
+    text = json.dumps(header).encode()
+    path = tmp_path_factory.getbasetemp() / "fuzz.safetensors"
+    path.write_bytes(struct.pack("<Q", len(text) if declared is None else declared) + text + payload)
+    try:
+        read_safetensors_header(path)
+    except UserError:
+        pass
+
+
+@FUZZ
+@given(path=st.lists(st.integers(0, 50), min_size=1, max_size=3), value=json_values)
+def test_config_json(fixture_dir: Path, path: list[int], value: Any) -> None:
+    checkpoint = open_checkpoint(str(fixture_dir))
+    checkpoint.config = mutate(copy.deepcopy(checkpoint.config), path, value)
+    try:
+        ModernBertSpec.from_checkpoint(checkpoint)
+    except UserError:
+        pass
+
+
+@pytest.fixture(scope="module")
+def tokenizer_parts(fixture_dir: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    checkpoint = open_checkpoint(str(fixture_dir))
+    return checkpoint.tokenizer, checkpoint.special_tokens_map, checkpoint.config
+
+
+@FUZZ
+@given(path=st.lists(st.integers(0, 5000), min_size=1, max_size=4), value=json_values, target=st.integers(0, 2))
+def test_tokenizer_json(tokenizer_parts: tuple[dict[str, Any], ...], path: list[int], value: Any, target: int) -> None:
+    parts = [copy.deepcopy(part) for part in tokenizer_parts]
+    parts[target] = mutate(parts[target], path, value)
+    try:
+        build_vocab(*parts)
+    except UserError:
+        pass
+
+
+MODELFILE_WORDS = ["FROM", "from", "PARAMETER", "num_ctx", "num_batch", "LICENSE", "TEMPLATE", "SYSTEM", "ADAPTER",
+                   "MESSAGE", "#", '"', '"""', "'", "\n", " ", "\t", "8192", "-1", "x.gguf", "\\", "=", "stop", "\r"]
+
+
+@FUZZ
+@given(pieces=st.lists(st.sampled_from(MODELFILE_WORDS) | st.text(max_size=6), max_size=40))
+def test_modelfile(pieces: list[str]) -> None:
+    problems = check_modelfile(" ".join(pieces))
+    assert all(problem.line >= 1 and problem.message for problem in problems)
+
+
+@FUZZ
+@given(pieces=st.lists(st.sampled_from(list("ab09_-.:/\\~ \x00é") + ["..", "//", "registry.ollama.ai/"]), max_size=20))
+def test_ollama_name(tmp_path_factory: pytest.TempPathFactory, pieces: list[str]) -> None:
+    text = "".join(pieces)
+    root = tmp_path_factory.getbasetemp() / "store"
+    try:
+        name = ModelName.parse(text)
+    except UserError:
+        return
+    resolved = manifest_file_path(root, name).resolve()
+    assert resolved.is_relative_to(root.resolve()), f"{text!r} escapes the store: {resolved}"
+
+
+@pytest.fixture(scope="module")
+def service(fixture_dir: Path, good_gguf: bytes, tmp_path_factory: pytest.TempPathFactory) -> EmbeddingService:
+    path = tmp_path_factory.mktemp("fuzz-serve") / "m.gguf"
+    path.write_bytes(good_gguf)
+    return EmbeddingService(Embedder(path, max_tokens=256), "m")
+
+
+@FUZZ
+@given(body=st.dictionaries(st.sampled_from(["input", "prompt", "dimensions", "encoding_format", "truncate", "model"]),
+                            json_values | st.lists(st.text(max_size=30), max_size=3) | st.integers(-5, 100), max_size=5),
+       route=st.integers(0, 2))
+@example(body={"input": "x", "dimensions": 64}, route=0)
+@example(body={"input": ["a", "\ud800"], "truncate": False}, route=1)
+def test_server_request_bodies(service: EmbeddingService, body: dict[str, Any], route: int) -> None:
+    handler = [service.openai_embeddings, service.ollama_embed, service.ollama_embeddings][route]
+    try:
+        answer = handler(body)
+    except RequestError as exc:
+        assert 400 <= exc.status < 500 and str(exc)
+        return
+    json.dumps(answer)  # the answer must serialize
