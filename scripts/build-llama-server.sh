@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Build llama.cpp's `llama-server` from the llama.cpp tree inside the llama-cpp-python 0.3.36 source
 # distribution (the same llama.cpp the bindings run), once per machine, cached outside the repository:
-#   ${GRANITE_GGUF_CACHE:-$HOME/.cache/granite-gguf}/llama-server-0.3.36-x86-64-v4-noamx/llama-server
-# tests/test_llama_server.py runs it against converted files.
+#   ${GRANITE_GGUF_CACHE:-$HOME/.cache/granite-gguf}/llama-server-0.3.36-<cpu tag>/llama-server
+# and linked as .venv/bin/llama-server; tests/test_llama_server.py runs it against converted files.
 #
-# Same CPU flags as scripts/install.sh (no -march=native: a native build dies with SIGILL on AMX on
-# this project's machines). Static libraries, so the binary stands alone. No network at run time:
+# Same CPU flags as scripts/install.sh (scripts/cpu-flags.sh: no -march=native, no AMX; a native
+# build dies with SIGILL on AMX on this project's machines). Static libraries, so the binary stands alone. No network at run time:
 # no OpenSSL, and the web UI is not downloaded (in this llama.cpp, LLAMA_CURL is deprecated and
 # ignored; LLAMA_OPENSSL and LLAMA_USE_PREBUILT_UI are the switches that matter).
 # The binary is built in a temporary folder and moved into place at the end, so an interrupted build
@@ -14,10 +14,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 version=0.3.36
 cache="${GRANITE_GGUF_CACHE:-$HOME/.cache/granite-gguf}"
-dest="$cache/llama-server-$version-x86-64-v4-noamx"
+source scripts/cpu-flags.sh
+dest="$cache/llama-server-$version-$GGML_CPU_TAG"
 binary="$dest/llama-server"
 
+link_into_venv() {  # .venv/bin/llama-server is where the tests and the README find it
+    if [ -d .venv/bin ]; then ln -sfn "$binary" .venv/bin/llama-server; fi
+}
+
 if [ -x "$binary" ] && "$binary" --version >/dev/null 2>&1; then
+    link_into_venv
     echo "llama-server: $binary (cached)"
     exit 0
 fi
@@ -42,9 +48,8 @@ echo "building llama-server from llama-cpp-python $version (about 12 minutes on 
 start=$SECONDS
 tar -xzf "$sdist" -C "$work"
 src="$work/llama_cpp_python-$version/vendor/llama.cpp"
-nice -n 10 cmake -S "$src" -B "$work/build" -DCMAKE_BUILD_TYPE=Release \
-    -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON \
-    -DGGML_AVX512=ON -DGGML_OPENMP=ON \
+# shellcheck disable=SC2086  # GGML_CPU_FLAGS is a list of -D options
+nice -n 10 cmake -S "$src" -B "$work/build" -DCMAKE_BUILD_TYPE=Release $GGML_CPU_FLAGS \
     -DBUILD_SHARED_LIBS=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_UI=OFF \
     -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF >"$work/cmake.log" 2>&1 \
     || { cat "$work/cmake.log" >&2; exit 1; }
@@ -53,4 +58,5 @@ nice -n 10 cmake --build "$work/build" --config Release --target llama-server -j
 built="$work/build/bin/llama-server"
 "$built" --version >/dev/null 2>&1 || { echo "error: the built llama-server does not run" >&2; exit 1; }
 mv -f "$built" "$binary"   # same file system: an atomic rename
+link_into_venv
 echo "llama-server: $binary (built in $((SECONDS - start)) s)"

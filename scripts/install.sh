@@ -2,15 +2,16 @@
 # Create .venv and install granite-gguf with the extras named in $1 (default: test).
 #
 # llama-cpp-python 0.3.36 is compiled from source once per machine and cached as a wheel in
-# $GRANITE_GGUF_CACHE (default ~/.cache/granite-gguf). It is built without -march=native: on
-# machines whose CPU advertises AMX but whose sandbox does not allow it (seen on this project's
-# machines), a native build dies with SIGILL in the first quantized matrix product.
+# $GRANITE_GGUF_CACHE (default ~/.cache/granite-gguf), one cache per CPU feature set. The CPU
+# options come from scripts/cpu-flags.sh: every x86 extension the CPU reports except AMX (a
+# -march=native build dies with SIGILL on this project's machines, whose sandbox does not allow AMX).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="${1:-test}"
 cache="${GRANITE_GGUF_CACHE:-$HOME/.cache/granite-gguf}"
-wheels="$cache/wheels-llama-cpp-python-0.3.36-x86-64-v4-noamx"
-export CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX512=ON -DGGML_OPENMP=ON"
+source scripts/cpu-flags.sh
+wheels="$cache/wheels-llama-cpp-python-0.3.36-$GGML_CPU_TAG"
+export CMAKE_ARGS="$GGML_CPU_FLAGS"
 
 python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip

@@ -16,6 +16,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -50,8 +51,7 @@ def server_binary() -> Path:
     override = os.environ.get("GRANITE_GGUF_LLAMA_SERVER")
     if override:
         return Path(override)
-    cache = Path(os.environ.get("GRANITE_GGUF_CACHE", Path.home() / ".cache" / "granite-gguf"))
-    return cache / "llama-server-0.3.36-x86-64-v4-noamx" / "llama-server"
+    return Path(sys.prefix) / "bin" / "llama-server"  # linked there by scripts/build-llama-server.sh
 
 
 def free_port() -> int:
