@@ -40,7 +40,7 @@ def main() -> None:
         f"{platform.machine()} ({platform.processor() or 'cpu'}), Python {platform.python_version()}.",
         f"Probe set: {rows[0][3].n_texts} texts (CLDR text in dozens of scripts, code, emoji, combining marks,",
         "whitespace and newline runs, long words, inputs past the 128-token local window and of several thousand tokens).",
-        "Reference: sentence-transformers fp32 on CPU; GGUF: llama-cpp-python 0.3.36, one sequence per micro-batch,",
+        "Reference: sentence-transformers fp32 on CPU; GGUF: llama-cpp-python 0.3.36 (scripts/cpu-flags.sh build), inputs packed up to 1,024 tokens per decode,",
         "flash attention on (the Embedder's default). Cosine is per text between L2-normalized vectors.",
         "",
         "| fixture | tokenizer (pre) | type | longest input (tokens) | token mismatches | cosine min | cosine mean | NMSE | threshold | result |",
