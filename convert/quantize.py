@@ -4,6 +4,15 @@
 asked for) and derives each requested type from it. K-quants need rows that are a multiple of 256:
 with hidden 384 the 97m falls back to other types, so each file's *effective* types are measured and
 a file that is mostly not what its name says gets a truthful name and a warning.
+
+Recipes (RECIPES) are a stock llama.cpp type with another type for the token embedding table
+(`llama_model_quantize_params.token_embedding_type`): the table is ~2/3 of the 311m's parameters, so
+its precision and the blocks' can be traded separately. A recipe label such as `q8_0+emb_q4_k` is
+accepted wherever a type is; its file is named with `-` for `+` (`<model>-q8_0-emb_q4_k.gguf`), and
+its truthful name is judged on the tensors other than the table, plus the table's own type. llama.cpp
+does not apply its fallback (rows that are not a multiple of the block) to this override but aborts
+the process, so the fallback is applied here first (hidden 384: Q4_K → Q5_0, …) and named.
+Measured quality and size of every type and recipe: docs/quality.md.
 """
 
 from __future__ import annotations
@@ -11,12 +20,13 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader
 from tqdm import tqdm
 
-from granite_gguf.convert.inspect import read_summary
 from granite_gguf.convert.source import Checkpoint
 from granite_gguf.convert.writer import OutType, convert
 from granite_gguf.convert.check import check_gguf
@@ -35,26 +45,75 @@ LLAMA_TYPES: dict[str, tuple[int, str]] = {
     "q6_k": (18, "Q6_K"), "iq4_nl": (25, "IQ4_NL"), "iq4_xs": (30, "IQ4_XS"),
 }
 
+TOKEN_EMBEDDING = "token_embd.weight"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    base: str  # a LLAMA_TYPES label: the ftype, and the type most other 2-D tensors should have
+    token_embedding: GGMLQuantizationType  # the type of the token embedding table
+
+
+# Embedding-aware presets. llama.cpp already stores the table of a model without an output tensor
+# as Q6_K in every type below Q8_0 (Q8_0 where rows of 384 or 64 do not fit Q6_K). Presets: a Q8_0
+# table with 4-bit blocks; a smaller table with precise blocks (the 311m's table is 2/3 of it); and
+# everything 4-bit (Q4_0 fits every row length, so also the 97m's).
+RECIPES: dict[str, Recipe] = {
+    "q4_k_m+emb_q8_0": Recipe("q4_k_m", GGMLQuantizationType.Q8_0),
+    "q8_0+emb_q4_k": Recipe("q8_0", GGMLQuantizationType.Q4_K),
+    "q6_k+emb_q4_k": Recipe("q6_k", GGMLQuantizationType.Q4_K),
+    "q4_0+emb_q4_0": Recipe("q4_0", GGMLQuantizationType.Q4_0),
+}
+
+# Minimum cosine against the fp32 reference on the tiny fixtures (all probes), per type or recipe:
+# 1 - 1.25 x (1 - the worst minimum measured over the three fixtures), rounded down; f16 and q8_0 (and
+# q6_k, all Q8_0 there) use verify's gates instead. Measured values: docs/quality.md. The fixtures have
+# hidden 64 (K-quants fall back to Q5_0/Q5_1/Q8_0) and weights scaled to amplify errors: these bounds
+# are regression floors for the fixtures, not quality claims for the full-size models.
+QUANT_THRESHOLDS: dict[str, float] = {
+    "f16": 0.9999, "q8_0": 0.998, "q6_k": 0.998, "q5_k_m": 0.956, "q4_k_m": 0.954, "q4_0": 0.770,
+    "q4_k_m+emb_q8_0": 0.954, "q8_0+emb_q4_k": 0.972, "q6_k+emb_q4_k": 0.972, "q4_0+emb_q4_0": 0.674,
+}
+
+# llama.cpp's replacement for a type whose block does not divide the row length (llama-quant.cpp);
+# F16 when the replacement does not fit either.
+_FALLBACK = {
+    GGMLQuantizationType.Q2_K: GGMLQuantizationType.IQ4_NL, GGMLQuantizationType.Q3_K: GGMLQuantizationType.IQ4_NL,
+    GGMLQuantizationType.IQ4_XS: GGMLQuantizationType.IQ4_NL, GGMLQuantizationType.Q4_K: GGMLQuantizationType.Q5_0,
+    GGMLQuantizationType.Q5_K: GGMLQuantizationType.Q5_1, GGMLQuantizationType.Q6_K: GGMLQuantizationType.Q8_0,
+}
+
 
 @dataclass(frozen=True)
 class QuantizedFile:
     label: str  # what was asked for
     path: Path
-    dominant_type: str  # the GGML type holding most parameters of the 2-D tensors
+    dominant_type: str  # the GGML type holding most parameters of the 2-D tensors (a recipe's table aside)
     truthful: bool
+    table_type: str | None = None  # a recipe's token embedding table type, as written
 
 
 def parse_types(text: str) -> list[str]:
     labels = [part.strip().lower() for part in text.split(",") if part.strip()]
-    unknown = [label for label in labels if label not in LLAMA_TYPES]
+    unknown = [label for label in labels if label not in LLAMA_TYPES and label not in RECIPES]
     if unknown or not labels:
-        raise UserError(f"unknown type {', '.join(unknown) or text!r}; choose from {', '.join(LLAMA_TYPES)}")
+        raise UserError(f"unknown type {', '.join(unknown) or text!r}; choose from {', '.join([*LLAMA_TYPES, *RECIPES])}")
     return list(dict.fromkeys(labels))
+
+
+def base_type(label: str) -> str:
+    """The LLAMA_TYPES label behind a type or recipe label."""
+    return RECIPES[label].base if label in RECIPES else label
+
+
+def file_label(label: str) -> str:
+    """The label as it appears in file names (`+` is awkward in URLs and model names)."""
+    return label.replace("+", "-")
 
 
 def convert_set(ckpt: Checkpoint, outdir: Path, labels: list[str], *, model_name: str, progress: bool = False,
                 matryoshka_dims: tuple[int, ...] | None = None) -> list[QuantizedFile]:
-    """Write `<model_name>-<label>.gguf` for every label in `outdir`, reading the checkpoint once."""
+    """Write `<model_name>-<label>.gguf` (`+` written `-`) for every label in `outdir`, reading the checkpoint once."""
     if not outdir.is_dir():
         raise UserError(f"{outdir}: no such directory")
     source = outdir / f"{model_name}-f32.gguf"
@@ -64,7 +123,7 @@ def convert_set(ckpt: Checkpoint, outdir: Path, labels: list[str], *, model_name
     results = []
     try:
         for label in tqdm([l for l in labels if l != "f32"], desc="quantizing", unit="file", disable=not progress):
-            results.append(quantize_file(intermediate, outdir / f"{model_name}-{label}.gguf", label))
+            results.append(quantize_file(intermediate, outdir / f"{model_name}-{file_label(label)}.gguf", label))
     finally:
         if not keep_source:
             intermediate.unlink(missing_ok=True)
@@ -78,10 +137,12 @@ def quantize_file(source: Path, dest: Path, label: str, nthread: int | None = No
     import llama_cpp
     from llama_cpp._utils import suppress_stdout_stderr
 
-    ftype, _ = LLAMA_TYPES[label]
+    ftype, _ = LLAMA_TYPES[base_type(label)]
     check_gguf(source)  # llama.cpp's quantizer aborts on some malformed files
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = ftype
+    if label in RECIPES:
+        params.token_embedding_type = _table_type(source, RECIPES[label].token_embedding).value
     params.nthread = nthread or os.cpu_count() or 1
     with atomic_output(dest) as tmp:
         with suppress_stdout_stderr(disable=False):  # llama.cpp prints a line per tensor
@@ -90,17 +151,37 @@ def quantize_file(source: Path, dest: Path, label: str, nthread: int | None = No
             raise UserError(f"{dest.name}: llama.cpp's quantizer failed (status {status})")
     result = describe(dest, label)
     if not result.truthful:
-        truthful = dest.with_name(f"{dest.stem}-mostly-{result.dominant_type.lower()}.gguf")
+        actual = result.dominant_type.lower()
+        if result.table_type is not None and result.table_type != RECIPES[label].token_embedding.name:
+            actual += f"+emb_{result.table_type.lower()}"
+        truthful = dest.with_name(f"{dest.stem}-mostly-{file_label(actual)}.gguf")
         os.replace(dest, truthful)
         log.warning("%s: asked for %s but most weights are %s (see `granite-gguf inspect`); named %s",
-                    dest.name, label, result.dominant_type, truthful.name)
-        result = QuantizedFile(label, truthful, result.dominant_type, False)
+                    dest.name, label, actual.upper(), truthful.name)
+        result = QuantizedFile(label, truthful, result.dominant_type, False, result.table_type)
     return result
 
 
+def _table_type(source: Path, wanted: GGMLQuantizationType) -> GGMLQuantizationType:
+    """`wanted`, or llama.cpp's fallback for it when the token embedding rows do not fit its blocks."""
+    row = next(int(t.shape[0]) for t in GGUFReader(source).tensors if t.name == TOKEN_EMBEDDING)
+    for candidate in (wanted, _FALLBACK.get(wanted, GGMLQuantizationType.F16), GGMLQuantizationType.F16):
+        if row % GGML_QUANT_SIZES[candidate][0] == 0:
+            return candidate
+    raise AssertionError("F16 fits every row")
+
+
 def describe(path: Path, label: str) -> QuantizedFile:
-    """Measure which GGML type holds most of the weights (norms and other F32 vectors aside)."""
-    summary = read_summary(path)
-    weights = {name: count for name, count in summary.tensor_elements.items() if name != "F32" or label == "f32"}
+    """Measure which GGML type holds most of the weights (norms and other F32 vectors aside; for a
+    recipe, the token embedding table aside too: its type is checked on its own)."""
+    recipe = RECIPES.get(label)
+    weights: Counter[str] = Counter()
+    table = None
+    for tensor in GGUFReader(path).tensors:
+        if recipe is not None and tensor.name == TOKEN_EMBEDDING:
+            table = tensor.tensor_type.name
+        elif tensor.tensor_type.name != "F32" or label == "f32":
+            weights[tensor.tensor_type.name] += int(tensor.n_elements)
     dominant = max(weights, key=weights.__getitem__)
-    return QuantizedFile(label, path, dominant, dominant == LLAMA_TYPES[label][1])
+    truthful = dominant == LLAMA_TYPES[base_type(label)][1] and (recipe is None or table == recipe.token_embedding.name)
+    return QuantizedFile(label, path, dominant, truthful, table)
