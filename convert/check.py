@@ -102,16 +102,25 @@ class _Reader:
             raise GGUFCheckError(f"{what}: string is not UTF-8") from None
 
 
-def check_gguf(path: Path) -> CheckedFile:
-    """Read and validate `path`; raise GGUFCheckError with the first problem found."""
+def read_header(path: Path) -> CheckedFile:
+    """Keys, values and tensor infos of any GGUF, bounded and validated structurally (no model checks).
+
+    Also what `inspect` reads: much faster than gguf-py's reader on large vocabularies (a 262k-token
+    file in about a second instead of twenty).
+    """
     try:
         size = path.stat().st_size
         with path.open("rb") as handle:
-            checked = _read_header(_Reader(handle, size), path)
+            return _read_header(_Reader(handle, size), path)
     except OSError as exc:
         raise GGUFCheckError(f"{path}: cannot read ({exc.strerror})") from None
     except GGUFCheckError as exc:
         raise GGUFCheckError(f"{path}: {exc}") from None
+
+
+def check_gguf(path: Path) -> CheckedFile:
+    """Read and validate `path`; raise GGUFCheckError with the first problem found."""
+    checked = read_header(path)
     try:
         _check_model(checked)
     except GGUFCheckError as exc:

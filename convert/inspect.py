@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gguf import GGUFReader, GGUFValueType, LlamaFileType, PoolingType
+from gguf import LlamaFileType, PoolingType
 
 from granite_gguf.convert import keys
-from granite_gguf.errors import UserError
+
+
+VOCAB_ARRAYS = ("tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.ggml.merges")
 
 
 @dataclass
@@ -45,34 +48,17 @@ class GGUFSummary:
 
 def read_summary(path: Path, with_vocab: bool = False) -> GGUFSummary:
     """Metadata as Python values (token arrays only if `with_vocab`), and tensor types by count and bytes."""
-    try:
-        reader = GGUFReader(path)
-    except (OSError, ValueError, IndexError, KeyError) as exc:
-        raise UserError(f"{path}: not a readable GGUF file ({exc})") from None
-    metadata: dict[str, Any] = {}
-    for name, fld in reader.fields.items():
-        if name.startswith("GGUF."):
-            continue
-        if not with_vocab and name in ("tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.ggml.merges"):
-            metadata[name] = f"[{len(fld.data)} entries]"
-            continue
-        metadata[name] = _field_value(fld)
+    from granite_gguf.convert.check import read_header
+
+    header = read_header(Path(path))
+    metadata = {
+        name: f"[{len(value)} entries]" if not with_vocab and name in VOCAB_ARRAYS else value
+        for name, value in header.metadata.items()
+    }
     summary = GGUFSummary(Path(path), metadata)
-    for tensor in reader.tensors:
-        summary.tensor_types[tensor.tensor_type.name] += 1
-        summary.tensor_bytes[tensor.tensor_type.name] += int(tensor.n_bytes)
-        summary.tensor_elements[tensor.tensor_type.name] += int(tensor.n_elements)
+    for tensor in header.tensors:
+        name = tensor.ggml_type.name
+        summary.tensor_types[name] += 1
+        summary.tensor_bytes[name] += tensor.n_bytes
+        summary.tensor_elements[name] += math.prod(tensor.dims)
     return summary
-
-
-def _field_value(fld: Any) -> Any:
-    if fld.types and fld.types[0] == GGUFValueType.ARRAY:
-        return [_scalar(fld.parts[i], fld.types[-1]) for i in fld.data]
-    return _scalar(fld.parts[fld.data[0]], fld.types[0])
-
-
-def _scalar(part: Any, value_type: GGUFValueType) -> Any:
-    if value_type == GGUFValueType.STRING:
-        return bytes(part).decode("utf-8", errors="replace")
-    value = part.tolist()[0]
-    return bool(value) if value_type == GGUFValueType.BOOL else value
