@@ -19,8 +19,8 @@ from types import TracebackType
 
 import numpy as np
 
-from granite_gguf.convert.check import check_gguf
-from granite_gguf.convert.inspect import read_summary
+from granite_gguf.convert.check import check_gguf, read_header
+from granite_gguf.convert.inspect import summarize
 from granite_gguf.convert.tokenizer import TokenizerFamily
 from granite_gguf.errors import UserError
 
@@ -73,9 +73,8 @@ class Embedder:
         self.path = Path(path)
         if not self.path.is_file():
             raise UserError(f"{self.path}: no such GGUF file")
-        if not unsafe_skip_check:  # llama.cpp aborts the whole process on some malformed files
-            check_gguf(self.path)
-        summary = read_summary(self.path)
+        # llama.cpp aborts the whole process on some malformed files: validate unless told not to.
+        summary = summarize(read_header(self.path) if unsafe_skip_check else check_gguf(self.path))
         if summary.pooling not in ("CLS", "MEAN", "LAST"):
             raise UserError(f"{self.path}: pooling {summary.pooling} gives no sentence vector; not an embedding model")
         context = int(summary.arch_value("context_length", DEFAULT_MAX_TOKENS))

@@ -6,11 +6,14 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gguf import LlamaFileType, PoolingType
 
 from granite_gguf.convert import keys
+
+if TYPE_CHECKING:
+    from granite_gguf.convert.check import CheckedFile
 
 
 VOCAB_ARRAYS = ("tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.ggml.merges")
@@ -50,12 +53,16 @@ def read_summary(path: Path, with_vocab: bool = False) -> GGUFSummary:
     """Metadata as Python values (token arrays only if `with_vocab`), and tensor types by count and bytes."""
     from granite_gguf.convert.check import read_header
 
-    header = read_header(Path(path))
+    return summarize(read_header(Path(path)), with_vocab)
+
+
+def summarize(header: CheckedFile, with_vocab: bool = False) -> GGUFSummary:
+    """The summary of a header already read (by `check_gguf` or `read_header`): no second parse."""
     metadata = {
         name: f"[{len(value)} entries]" if not with_vocab and name in VOCAB_ARRAYS else value
         for name, value in header.metadata.items()
     }
-    summary = GGUFSummary(Path(path), metadata)
+    summary = GGUFSummary(header.path, metadata)
     for tensor in header.tensors:
         name = tensor.ggml_type.name
         summary.tensor_types[name] += 1

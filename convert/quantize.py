@@ -19,17 +19,18 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import math
 import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from tqdm import tqdm
 
 from granite_gguf.convert.source import Checkpoint
 from granite_gguf.convert.writer import OutType, convert
-from granite_gguf.convert.check import check_gguf
+from granite_gguf.convert.check import CheckedFile, check_gguf, read_header
 from granite_gguf.errors import UserError
 from granite_gguf.files import atomic_output
 
@@ -138,11 +139,11 @@ def quantize_file(source: Path, dest: Path, label: str, nthread: int | None = No
     from llama_cpp._utils import suppress_stdout_stderr
 
     ftype, _ = LLAMA_TYPES[base_type(label)]
-    check_gguf(source)  # llama.cpp's quantizer aborts on some malformed files
+    checked = check_gguf(source)  # llama.cpp's quantizer aborts on some malformed files
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = ftype
     if label in RECIPES:
-        params.token_embedding_type = _table_type(source, RECIPES[label].token_embedding).value
+        params.token_embedding_type = _table_type(checked, RECIPES[label].token_embedding).value
     params.nthread = nthread or os.cpu_count() or 1
     with atomic_output(dest) as tmp:
         with suppress_stdout_stderr(disable=False):  # llama.cpp prints a line per tensor
@@ -162,9 +163,9 @@ def quantize_file(source: Path, dest: Path, label: str, nthread: int | None = No
     return result
 
 
-def _table_type(source: Path, wanted: GGMLQuantizationType) -> GGMLQuantizationType:
+def _table_type(source: CheckedFile, wanted: GGMLQuantizationType) -> GGMLQuantizationType:
     """`wanted`, or llama.cpp's fallback for it when the token embedding rows do not fit its blocks."""
-    row = next(int(t.shape[0]) for t in GGUFReader(source).tensors if t.name == TOKEN_EMBEDDING)
+    row = next(t.dims[0] for t in source.tensors if t.name == TOKEN_EMBEDDING)
     for candidate in (wanted, _FALLBACK.get(wanted, GGMLQuantizationType.F16), GGMLQuantizationType.F16):
         if row % GGML_QUANT_SIZES[candidate][0] == 0:
             return candidate
@@ -177,11 +178,11 @@ def describe(path: Path, label: str) -> QuantizedFile:
     recipe = RECIPES.get(label)
     weights: Counter[str] = Counter()
     table = None
-    for tensor in GGUFReader(path).tensors:
+    for tensor in read_header(path).tensors:
         if recipe is not None and tensor.name == TOKEN_EMBEDDING:
-            table = tensor.tensor_type.name
-        elif tensor.tensor_type.name != "F32" or label == "f32":
-            weights[tensor.tensor_type.name] += int(tensor.n_elements)
+            table = tensor.ggml_type.name
+        elif tensor.ggml_type.name != "F32" or label == "f32":
+            weights[tensor.ggml_type.name] += math.prod(tensor.dims)
     dominant = max(weights, key=weights.__getitem__)
     truthful = dominant == LLAMA_TYPES[base_type(label)][1] and (recipe is None or table == recipe.token_embedding.name)
     return QuantizedFile(label, path, dominant, truthful, table)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from granite_gguf.convert.check import check_gguf
-from granite_gguf.convert.inspect import GGUFSummary, read_summary
+from granite_gguf.convert.inspect import GGUFSummary, summarize
 from granite_gguf.errors import UserError
 from granite_gguf.files import write_atomic
 from granite_gguf.modelfiles.modelfile import (
@@ -100,14 +100,14 @@ def install(source: Path, name: str, models_dir: Path | None = None) -> StoredMo
     model_name = ModelName.parse(name)
     root = models_dir_or_default(models_dir)
     if _is_gguf(source):
-        gguf, summary = source, read_summary(source)
+        # Validated before storing: ollama runs llama.cpp, which aborts on some malformed files.
+        gguf, summary = source, summarize(check_gguf(source))
         modelfile = embedding_modelfile(ModelFacts.from_summary(summary), str(source))
     else:
         modelfile = load_modelfile(source)
         _refuse_unsupported(modelfile, source)
         gguf = _gguf_of(modelfile, source)
-        summary = read_summary(gguf)
-    check_gguf(gguf)  # ollama runs llama.cpp, which aborts on some malformed files
+        summary = summarize(check_gguf(gguf))
     blobs = root / "blobs"
     layers = [_put_file(blobs, MODEL_MEDIA_TYPE, gguf)]
     layers += [_put_bytes(blobs, media_type, value.encode()) for keyword, media_type in TEXT_LAYERS.items()
