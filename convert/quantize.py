@@ -21,7 +21,10 @@ import ctypes
 import logging
 import math
 import os
+import re
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,11 +123,13 @@ def convert_set(ckpt: Checkpoint, outdir: Path, labels: list[str], *, model_name
     source = outdir / f"{model_name}-f32.gguf"
     keep_source = "f32" in labels
     intermediate = source if keep_source else outdir / f".{model_name}-f32.{os.getpid()}.source.tmp"
-    convert(ckpt, intermediate, OutType.F32, matryoshka_dims=matryoshka_dims, progress=progress)
+    convert(ckpt, intermediate, OutType.F32, matryoshka_dims=matryoshka_dims, progress=progress,
+            progress_label=f"{model_name} (f32, read once)")
     results = []
     try:
-        for label in tqdm([l for l in labels if l != "f32"], desc="quantizing", unit="file", disable=not progress):
-            results.append(quantize_file(intermediate, outdir / f"{model_name}-{file_label(label)}.gguf", label))
+        for label in [l for l in labels if l != "f32"]:
+            dest = outdir / f"{model_name}-{file_label(label)}.gguf"
+            results.append(quantize_file(intermediate, dest, label, progress=progress))
     finally:
         if not keep_source:
             intermediate.unlink(missing_ok=True)
@@ -133,10 +138,11 @@ def convert_set(ckpt: Checkpoint, outdir: Path, labels: list[str], *, model_name
     return results
 
 
-def quantize_file(source: Path, dest: Path, label: str, nthread: int | None = None) -> QuantizedFile:
-    """One llama.cpp quantization, atomically; the result is renamed if its name would not be true."""
+def quantize_file(source: Path, dest: Path, label: str, nthread: int | None = None, *,
+                  progress: bool = False) -> QuantizedFile:
+    """One llama.cpp quantization, atomically, with a progress bar over its tensors; the result is
+    renamed if its name would not be true."""
     import llama_cpp
-    from llama_cpp._utils import suppress_stdout_stderr
 
     ftype, _ = LLAMA_TYPES[base_type(label)]
     checked = check_gguf(source)  # llama.cpp's quantizer aborts on some malformed files
@@ -145,11 +151,12 @@ def quantize_file(source: Path, dest: Path, label: str, nthread: int | None = No
     if label in RECIPES:
         params.token_embedding_type = _table_type(checked, RECIPES[label].token_embedding).value
     params.nthread = nthread or os.cpu_count() or 1
-    with atomic_output(dest) as tmp:
-        with suppress_stdout_stderr(disable=False):  # llama.cpp prints a line per tensor
+    with atomic_output(dest) as tmp, tqdm(desc=dest.name, unit="tensor", disable=not progress) as bar:
+        with _llama_log_to(bar) as errors:
             status = llama_cpp.llama_model_quantize(str(source).encode(), str(tmp).encode(), ctypes.byref(params))
         if status != 0:
-            raise UserError(f"{dest.name}: llama.cpp's quantizer failed (status {status})")
+            detail = f": {errors[-1]}" if errors else ""
+            raise UserError(f"{dest.name}: llama.cpp's quantizer failed (status {status}){detail}")
     result = describe(dest, label)
     if not result.truthful:
         actual = result.dominant_type.lower()
@@ -161,6 +168,36 @@ def quantize_file(source: Path, dest: Path, label: str, nthread: int | None = No
                     dest.name, label, actual.upper(), truthful.name)
         result = QuantizedFile(label, truthful, result.dominant_type, False, result.table_type)
     return result
+
+
+_TENSOR_LINE = re.compile(rb"\[\s*(\d+)/\s*(\d+)\]")  # llama.cpp's quantizer logs "[  12/ 200] blk.0.… " per tensor
+_LOG_ERROR = 3  # GGML_LOG_LEVEL_ERROR
+
+
+@contextmanager
+def _llama_log_to(bar: tqdm) -> Iterator[list[str]]:
+    """Take llama.cpp's log while it quantizes: its per-tensor lines move `bar`, error lines are kept
+    (yielded) for the error message, the rest is dropped. llama-cpp-python's own log callback is
+    put back afterwards."""
+    import llama_cpp
+    import llama_cpp._logger
+
+    errors: list[str] = []
+
+    @llama_cpp.llama_log_callback
+    def on_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+        tensor = _TENSOR_LINE.match(text)
+        if tensor:
+            bar.total = int(tensor[2])
+            bar.update(int(tensor[1]) - bar.n)
+        elif level == _LOG_ERROR:
+            errors.append(text.decode(errors="replace").strip())
+
+    llama_cpp.llama_log_set(on_log, ctypes.c_void_p(0))
+    try:
+        yield errors
+    finally:
+        llama_cpp.llama_log_set(llama_cpp._logger.llama_log_callback, ctypes.c_void_p(0))
 
 
 def _table_type(source: CheckedFile, wanted: GGMLQuantizationType) -> GGMLQuantizationType:

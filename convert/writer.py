@@ -93,8 +93,10 @@ def convert(
     *,
     matryoshka_dims: tuple[int, ...] | None = None,
     progress: bool = False,
+    progress_label: str | None = None,
 ) -> Path:
-    """Write `ckpt` as a modern-bert GGUF at `out_path` (atomically). Returns the path."""
+    """Write `ckpt` as a modern-bert GGUF at `out_path` (atomically). Returns the path. The progress
+    bar is labelled `progress_label`, by default the file name."""
     spec = ModernBertSpec.from_checkpoint(ckpt, matryoshka_dims)
     vocab = build_vocab(ckpt.tokenizer, ckpt.special_tokens_map, ckpt.config)
     plans = plan_tensors(ckpt, spec, outtype)
@@ -111,7 +113,7 @@ def convert(
         fout = writer.fout[0]
         writer.write_padding(fout, fout.tell())
         total = sum(plan.nbytes for plan in plans)
-        with tqdm(total=total, unit="B", unit_scale=True, desc=out_path.name, disable=not progress) as bar:
+        with tqdm(total=total, unit="B", unit_scale=True, desc=progress_label or out_path.name, disable=not progress) as bar:
             for plan in plans:
                 written = 0
                 for rows in ckpt.iter_rows(plan.hf_name):

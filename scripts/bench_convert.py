@@ -3,12 +3,17 @@ side by side with upstream llama.cpp's convert_hf_to_gguf.py, runs interleaved (
 
     python scripts/bench_convert.py /tmp/full311m --runs 3 --upstream LLAMA_CPP/convert_hf_to_gguf.py \
         --gpt2-vocab LLAMA_CPP/models/ggml-vocab-gpt-2.gguf
+    python scripts/bench_convert.py /tmp/full311m --runs 2 --quant-set f16,q8_0,q6_k,q5_k_m,q4_k_m,q4_0
 
 Upstream refuses tokenizers it does not know by hash ("BPE pre-tokenizer was not recognized"); the
 refusal is reported as such. With --gpt2-vocab, both tools are also measured on a copy of the
 checkpoint (weights symlinked, nothing downloaded) whose tokenizer is GPT-2's, rebuilt from the
 vocab-only GGUF that llama.cpp ships for its tokenizer tests, which upstream recognizes: that pair
 compares the tensor-conversion cost like for like.
+
+With --quant-set, the one-command set (`convert SRC --outdir D --quant LIST`: the checkpoint read
+once) is measured against converting once per type, as a user would without it (`--outtype f16 -o F`
+for f16, which needs no quantizer, and `--quant TYPE` for each other type), runs interleaved.
 """
 
 from __future__ import annotations
@@ -175,6 +180,49 @@ def report(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
+def bench_quant_set(checkpoint: Path, labels: list[str], runs: int, tmp: Path) -> str:
+    """Markdown: wall time of the one-command set against the sum of one conversion per type."""
+    ours = str(Path(sys.executable).with_name("granite-gguf"))
+
+    def one_type(label: str, outdir: Path) -> list[str]:
+        if label == "f16":
+            return [ours, "convert", str(checkpoint), "-o", str(outdir / "separate-f16.gguf"), "--outtype", "f16", "--no-progress"]
+        return [ours, "convert", str(checkpoint), "--outdir", str(outdir), "--quant", label, "--no-progress"]
+
+    set_runs: list[Run] = []
+    separate_runs: list[list[Run]] = []
+    for round_index in range(1, runs + 1):
+        for mode in ("set", "separate"):
+            outdir = tmp / f"{mode}-{round_index}"
+            outdir.mkdir()
+            if mode == "set":
+                cmd = [ours, "convert", str(checkpoint), "--outdir", str(outdir), "--quant", ",".join(labels), "--no-progress"]
+                set_runs.append(measure(cmd, dict(os.environ), tmp / "stderr.log"))
+                runs_now = [set_runs[-1]]
+            else:
+                separate_runs.append([measure(one_type(label, outdir), dict(os.environ), tmp / "stderr.log") for label in labels])
+                runs_now = separate_runs[-1]
+            for run in runs_now:
+                if run.returncode != 0:
+                    raise SystemExit(f"{mode} run failed (rc={run.returncode}): {run.last_stderr_line}")
+            written = sorted(path.name for path in outdir.iterdir())
+            print(f"run {round_index}: {mode:8} wall={sum(r.wall_s for r in runs_now):7.2f}s "
+                  f"peak_rss={max(r.peak_rss_mib for r in runs_now):6.0f} MiB files={len(written)}", flush=True)
+            for path in outdir.iterdir():
+                path.unlink()
+    set_wall = statistics.median(r.wall_s for r in set_runs)
+    separate_wall = statistics.median(sum(r.wall_s for r in round_runs) for round_runs in separate_runs)
+    per_type = {label: statistics.median(round_runs[i].wall_s for round_runs in separate_runs) for i, label in enumerate(labels)}
+    return "\n".join([
+        f"| checkpoint | types | set: one command, median wall s | separate: sum per round, median wall s | set / separate |",
+        "|---|---|---|---|---|",
+        f"| {checkpoint.name} | {','.join(labels)} | {set_wall:.1f} ({', '.join(f'{r.wall_s:.1f}' for r in set_runs)}) "
+        f"| {separate_wall:.1f} ({', '.join(f'{sum(r.wall_s for r in rr):.1f}' for rr in separate_runs)}) | {set_wall / separate_wall:.2f} |",
+        "",
+        "Separate conversions, median wall s per type: " + ", ".join(f"{label} {wall:.1f}" for label, wall in per_type.items()),
+    ])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", type=Path)
@@ -183,7 +231,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--upstream", type=Path, help="llama.cpp's convert_hf_to_gguf.py (its gguf-py/ must sit beside it)")
     parser.add_argument("--gpt2-vocab", type=Path, help="ggml-vocab-gpt-2.gguf: also measure both tools on a GPT-2-tokenizer copy")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()), help="where the temporary outputs go")
+    parser.add_argument("--quant-set", help="comma-separated types: measure the one-command set against one conversion per type")
     args = parser.parse_args(argv)
+    if args.quant_set:
+        print(f"machine: {machine()}", flush=True)
+        with tempfile.TemporaryDirectory(prefix="bench-convert-", dir=args.workdir) as tmp_name:
+            table = bench_quant_set(args.checkpoint, args.quant_set.split(","), args.runs, Path(tmp_name))
+        print()
+        print(table)
+        return 0
     if args.gpt2_vocab and not args.upstream:
         parser.error("--gpt2-vocab needs --upstream")
     tools = ["ours", "upstream"] if args.upstream else ["ours"]

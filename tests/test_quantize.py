@@ -33,3 +33,14 @@ def test_quant_set_loads_and_names_are_truthful(workspace: Workspace, tmp_path: 
     q8 = next(r for r in results if r.label == "q8_0")
     assert q8.truthful
     assert compare(workspace.reference("tiny-o200k"), q8.path).passed, "llama.cpp's q8_0 must pass like gguf-py's"
+
+
+def test_quant_set_shows_a_progress_bar_per_file(workspace: Workspace, tmp_path: Path, capsys) -> None:
+    """One bar over the checkpoint read, then one per output file that counts llama.cpp's tensors."""
+    results = convert_set(open_checkpoint(str(workspace.checkpoint("tiny-gemma3"))), tmp_path, ["q8_0", "q4_0"],
+                          model_name="tiny", progress=True)
+    err = capsys.readouterr().err.replace("\r", "\n")
+    assert "tiny (f32, read once): 100%" in err
+    for result in results:
+        tensors = sum(read_summary(result.path).tensor_types.values())
+        assert f"tiny-{result.label}.gguf: 100%|" in err and f"| {tensors}/{tensors} [" in err
