@@ -200,6 +200,22 @@ def _llama_log_to(bar: tqdm) -> Iterator[list[str]]:
         llama_cpp.llama_log_set(llama_cpp._logger.llama_log_callback, ctypes.c_void_p(0))
 
 
+def written_label(header: CheckedFile) -> str | None:
+    """The type or recipe label a file was written as, read back from its file type and the type of
+    its token embedding table (a recipe's table, or its fallback for these rows); None when no label
+    writes this file type. Stock types and recipes whose tables coincide (q4_k_m and q4_k_m+emb_q8_0 on
+    hidden 384) name the recipe."""
+    file_type = header.metadata.get("general.file_type")
+    base = next((label for label, (ftype, _) in LLAMA_TYPES.items() if ftype == file_type), None)
+    if base is None:
+        return None
+    table = next((t.ggml_type for t in header.tensors if t.name == TOKEN_EMBEDDING), None)
+    for label, recipe in RECIPES.items():
+        if recipe.base == base and table == _table_type(header, recipe.token_embedding):
+            return label
+    return base
+
+
 def _table_type(source: CheckedFile, wanted: GGMLQuantizationType) -> GGMLQuantizationType:
     """`wanted`, or llama.cpp's fallback for it when the token embedding rows do not fit its blocks."""
     row = next(t.dims[0] for t in source.tensors if t.name == TOKEN_EMBEDDING)

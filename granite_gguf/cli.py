@@ -60,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     verify = commands.add_parser("verify", help="check a GGUF against the PyTorch reference (exit 1 on failure)")
     verify.add_argument("source", help="the checkpoint the GGUF was converted from")
-    verify.add_argument("gguf", type=Path, nargs="+", help="one or more GGUF files")
+    verify.add_argument("gguf", type=Path, nargs="*", help="one or more GGUF files")
+    verify.add_argument("--all", type=Path, metavar="DIR", help="also every *.gguf in DIR (a `convert --quant` set)")
     verify.add_argument("--json", type=Path, help="also write the reports as JSON")
     verify.add_argument("--threshold", type=float, help="minimum cosine (default: per file type)")
     verify.set_defaults(run=run_verify)
@@ -131,12 +132,19 @@ def run_convert(args: argparse.Namespace) -> int:
 def run_verify(args: argparse.Namespace) -> int:
     from granite_gguf.verify import compare, run_reference
 
-    for path in args.gguf:
+    paths = list(args.gguf)
+    if args.all is not None:
+        if not args.all.is_dir():
+            raise UserError(f"--all {args.all}: no such directory")
+        paths += sorted(path for path in args.all.glob("*.gguf") if not path.name.startswith("."))
+    if not paths:
+        raise UserError("no GGUF file to verify: name files, or a folder with --all")
+    for path in paths:
         if not path.is_file():
             raise UserError(f"{path}: no such GGUF file")
     reference = run_reference(args.source)
     reports = []
-    for path in args.gguf:
+    for path in paths:
         report = compare(reference, path, args.threshold)
         print(report.table() + "\n")
         reports.append(report)

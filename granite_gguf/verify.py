@@ -2,7 +2,8 @@
 
 Two checks. Tokens: the ids HF `tokenizers` gives must equal llama.cpp's for every probe, special
 tokens included. Vectors: per text, cosine between the reference and llama.cpp vectors; the minimum
-over the set must reach the threshold of the file's type (THRESHOLDS), and NMSE is reported.
+over the set must reach the threshold of the file's type (THRESHOLDS), or, for a file written by
+llama.cpp's quantizer, of its type or recipe (convert.quantize.QUANT_THRESHOLDS); NMSE is reported.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from granite_gguf.bindings.embedder import Embedder
-from granite_gguf.convert.inspect import read_summary
+from granite_gguf.convert.check import read_header
+from granite_gguf.convert.inspect import summarize
+from granite_gguf.convert.quantize import QUANT_THRESHOLDS, written_label
 from granite_gguf.convert.source import open_checkpoint
 from granite_gguf.errors import UserError
 from granite_gguf.probes import probe_texts
@@ -84,11 +87,16 @@ def run_reference(source: str, texts: Sequence[str] | None = None) -> Reference:
 
 def compare(reference: Reference, gguf_path: Path, threshold: float | None = None) -> ParityReport:
     """Run `gguf_path` through llama.cpp on the reference's texts and measure the differences."""
-    summary = read_summary(gguf_path)
+    header = read_header(Path(gguf_path))
+    summary = summarize(header)
     if threshold is None:
-        if summary.file_type not in THRESHOLDS:
+        label = written_label(header)
+        if label in QUANT_THRESHOLDS:
+            threshold = QUANT_THRESHOLDS[label]
+        elif summary.file_type in THRESHOLDS:
+            threshold = THRESHOLDS[summary.file_type]
+        else:
             raise UserError(f"{gguf_path}: no parity threshold for file type {summary.file_type}; pass --threshold")
-        threshold = THRESHOLDS[summary.file_type]
     texts = reference.texts
     with Embedder(gguf_path, max_tokens=reference.longest) as embedder:
         mismatches = []

@@ -94,6 +94,8 @@ def test_missing_source_and_bad_outtype(tmp_path: Path, workspace: Workspace) ->
 def test_verify_bad_input_exits_2(tmp_path: Path, workspace: Workspace) -> None:
     result = run_cli("verify", str(workspace.checkpoint("tiny-gpt2")), str(tmp_path / "missing.gguf"))
     assert result.returncode == 2 and "no such GGUF file" in result.stderr
+    result = run_cli("verify", str(workspace.checkpoint("tiny-gpt2")), "--all", str(tmp_path))
+    assert result.returncode == 2 and "no GGUF file to verify" in result.stderr
     not_gguf = tmp_path / "fake.gguf"
     not_gguf.write_bytes(b"GGUF\x03\x00\x00\x00garbage")
     result = run_cli("inspect", str(not_gguf))

@@ -6,6 +6,7 @@ below threshold (or a token mismatch) on the subset is also one on the full set.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -56,10 +57,15 @@ def test_planted_bug_fails_verification(workspace: Workspace, tmp_path: Path, mu
 
 
 def test_verify_command_exits_1_on_planted_bug(workspace: Workspace, tmp_path: Path) -> None:
+    """`verify --all DIR`: every file in the folder is checked; one bad file fails the run."""
     mutated = mutated_copy(workspace.checkpoint("tiny-gpt2"), "wrong global RoPE base", tmp_path / "mutated")
-    gguf = convert(open_checkpoint(str(mutated)), tmp_path / "rope.gguf", OutType.F32)
+    folder = tmp_path / "set"
+    folder.mkdir()
+    convert(open_checkpoint(str(mutated)), folder / "rope.gguf", OutType.F32)
+    convert(open_checkpoint(str(workspace.checkpoint("tiny-gpt2"))), folder / "good.gguf", OutType.F32)
     result = subprocess.run([sys.executable, "-m", "granite_gguf.cli", "verify", str(workspace.checkpoint("tiny-gpt2")),
-                             str(gguf), "--json", str(tmp_path / "report.json")], capture_output=True, text=True)
+                             "--all", str(folder), "--json", str(tmp_path / "report.json")], capture_output=True, text=True)
     assert result.returncode == 1, result.stderr
-    assert "FAIL" in result.stdout
-    assert '"passed": false' in (tmp_path / "report.json").read_text()
+    assert "FAIL" in result.stdout and "PASS" in result.stdout
+    reports = {Path(r["gguf"]).name: r["passed"] for r in json.loads((tmp_path / "report.json").read_text())}
+    assert reports == {"good.gguf": True, "rope.gguf": False}

@@ -29,7 +29,8 @@ def test_types_and_recipes_meet_their_fixture_thresholds(workspace: Workspace, t
     recipe = next(r for r in results if r.label == "q4_0+emb_q4_0")
     assert recipe.truthful and recipe.dominant_type == "Q4_0" and recipe.table_type == "Q4_0"
     reference = workspace.reference(FAMILY)
-    reports = {r.label: compare(reference, r.path, threshold=QUANT_THRESHOLDS[r.label]) for r in results}
+    reports = {r.label: compare(reference, r.path) for r in results}  # verify's default: the file's type or recipe
+    assert {label: report.threshold for label, report in reports.items()} == {label: QUANT_THRESHOLDS[label] for label in LABELS}
     failed = {label: (report.cosine_min, report.threshold) for label, report in reports.items() if not report.passed}
     assert not failed, f"(min cosine, threshold) per failing type: {failed}"
 
