@@ -176,6 +176,7 @@ def _build_vocab(tokenizer: dict[str, Any], special_tokens_map: dict[str, Any], 
         missing_bytes = BYTE_PIECES - set(tokens)
         if missing_bytes:
             raise UserError(f"unsupported tokenizer: byte_fallback is on but {len(missing_bytes)} byte pieces (<0xNN>) are missing")
+        _warn_newline_mixes(tokens, token_types)
     _make_unique(tokens, token_types, added)
 
     target = config.get("vocab_size", n_tokens)
@@ -207,6 +208,17 @@ def _build_vocab(tokenizer: dict[str, Any], special_tokens_map: dict[str, Any], 
         add_eos=template_eos is not None,
         n_padding=target - n_tokens,
     )
+
+
+def _warn_newline_mixes(tokens: list[str], token_types: list[TokenType]) -> None:
+    """llama.cpp's Gemma-style splitter cuts text into newline runs and the rest before merging, so it
+    never produces a normal token that mixes a newline with other text, while HF does: texts holding
+    one tokenize differently. The real vocabularies of this family hold newline runs only."""
+    mixed = [t for t, kind in zip(tokens, token_types) if kind is TokenType.NORMAL and "\n" in t and t.strip("\n")]
+    if mixed:
+        log.warning("%d tokens mix a newline with other text (e.g. %s): llama.cpp splits text at newlines and never "
+                    "produces them, so texts containing them tokenize differently from HF (`granite-gguf verify` "
+                    "counts the mismatches)", len(mixed), ", ".join(repr(t) for t in mixed[:3]))
 
 
 def _make_unique(tokens: list[str], token_types: list[TokenType], added: dict[int, Any]) -> None:

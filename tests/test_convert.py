@@ -86,6 +86,30 @@ def test_merges_with_newlines_and_spaces_survive(workspace: Workspace) -> None:
     assert any("\n" in m for m in merges), "the fixture must exercise merges containing newlines"
 
 
+def test_tokens_mixing_newlines_are_reported(workspace: Workspace, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """llama.cpp's Gemma-style splitter cuts at newlines: a token "\na" is HF-only, and the converter says so."""
+    from tokenizers import Tokenizer
+
+    from granite_gguf.bindings.embedder import Embedder
+
+    folder = tmp_path / "newline"
+    shutil.copytree(workspace.checkpoint("tiny-gemma3"), folder)
+    tokenizer = json.loads((folder / "tokenizer.json").read_text())
+    vocab = tokenizer["model"]["vocab"]
+    assert "a" in vocab and "\na" not in vocab
+    vocab["\na"] = len(vocab)
+    tokenizer["model"]["merges"].append(["\n", "a"])
+    (folder / "tokenizer.json").write_text(json.dumps(tokenizer))
+    with caplog.at_level("WARNING"):
+        out = convert(open_checkpoint(str(folder)), tmp_path / "newline.gguf", OutType.F32)
+    assert "1 tokens mix a newline with other text (e.g. '\\na')" in caplog.text
+    text = "x\na"
+    hf = Tokenizer.from_file(str(folder / "tokenizer.json")).encode(text).ids
+    with Embedder(out, max_tokens=64) as embedder:
+        ours = embedder.tokenize(text)
+    assert vocab["\na"] in hf and vocab["\na"] not in ours, "the warning describes a real difference"
+
+
 def test_duplicate_token_texts_are_never_written(workspace: Workspace, tmp_path: Path) -> None:
     """An added token repeating a vocabulary entry (as byte-fallback pieces often do) must not reach llama.cpp twice."""
     import llama_cpp
