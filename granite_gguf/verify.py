@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from granite_gguf.bindings.embedder import Embedder
-from granite_gguf.convert.check import read_header
+from granite_gguf.convert.check import CheckedFile, read_header
 from granite_gguf.convert.inspect import summarize
 from granite_gguf.convert.quantize import QUANT_THRESHOLDS, written_label
 from granite_gguf.convert.source import open_checkpoint
@@ -90,13 +90,7 @@ def compare(reference: Reference, gguf_path: Path, threshold: float | None = Non
     header = read_header(Path(gguf_path))
     summary = summarize(header)
     if threshold is None:
-        label = written_label(header)
-        if label in QUANT_THRESHOLDS:
-            threshold = QUANT_THRESHOLDS[label]
-        elif summary.file_type in THRESHOLDS:
-            threshold = THRESHOLDS[summary.file_type]
-        else:
-            raise UserError(f"{gguf_path}: no parity threshold for file type {summary.file_type}; pass --threshold")
+        threshold = default_threshold(header)
     texts = reference.texts
     with Embedder(gguf_path, max_tokens=reference.longest) as embedder:
         mismatches = []
@@ -114,6 +108,18 @@ def compare(reference: Reference, gguf_path: Path, threshold: float | None = Non
         max_tokens=reference.longest, token_mismatches=len(mismatches), cosine_min=float(cosines[worst]),
         cosine_mean=float(np.mean(cosines)), nmse=nmse, worst_text=texts[worst][:80], mismatch_examples=mismatches[:5],
     )
+
+
+def default_threshold(header: CheckedFile) -> float:
+    """The minimum cosine a file must reach: that of the type or recipe llama.cpp's quantizer wrote it
+    as, else that of its file type."""
+    label = written_label(header)
+    if label in QUANT_THRESHOLDS:
+        return QUANT_THRESHOLDS[label]
+    file_type = summarize(header).file_type
+    if file_type not in THRESHOLDS:
+        raise UserError(f"{header.path}: no parity threshold for file type {file_type}; pass --threshold")
+    return THRESHOLDS[file_type]
 
 
 def reference_vectors(folder: Path, texts: Sequence[str], max_tokens: int) -> np.ndarray:

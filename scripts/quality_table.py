@@ -30,12 +30,13 @@ from pathlib import Path
 import numpy as np
 
 from granite_gguf.bindings.embedder import Embedder, usable_threads
-from granite_gguf.convert.inspect import read_summary
+from granite_gguf.convert.check import read_header
+from granite_gguf.convert.inspect import summarize
 from granite_gguf.convert.quantize import RECIPES, convert_set, parse_types
 from granite_gguf.convert.source import open_checkpoint
 from granite_gguf.corpus import cldr_sentences
 from granite_gguf.probes import probe_texts
-from granite_gguf.verify import run_reference
+from granite_gguf.verify import Reference, default_threshold, run_reference
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_TYPES = ",".join(["f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0", *RECIPES])
@@ -64,7 +65,13 @@ class Row:
     nmse: float
     overlap: float
     ndcg: float
+    token_mismatches: int = 0  # texts whose llama.cpp ids differ from HF's
+    threshold: float = 0.0  # verify's default minimum cosine for this file
     pareto: bool = False
+
+    @property
+    def passes(self) -> bool:
+        return self.token_mismatches == 0 and self.cosine_min >= self.threshold
 
 
 def sample_probes(n: int | None) -> list[str]:
@@ -125,12 +132,14 @@ def mark_pareto(rows: list[Row]) -> None:
         )
 
 
-def measure(label: str, path: Path, reference_vectors: np.ndarray, texts: list[str], n_probes: int,
-            max_tokens: int) -> Row:
-    summary = read_summary(path)
+def measure(label: str, path: Path, reference: Reference, n_probes: int) -> Row:
+    header = read_header(path)
+    summary = summarize(header)
     parameters = sum(summary.tensor_elements.values())
-    with Embedder(path, max_tokens=max_tokens) as embedder:
-        vectors = embedder.encode(texts)
+    with Embedder(path, max_tokens=reference.longest) as embedder:
+        mismatches = sum(embedder.tokenize(text) != ids for text, ids in zip(reference.texts, reference.token_ids))
+        vectors = embedder.encode(reference.texts)
+    reference_vectors = reference.vectors
     ref, ours = reference_vectors[:n_probes], vectors[:n_probes]
     cosines = np.sum(ref * ours, axis=1)
     nmse = float(np.mean(np.sum((ref - ours) ** 2, axis=1)) / np.mean(np.sum(ref**2, axis=1)))
@@ -140,6 +149,7 @@ def measure(label: str, path: Path, reference_vectors: np.ndarray, texts: list[s
         types={t: n / parameters for t, n in summary.tensor_elements.most_common()},
         cosine_min=float(cosines.min()), cosine_mean=float(cosines.mean()),
         cosine_p1=float(np.percentile(cosines, 1)), nmse=nmse, overlap=overlap, ndcg=ndcg,
+        token_mismatches=mismatches, threshold=default_threshold(header),
     )
 
 
@@ -169,7 +179,7 @@ def command_line() -> str:
 
 def markdown(name: str, rows: list[Row], *, n_probes: int, floor: float, seconds: float, plot: Path) -> str:
     header = ("| type | file | size (bytes) | bytes/param | effective types (share of parameters) | cos min | cos mean "
-              "| cos p1 | NMSE | top-10 overlap | nDCG@10 | Pareto |")
+              "| cos p1 | NMSE | top-10 overlap | nDCG@10 | token mismatches | verify threshold | Pareto |")
     lines = [
         f"<!-- quality-table:{name} -->",
         f"### {name}",
@@ -187,7 +197,7 @@ def markdown(name: str, rows: list[Row], *, n_probes: int, floor: float, seconds
         lines.append(
             f"| {r.label} | {r.file} | {r.size:,} | {r.size / r.parameters:.3f} | {types} | {r.cosine_min:.5f} "
             f"| {r.cosine_mean:.6f} | {r.cosine_p1:.5f} | {r.nmse:.2e} | {r.overlap:.3f} | {r.ndcg:.4f} "
-            f"| {'★' if r.pareto else ''} |"
+            f"| {r.token_mismatches} | {r.threshold} {'pass' if r.passes else '**FAIL**'} | {'★' if r.pareto else ''} |"
         )
     lines += ["", f"![quality against size, {name}]({plot.name})", f"<!-- /quality-table:{name} -->"]
     return "\n".join(lines)
@@ -252,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         reference = run_reference(args.checkpoint, texts)
         rows = []
         for result in files:
-            rows.append(measure(result.label, result.path, reference.vectors, texts, len(probes), reference.longest))
+            rows.append(measure(result.label, result.path, reference, len(probes)))
             print(f"{result.label}: cosine min {rows[-1].cosine_min:.5f}, nDCG@10 {rows[-1].ndcg:.4f}", flush=True)
     rows.sort(key=lambda r: -r.size)
     mark_pareto(rows)
