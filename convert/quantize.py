@@ -209,6 +209,8 @@ def written_label(header: CheckedFile) -> str | None:
     if base is None:
         return None
     table = next((t.ggml_type for t in header.tensors if t.name == TOKEN_EMBEDDING), None)
+    if table is None:
+        return base
     for label, recipe in RECIPES.items():
         if recipe.base == base and table == _table_type(header, recipe.token_embedding):
             return label
