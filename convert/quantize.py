@@ -18,6 +18,7 @@ Measured quality and size of every type and recipe: docs/quality.md.
 from __future__ import annotations
 
 import ctypes
+import glob
 import logging
 import math
 import os
@@ -35,7 +36,7 @@ from granite_gguf.convert.source import Checkpoint
 from granite_gguf.convert.writer import OutType, convert
 from granite_gguf.convert.check import CheckedFile, check_gguf, read_header
 from granite_gguf.errors import UserError
-from granite_gguf.files import atomic_output
+from granite_gguf.files import atomic_output, held, remove_stale_temporaries
 
 log = logging.getLogger(__name__)
 
@@ -123,13 +124,17 @@ def convert_set(ckpt: Checkpoint, outdir: Path, labels: list[str], *, model_name
     source = outdir / f"{model_name}-f32.gguf"
     keep_source = "f32" in labels
     intermediate = source if keep_source else outdir / f".{model_name}-f32.{os.getpid()}.source.tmp"
-    convert(ckpt, intermediate, OutType.F32, matryoshka_dims=matryoshka_dims, progress=progress,
-            progress_label=f"{model_name} (f32, read once)")
+    stale = f".{glob.escape(model_name)}-f32.*.source.tmp"  # a killed set's intermediate (and its temporary)
+    remove_stale_temporaries(outdir, stale)
+    remove_stale_temporaries(outdir, f".{stale}.*.tmp")
     results = []
     try:
-        for label in [l for l in labels if l != "f32"]:
-            dest = outdir / f"{model_name}-{file_label(label)}.gguf"
-            results.append(quantize_file(intermediate, dest, label, progress=progress))
+        convert(ckpt, intermediate, OutType.F32, matryoshka_dims=matryoshka_dims, progress=progress,
+                progress_label=f"{model_name} (f32, read once)")
+        with held(intermediate):  # in use: another set's clean-up must leave it
+            for label in [l for l in labels if l != "f32"]:
+                dest = outdir / f"{model_name}-{file_label(label)}.gguf"
+                results.append(quantize_file(intermediate, dest, label, progress=progress))
     finally:
         if not keep_source:
             intermediate.unlink(missing_ok=True)

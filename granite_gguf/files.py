@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import errno
+import fcntl
+import glob
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -19,18 +21,21 @@ def atomic_output(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; fsync it and rename it into place only if the block succeeds.
 
     A crash or SIGKILL at any point leaves either the previous file or the complete new one under
-    `path` (at worst a stray `.name.PID.tmp` beside it).
+    `path`. The temporary `.name.PID.tmp` is locked while it is written, so the stray one a SIGKILL
+    leaves is recognised and removed by the next write of `path`.
     """
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{path}: is a directory")
     if not path.parent.is_dir():
         raise UserError(f"{path.parent}: no such directory")
+    remove_stale_temporaries(path.parent, f".{glob.escape(path.name)}.*.tmp")
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        yield tmp
-        _fsync(tmp)
-        os.replace(tmp, path)
+        with held(tmp):
+            yield tmp
+            _fsync(tmp)
+            os.replace(tmp, path)
         _fsync(path.parent)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
@@ -40,6 +45,35 @@ def atomic_output(path: Path) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def held(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `path` (created empty if missing) for the block: the mark of a
+    temporary file in use. The kernel drops the lock when the process dies, however it dies."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)
+
+
+def remove_stale_temporaries(folder: Path, pattern: str) -> None:
+    """Delete the files in `folder` matching the glob `pattern` that no process holds (see `held`):
+    temporaries whose writer was killed."""
+    for stale in folder.glob(pattern):
+        try:
+            descriptor = os.open(stale, os.O_RDONLY)
+        except OSError:
+            continue  # gone meanwhile, or not ours to read
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            stale.unlink(missing_ok=True)
+        except BlockingIOError:
+            pass  # a live writer holds it
+        finally:
+            os.close(descriptor)
 
 
 def _fsync(path: Path) -> None:

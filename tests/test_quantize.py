@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -44,3 +47,29 @@ def test_quant_set_shows_a_progress_bar_per_file(workspace: Workspace, tmp_path:
     for result in results:
         tensors = sum(read_summary(result.path).tensor_types.values())
         assert f"tiny-{result.label}.gguf: 100%|" in err and f"| {tensors}/{tensors} [" in err
+
+
+def test_a_killed_runs_temporaries_are_removed_and_a_live_ones_kept(workspace: Workspace, tmp_path: Path) -> None:
+    """Writers lock their temporaries; SIGKILL drops the lock, so the next set removes what a killed run
+    left (a 1.2 GB F32 intermediate on the 311m) and leaves those a running process still holds."""
+    killed = [tmp_path / ".tiny-f32.999999.source.tmp", tmp_path / "..tiny-f32.999999.source.tmp.999999.tmp",
+              tmp_path / ".tiny-q8_0.gguf.999999.tmp"]
+    for path in killed:
+        path.write_bytes(b"partial")
+    live = tmp_path / ".tiny-q4_0.gguf.999998.tmp"
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import fcntl, os, sys, time
+        descriptor = os.open({str(live)!r}, os.O_WRONLY | os.O_CREAT)
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        print("locked", flush=True)
+        time.sleep(120)
+        """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        results = convert_set(open_checkpoint(str(workspace.checkpoint("tiny-gemma3"))), tmp_path, ["q8_0", "q4_0"],
+                              model_name="tiny")
+        left = sorted(p.name for p in tmp_path.iterdir())
+        assert left == sorted([live.name, *(r.path.name for r in results)])
+    finally:
+        holder.kill()
+        holder.wait()
