@@ -74,7 +74,8 @@ class Embedder:
         if not self.path.is_file():
             raise UserError(f"{self.path}: no such GGUF file")
         # llama.cpp aborts the whole process on some malformed files: validate unless told not to.
-        summary = summarize(read_header(self.path) if unsafe_skip_check else check_gguf(self.path))
+        header = read_header(self.path) if unsafe_skip_check else check_gguf(self.path)
+        summary = summarize(header)
         if summary.pooling not in ("CLS", "MEAN", "LAST"):
             raise UserError(f"{self.path}: pooling {summary.pooling} gives no sentence vector; not an embedding model")
         context = int(summary.arch_value("context_length", DEFAULT_MAX_TOKENS))
@@ -89,6 +90,7 @@ class Embedder:
         if batch_tokens < 1:
             raise UserError(f"batch_tokens must be positive, got {batch_tokens}")
         self.batch_tokens = min(batch_tokens, limit)
+        self.header = header  # what was read and checked, for callers that need tensor-level facts
         self.summary = summary
         self.pooling = summary.pooling
         self.normalize = summary.normalize  # the model's own Normalize module

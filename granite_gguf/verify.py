@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from granite_gguf.bindings.embedder import Embedder
-from granite_gguf.convert.check import CheckedFile, read_header
+from granite_gguf.convert.check import CheckedFile
 from granite_gguf.convert.inspect import summarize
 from granite_gguf.convert.quantize import QUANT_THRESHOLDS, written_label
 from granite_gguf.convert.source import open_checkpoint
@@ -87,12 +87,10 @@ def run_reference(source: str, texts: Sequence[str] | None = None) -> Reference:
 
 def compare(reference: Reference, gguf_path: Path, threshold: float | None = None) -> ParityReport:
     """Run `gguf_path` through llama.cpp on the reference's texts and measure the differences."""
-    header = read_header(Path(gguf_path))
-    summary = summarize(header)
-    if threshold is None:
-        threshold = default_threshold(header)
     texts = reference.texts
     with Embedder(gguf_path, max_tokens=reference.longest) as embedder:
+        if threshold is None:
+            threshold = default_threshold(embedder.header)
         mismatches = []
         for index, (text, ids) in enumerate(zip(texts, reference.token_ids)):
             ours = embedder.tokenize(text)
@@ -104,7 +102,7 @@ def compare(reference: Reference, gguf_path: Path, threshold: float | None = Non
     nmse = float(np.mean(squared_error) / np.mean(np.sum(reference.vectors**2, axis=1)))
     worst = int(np.argmin(cosines))
     return ParityReport(
-        gguf=str(gguf_path), file_type=summary.file_type, threshold=threshold, n_texts=len(texts),
+        gguf=str(gguf_path), file_type=embedder.summary.file_type, threshold=threshold, n_texts=len(texts),
         max_tokens=reference.longest, token_mismatches=len(mismatches), cosine_min=float(cosines[worst]),
         cosine_mean=float(np.mean(cosines)), nmse=nmse, worst_text=texts[worst][:80], mismatch_examples=mismatches[:5],
     )

@@ -30,8 +30,6 @@ from pathlib import Path
 import numpy as np
 
 from granite_gguf.bindings.embedder import Embedder, usable_threads
-from granite_gguf.convert.check import read_header
-from granite_gguf.convert.inspect import summarize
 from granite_gguf.convert.quantize import RECIPES, convert_set, parse_types
 from granite_gguf.convert.source import open_checkpoint
 from granite_gguf.corpus import cldr_sentences
@@ -133,12 +131,11 @@ def mark_pareto(rows: list[Row]) -> None:
 
 
 def measure(label: str, path: Path, reference: Reference, n_probes: int) -> Row:
-    header = read_header(path)
-    summary = summarize(header)
-    parameters = sum(summary.tensor_elements.values())
     with Embedder(path, max_tokens=reference.longest) as embedder:
         mismatches = sum(embedder.tokenize(text) != ids for text, ids in zip(reference.texts, reference.token_ids))
         vectors = embedder.encode(reference.texts)
+    summary = embedder.summary
+    parameters = sum(summary.tensor_elements.values())
     reference_vectors = reference.vectors
     ref, ours = reference_vectors[:n_probes], vectors[:n_probes]
     cosines = np.sum(ref * ours, axis=1)
@@ -149,7 +146,7 @@ def measure(label: str, path: Path, reference: Reference, n_probes: int) -> Row:
         types={t: n / parameters for t, n in summary.tensor_elements.most_common()},
         cosine_min=float(cosines.min()), cosine_mean=float(cosines.mean()),
         cosine_p1=float(np.percentile(cosines, 1)), nmse=nmse, overlap=overlap, ndcg=ndcg,
-        token_mismatches=mismatches, threshold=default_threshold(header),
+        token_mismatches=mismatches, threshold=default_threshold(embedder.header),
     )
 
 
