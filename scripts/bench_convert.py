@@ -33,6 +33,7 @@ from pathlib import Path
 
 GPT2_SPECIAL = "<|endoftext|>"
 POLL_SECONDS = 0.01
+OURS = str(Path(sys.executable).with_name("granite-gguf"))  # the venv's console script
 
 
 @dataclass(frozen=True)
@@ -68,8 +69,7 @@ def command(job: Job, out: Path, upstream: Path | None) -> tuple[list[str], dict
     """The command line and environment that convert `job.checkpoint` into `out`."""
     env = dict(os.environ)
     if job.tool == "ours":
-        ours = Path(sys.executable).with_name("granite-gguf")
-        return [str(ours), "convert", str(job.checkpoint), "-o", str(out), "--outtype", job.outtype, "--no-progress"], env
+        return [OURS, "convert", str(job.checkpoint), "-o", str(out), "--outtype", job.outtype, "--no-progress"], env
     assert upstream is not None
     env["PYTHONPATH"] = str(upstream.parent / "gguf-py")  # the vendored gguf-py, not the installed one
     return [sys.executable, str(upstream), str(job.checkpoint), "--outfile", str(out), "--outtype", job.outtype], env
@@ -182,12 +182,11 @@ def report(results: list[Result]) -> str:
 
 def bench_quant_set(checkpoint: Path, labels: list[str], runs: int, tmp: Path) -> str:
     """Markdown: wall time of the one-command set against the sum of one conversion per type."""
-    ours = str(Path(sys.executable).with_name("granite-gguf"))
 
     def one_type(label: str, outdir: Path) -> list[str]:
         if label == "f16":
-            return [ours, "convert", str(checkpoint), "-o", str(outdir / "separate-f16.gguf"), "--outtype", "f16", "--no-progress"]
-        return [ours, "convert", str(checkpoint), "--outdir", str(outdir), "--quant", label, "--no-progress"]
+            return [OURS, "convert", str(checkpoint), "-o", str(outdir / "separate-f16.gguf"), "--outtype", "f16", "--no-progress"]
+        return [OURS, "convert", str(checkpoint), "--outdir", str(outdir), "--quant", label, "--no-progress"]
 
     set_runs: list[Run] = []
     separate_runs: list[list[Run]] = []
@@ -196,7 +195,7 @@ def bench_quant_set(checkpoint: Path, labels: list[str], runs: int, tmp: Path) -
             outdir = tmp / f"{mode}-{round_index}"
             outdir.mkdir()
             if mode == "set":
-                cmd = [ours, "convert", str(checkpoint), "--outdir", str(outdir), "--quant", ",".join(labels), "--no-progress"]
+                cmd = [OURS, "convert", str(checkpoint), "--outdir", str(outdir), "--quant", ",".join(labels), "--no-progress"]
                 set_runs.append(measure(cmd, dict(os.environ), tmp / "stderr.log"))
                 runs_now = [set_runs[-1]]
             else:
@@ -214,7 +213,7 @@ def bench_quant_set(checkpoint: Path, labels: list[str], runs: int, tmp: Path) -
     separate_wall = statistics.median(sum(r.wall_s for r in round_runs) for round_runs in separate_runs)
     per_type = {label: statistics.median(round_runs[i].wall_s for round_runs in separate_runs) for i, label in enumerate(labels)}
     return "\n".join([
-        f"| checkpoint | types | set: one command, median wall s | separate: sum per round, median wall s | set / separate |",
+        "| checkpoint | types | set: one command, median wall s | separate: sum per round, median wall s | set / separate |",
         "|---|---|---|---|---|",
         f"| {checkpoint.name} | {','.join(labels)} | {set_wall:.1f} ({', '.join(f'{r.wall_s:.1f}' for r in set_runs)}) "
         f"| {separate_wall:.1f} ({', '.join(f'{sum(r.wall_s for r in rr):.1f}' for rr in separate_runs)}) | {set_wall / separate_wall:.2f} |",
