@@ -11,6 +11,7 @@ from pathlib import Path
 from granite_gguf.bindings.batching import DEFAULT_MAX_BATCH_INPUTS
 from granite_gguf.bindings.corpus_job import DEFAULT_BATCH_ROWS
 from granite_gguf.bindings.embedder import LongInputs
+from granite_gguf.bindings.server import Limits
 
 
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -30,6 +31,9 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     serve.add_argument("--batch-inputs", type=int, default=DEFAULT_MAX_BATCH_INPUTS,
                        help=f"inputs of concurrent requests packed into one shared call (default "
                             f"{DEFAULT_MAX_BATCH_INPUTS}; 1 runs each request on its own)")
+    serve.add_argument("--request-timeout", type=float, default=Limits.request_timeout_s, metavar="S",
+                       help=f"a request's head, then its body, must arrive within S seconds (default "
+                            f"{Limits.request_timeout_s:g}); slower clients are dropped")
     serve.set_defaults(run=run_serve)
 
     corpus = commands.add_parser("embed-corpus", help="embed a JSONL, Parquet or text corpus into Parquet shards "
@@ -45,6 +49,9 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
                                                                                    f"{DEFAULT_BATCH_ROWS})")
     corpus.add_argument("--threads", type=int, help="CPU threads (default: the CPUs this process may use)")
     corpus.add_argument("--no-progress", action="store_true", help="no progress bar")
+    corpus.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                        help="run on Ray Data: a local cluster, or the one at ADDRESS ('auto', 'ray://head:10001')")
+    corpus.add_argument("--actors", type=int, help="with --ray: actors (default: one per GPU, else per CPU)")
     corpus.set_defaults(run=run_embed_corpus)
 
     for command in (embed, serve):
@@ -74,8 +81,8 @@ def run_serve(args: argparse.Namespace) -> int:
     from granite_gguf.bindings.server import EmbeddingService, listen, make_server
     from granite_gguf.errors import UserError
 
-    if args.workers < 1 or args.batch_inputs < 1:
-        raise UserError("--workers and --batch-inputs must be positive")
+    if args.workers < 1 or args.batch_inputs < 1 or args.request_timeout <= 0:
+        raise UserError("--workers, --batch-inputs and --request-timeout must be positive")
     sock = listen(args.host, args.port)
     threads = max(1, (args.threads or usable_threads()) // args.workers)
     embedders: list[Embedder] = []
@@ -90,7 +97,7 @@ def run_serve(args: argparse.Namespace) -> int:
         raise
     batcher = Batcher(embedders, max_batch_inputs=args.batch_inputs)
     service = EmbeddingService(batcher, args.model_name or args.gguf.name.removesuffix(".gguf"),
-                               LongInputs(args.long_inputs))
+                               LongInputs(args.long_inputs), Limits(request_timeout_s=args.request_timeout))
     for name in ("granite_gguf.bindings", "uvicorn.error"):  # request lines (with ids), start and shutdown
         logging.getLogger(name).setLevel(logging.INFO)
     host, port = sock.getsockname()[:2]
@@ -111,6 +118,16 @@ def run_serve(args: argparse.Namespace) -> int:
 def run_embed_corpus(args: argparse.Namespace) -> int:
     from granite_gguf.bindings.corpus_job import run_job
 
+    if args.ray is not None:
+        from granite_gguf.bindings.ray_job import run_ray_job
+
+        rows, plan = run_ray_job(str(args.input), args.model, str(args.out), text_field=args.text_field,
+                                 id_field=args.id_field, dim=args.dim, batch_rows=args.batch_rows,
+                                 address=args.ray or None, actors=args.actors, threads_per_actor=args.threads or 1,
+                                 progress=not args.no_progress)
+        print(f"wrote {rows} rows to {args.out} (Ray Data, {plan.actors} actor(s), "
+              f"{plan.cpus_per_actor:g} CPU(s) each)")
+        return 0
     summary = run_job(args.input, args.model, args.out, text_field=args.text_field, id_field=args.id_field,
                       dim=args.dim, batch_rows=args.batch_rows, threads=args.threads, progress=not args.no_progress)
     resumed = f" ({summary.resumed} found done by an earlier run)" if summary.resumed else ""
