@@ -93,10 +93,13 @@ class CorpusReader:
             raise UserError(f"--batch-rows must be positive, got {batch_rows}")
         self.path, self.text_field, self.id_field, self.batch_rows = path, text_field, id_field, batch_rows
         self.format = InputFormat.of(path)
+        self.id_type: pa.DataType | None = None
         self.rows, self.id_type = self._survey()
 
     def _survey(self) -> tuple[int, pa.DataType | None]:
-        """Row count (for the progress bar) and the id column's type (None: ids are row numbers)."""
+        """Row count (for the progress bar) and the id column's type (None: ids are row numbers).
+
+        A JSONL file is read through once here, so a bad row is reported before any work is done."""
         if self.format is InputFormat.PARQUET:
             try:
                 file = pq.ParquetFile(self.path)
@@ -105,21 +108,27 @@ class CorpusReader:
             schema = file.schema_arrow
             if self.text_field not in schema.names:
                 raise UserError(f"{self.path}: no column {self.text_field!r} (columns: {', '.join(schema.names)})")
+            if not pa.types.is_string(schema.field(self.text_field).type) and \
+                    not pa.types.is_large_string(schema.field(self.text_field).type):
+                raise UserError(f"{self.path}: column {self.text_field!r} is {schema.field(self.text_field).type}, "
+                                "not text")
             id_type = schema.field(self.id_field).type if self.id_field in schema.names else None
             return file.metadata.num_rows, id_type
-        rows = 0
-        first: Any = None
         with self.path.open("rb") as lines:
-            for line in lines:
-                if rows == 0 and self.format is InputFormat.JSONL:
-                    first = self._json_row(line, 0)
-                rows += 1
-        if self.format is InputFormat.TEXT or first is None or self.id_field not in first:
+            first = next(lines, b"")
+            rows = bool(first) + sum(1 for _ in lines)
+        if self.format is InputFormat.TEXT or not first:
             return rows, None
-        value = first[self.id_field]
-        if isinstance(value, bool) or not isinstance(value, (int, str)):
+        value = self._json_row(first, 0).get(self.id_field)
+        if value is None:
+            self.id_type = None
+        elif isinstance(value, bool) or not isinstance(value, (int, str)):
             raise UserError(f"row 0: id {value!r} is neither an integer nor a string")
-        return rows, pa.int64() if isinstance(value, int) else pa.string()
+        else:
+            self.id_type = pa.int64() if isinstance(value, int) else pa.string()
+        for _ in self._rows():  # every line JSON, every text a string, every id of the first row's type
+            pass
+        return rows, self.id_type
 
     def _json_row(self, line: bytes, row: int) -> dict[str, Any]:
         try:
@@ -192,6 +201,7 @@ class JobSpec:
     model_bytes: int
     dim: int | None
     batch_rows: int
+    max_tokens: int
     text_field: str
     id_field: str
 
@@ -225,19 +235,19 @@ def _check_manifest(out: Path, spec: JobSpec) -> None:
 
 
 def run_job(input_path: Path, model: Path, out: Path, *, text_field: str = "text", id_field: str = "id",
-            dim: int | None = None, batch_rows: int = DEFAULT_BATCH_ROWS, threads: int | None = None,
-            progress: bool = True) -> JobSummary:
+            dim: int | None = None, batch_rows: int = DEFAULT_BATCH_ROWS, max_tokens: int | None = None,
+            threads: int | None = None, progress: bool = True) -> JobSummary:
     """Embed every row of `input_path` not yet in `out`; see the module's docstring."""
     from tqdm import tqdm
 
     reader = CorpusReader(input_path, text_field, id_field, batch_rows)
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: not a directory")
-    with Embedder(model, n_threads=threads) as embedder:
+    with Embedder(model, n_threads=threads, max_tokens=max_tokens) as embedder:
         embedder.checked_dim(dim)  # refuse a wrong --dim before any output
         out.mkdir(parents=True, exist_ok=True)
         spec = JobSpec(str(input_path.resolve()), input_path.stat().st_size, str(model.resolve()),
-                       model.stat().st_size, dim, batch_rows, text_field, id_field)
+                       model.stat().st_size, dim, batch_rows, embedder.max_tokens, text_field, id_field)
         _check_manifest(out, spec)
         shards = -(-reader.rows // batch_rows)
         done = {index for index in range(shards) if shard_path(out, index).exists()}

@@ -19,18 +19,18 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from granite_gguf.bindings.corpus_job import InputFormat, embed_table, text_of
+from granite_gguf.bindings.corpus_job import DEFAULT_BATCH_ROWS, InputFormat, embed_table, text_of
 from granite_gguf.errors import UserError
 
 
 class EmbedActor:
     """A Ray Data actor: the GGUF loaded once, then `__call__` per batch (a pyarrow table)."""
 
-    def __init__(self, model: str, text_field: str, id_field: str, dim: int | None, threads: int,
-                 gpu_layers: int) -> None:
+    def __init__(self, model: str, text_field: str, id_field: str, dim: int | None, max_tokens: int | None,
+                 threads: int, gpu_layers: int) -> None:
         from granite_gguf.bindings.embedder import Embedder
 
-        self.embedder = Embedder(model, n_threads=threads, gpu_layers=gpu_layers)
+        self.embedder = Embedder(model, n_threads=threads, max_tokens=max_tokens, gpu_layers=gpu_layers)
         self.text_field, self.id_field, self.dim = text_field, id_field, dim
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -57,7 +57,8 @@ def plan(resources: dict[str, float], actors: int | None, threads_per_actor: int
 
 
 def run_ray_job(input_path: str, model: Path, out: str, *, text_field: str = "text", id_field: str = "id",
-                dim: int | None = None, batch_rows: int = 1024, address: str | None = None, actors: int | None = None,
+                dim: int | None = None, batch_rows: int = DEFAULT_BATCH_ROWS, max_tokens: int | None = None,
+                address: str | None = None, actors: int | None = None,
                 threads_per_actor: int = 1, progress: bool = True) -> tuple[int, RayPlan]:
     """Run the job on the Ray cluster at `address` (None: a local one started here); rows written and the plan."""
     import ray
@@ -88,7 +89,7 @@ def run_ray_job(input_path: str, model: Path, out: str, *, text_field: str = "te
         remote: dict[str, Any] = {"max_restarts": -1, "max_task_retries": -1}  # a killed actor is replaced
         embedded = dataset.select_columns([id_field, text_field]).map_batches(
             EmbedActor, fn_constructor_kwargs={
-                "model": str(model.resolve()), "text_field": text_field, "id_field": id_field, "dim": dim,
+                "model": str(model.resolve()), "text_field": text_field, "id_field": id_field, "dim": dim, "max_tokens": max_tokens,
                 "threads": int(settings.cpus_per_actor), "gpu_layers": -1 if settings.gpus_per_actor else 0},
             batch_size=batch_rows, batch_format="pyarrow", concurrency=settings.actors,
             num_cpus=settings.cpus_per_actor, num_gpus=settings.gpus_per_actor or None, **remote)

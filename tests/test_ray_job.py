@@ -22,7 +22,7 @@ from tests.test_corpus_job import corpus_texts
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 COSINE = 0.99999  # f32 file
-ROWS = 6000
+ROWS = 1200
 
 
 def actor_pids() -> list[int]:
@@ -43,14 +43,14 @@ def test_ray_job_equals_the_single_process_job_with_an_actor_killed(workspace: W
     corpus = tmp_path / "corpus.parquet"
     texts = corpus_texts(ROWS)
     pq.write_table(pa.table({"id": [f"doc-{i:05d}" for i in range(ROWS)], "text": texts}), corpus,
-                   row_group_size=500)
-    run_job(corpus, gguf, tmp_path / "single", batch_rows=100, progress=False)
+                   row_group_size=300)
+    run_job(corpus, gguf, tmp_path / "single", batch_rows=50, progress=False)
     single = read_output(tmp_path / "single")
 
     out = tmp_path / "ray-out"
     process = subprocess.Popen(
         [sys.executable, "-m", "granite_gguf.cli", "embed-corpus", str(corpus), "--model", str(gguf), "--out",
-         str(out), "--batch-rows", "100", "--ray", "--actors", "2", "--no-progress"],
+         str(out), "--batch-rows", "50", "--ray", "--actors", "2", "--no-progress"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 120

@@ -368,13 +368,13 @@ def test_a_flood_of_idle_and_slow_connections_is_bounded(served_gguf: Path, tmp_
 
 def test_sigterm_finishes_the_requests_in_flight(served_gguf: Path, tmp_path: Path) -> None:
     log = tmp_path / "serve.log"
-    texts = [f"{i} " + "in flight " * 150 for i in range(256)]
+    texts = [f"{i} " + "in flight " * 150 for i in range(48)]
     with running_server(served_gguf, log) as (url, process), Embedder(served_gguf, max_tokens=512) as embedder:
         expected = embedder.encode(texts, batch_size=1)
         with ThreadPoolExecutor(max_workers=1) as pool:
             pending = pool.submit(lambda: (requests.post(url + "/v1/embeddings", json={"input": texts}, timeout=300),
                                            time.monotonic()))
-            time.sleep(0.5)  # the request is being embedded
+            time.sleep(0.2)  # the request is being embedded
             signalled = time.monotonic()
             process.terminate()
             response, answered = pending.result(timeout=300)
