@@ -49,12 +49,8 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
                                                                                    f"{DEFAULT_BATCH_ROWS})")
     corpus.add_argument("--max-tokens", type=int, help="tokens per input, longer ones truncated (default: the "
                                                        "model's, at most 8192)")
-    corpus.add_argument("--threads", type=int, help="CPU threads (default: the CPUs this process may use; with "
-                                                    "--ray: per actor, default 1)")
+    corpus.add_argument("--threads", type=int, help="CPU threads (default: the CPUs this process may use)")
     corpus.add_argument("--no-progress", action="store_true", help="no progress bar")
-    corpus.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
-                        help="run on Ray Data: a local cluster, or the one at ADDRESS ('auto', 'ray://head:10001')")
-    corpus.add_argument("--actors", type=int, help="with --ray: actors (default: one per GPU, else per CPU)")
     corpus.set_defaults(run=run_embed_corpus)
 
     for command in (embed, serve):
@@ -121,16 +117,6 @@ def run_serve(args: argparse.Namespace) -> int:
 def run_embed_corpus(args: argparse.Namespace) -> int:
     from granite_gguf.bindings.corpus_job import run_job
 
-    if args.ray is not None:
-        from granite_gguf.bindings.ray_job import run_ray_job
-
-        rows, plan = run_ray_job(str(args.input), args.model, str(args.out), text_field=args.text_field,
-                                 id_field=args.id_field, dim=args.dim, batch_rows=args.batch_rows,
-                                 max_tokens=args.max_tokens, address=args.ray or None, actors=args.actors, threads_per_actor=args.threads or 1,
-                                 progress=not args.no_progress)
-        print(f"wrote {rows} rows to {args.out} (Ray Data, {plan.actors} actor(s), "
-              f"{plan.cpus_per_actor:g} CPU(s) each)")
-        return 0
     summary = run_job(args.input, args.model, args.out, text_field=args.text_field, id_field=args.id_field,
                       dim=args.dim, batch_rows=args.batch_rows, max_tokens=args.max_tokens, threads=args.threads,
                       progress=not args.no_progress)

@@ -222,9 +222,9 @@ def shard_path(out: Path, index: int) -> Path:
 def _check_manifest(out: Path, spec: JobSpec) -> None:
     manifest = out / MANIFEST
     if manifest.exists():
-        earlier = json.loads(manifest.read_text())
-        if earlier != asdict(spec):
-            changed = sorted(key for key in earlier.keys() | asdict(spec).keys() if earlier.get(key) != asdict(spec).get(key))
+        earlier, now = json.loads(manifest.read_text()), asdict(spec)
+        if earlier != now:
+            changed = sorted(key for key in earlier.keys() | now.keys() if earlier.get(key) != now.get(key))
             raise UserError(f"{out} holds shards of another job (different {', '.join(changed)}); "
                             "use a new --out folder or remove it")
         return

@@ -49,7 +49,8 @@ def test_jsonl_parquet_and_text_give_the_embedders_rows(workspace: Workspace, tm
     (tmp_path / "in.txt").write_text("".join(t + "\n" for t in texts))
     for name in ("in.jsonl", "in.parquet", "in.txt"):
         out = tmp_path / f"out-{name}"
-        args = [str(tmp_path / name), "--model", str(gguf), "--out", str(out), "--batch-rows", "40", "--max-tokens", str(MAX_TOKENS), "--no-progress"]
+        args = [str(tmp_path / name), "--model", str(gguf), "--out", str(out), "--batch-rows", "40",
+                "--max-tokens", str(MAX_TOKENS), "--no-progress"]
         args += [] if name.endswith(".txt") else ["--text-field", "body"]
         result = subprocess.run(command(*args), capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stderr
