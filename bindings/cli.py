@@ -26,8 +26,9 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--model-name", help="the name clients see (default: the file name without .gguf)")
-    serve.add_argument("--workers", type=int, default=1,
-                       help="llama.cpp contexts, each with its share of --threads (default 1)")
+    serve.add_argument("--workers", type=int,
+                       help="llama.cpp contexts, each with its share of --threads (default: one per thread, the "
+                            "fastest measured on CPU, docs/performance.md)")
     serve.add_argument("--batch-inputs", type=int, default=DEFAULT_MAX_BATCH_INPUTS,
                        help=f"inputs of concurrent requests packed into one shared call (default "
                             f"{DEFAULT_MAX_BATCH_INPUTS}; 1 runs each request on its own)")
@@ -80,13 +81,15 @@ def run_serve(args: argparse.Namespace) -> int:
     from granite_gguf.bindings.server import EmbeddingService, listen, make_server
     from granite_gguf.errors import UserError
 
-    if args.workers < 1 or args.batch_inputs < 1 or args.request_timeout <= 0:
+    total_threads = args.threads or usable_threads()
+    workers = total_threads if args.workers is None else args.workers
+    if workers < 1 or args.batch_inputs < 1 or args.request_timeout <= 0:
         raise UserError("--workers, --batch-inputs and --request-timeout must be positive")
     sock = listen(args.host, args.port)
-    threads = max(1, (args.threads or usable_threads()) // args.workers)
+    threads = max(1, total_threads // workers)
     embedders: list[Embedder] = []
     try:
-        for _ in range(args.workers):
+        for _ in range(workers):
             embedders.append(Embedder(args.gguf, n_threads=threads, max_tokens=args.max_tokens,
                                       unsafe_skip_check=args.unsafe_skip_check))
     except BaseException:
@@ -101,7 +104,7 @@ def run_serve(args: argparse.Namespace) -> int:
         logging.getLogger(name).setLevel(logging.INFO)
     host, port = sock.getsockname()[:2]
     print(f"serving {service.model_name} on http://{host}:{port} (POST /v1/embeddings, /api/embed; "
-          f"max {embedders[0].max_tokens} tokens per input; {args.workers} worker(s) × {threads} thread(s))",
+          f"max {embedders[0].max_tokens} tokens per input; {workers} worker(s) × {threads} thread(s))",
           flush=True)
     try:
         make_server(service).run(sockets=[sock])

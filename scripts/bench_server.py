@@ -1,7 +1,7 @@
 """Load benchmark: closed-loop HTTP clients on loopback against embedding servers on the same GGUF.
 
 Servers, each started here in its own process, one after another on the same machine and file:
-  ours          `granite-gguf serve` (dynamic batching, `--workers` contexts)
+  ours          `granite-gguf serve` (dynamic batching, its default workers); `ours:N` with `--workers N`
   ours-serial   `granite-gguf serve --workers 1 --batch-inputs 1`: each request alone on one context,
                 the behaviour of the lock-serialized server this one replaced
   old           with `--old-commit REV`: `granite-gguf serve` of that commit (the hand-written
@@ -105,12 +105,13 @@ def old_tree(commit: str, dest: Path) -> Path:
     return root
 
 
-def server_command(kind: str, gguf: Path, port: int, threads: int, workers: int, parallel: int,
-                   llama_server: Path) -> list[str]:
+def server_command(kind: str, gguf: Path, port: int, threads: int, parallel: int, llama_server: Path) -> list[str]:
     serve = [sys.executable, "-m", "granite_gguf.cli", "serve", str(gguf), "--port", str(port), "--max-tokens", "512",
              "--threads", str(threads)]
+    if kind.startswith("ours:"):
+        return [*serve, "--workers", kind.removeprefix("ours:")]
     if kind == "ours":
-        return [*serve, "--workers", str(workers)]
+        return serve
     if kind == "ours-serial":
         return [*serve, "--workers", "1", "--batch-inputs", "1"]
     if kind == "old":
@@ -194,10 +195,9 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("gguf", type=Path)
-    parser.add_argument("--servers", nargs="+", default=["ours", "ours-serial", "old", "llama-server"])
+    parser.add_argument("--servers", nargs="+", default=["ours", "ours:1", "ours-serial", "old", "llama-server"])
     parser.add_argument("--scenarios", nargs="+", choices=SCENARIOS, default=list(SCENARIOS))
     parser.add_argument("--old-commit", help="a commit whose `serve` is the `old` server (without it, no `old`)")
-    parser.add_argument("--workers", type=int, default=1, help="--workers of `ours`")
     parser.add_argument("--parallel", type=int, default=64, help="llama-server --parallel slots")
     parser.add_argument("--threads", type=int, default=usable_threads())
     parser.add_argument("--rounds", type=int, default=2)
@@ -225,8 +225,7 @@ def main(argv: list[str] | None = None) -> int:
             order = servers[round_index % len(servers):] + servers[:round_index % len(servers)]
             for kind in order:
                 port = free_port()
-                command = server_command(kind, args.gguf, port, args.threads, args.workers, args.parallel,
-                                         args.llama_server)
+                command = server_command(kind, args.gguf, port, args.threads, args.parallel, args.llama_server)
                 running = start(command, f"http://127.0.0.1:{port}", old_env if kind == "old" else env, log)
                 try:
                     for name in args.scenarios:
@@ -244,8 +243,7 @@ def main(argv: list[str] | None = None) -> int:
                     running.process.wait(timeout=60)
 
     lines = [f"file `{args.gguf.name}`, {args.threads} threads per server, {args.rounds} rounds of {args.seconds:g} s "
-             f"(after {args.warmup:g} s warm-up); ours --workers {args.workers}, llama-server --parallel "
-             f"{args.parallel}", "",
+             f"(after {args.warmup:g} s warm-up); llama-server --parallel {args.parallel}", "",
              "| scenario | server | req/s (median) | per round | p50 ms | p99 ms | errors | wrong | min cosine |",
              "|---|---|---|---|---|---|---|---|---|"]
     for name in args.scenarios:
