@@ -15,7 +15,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from granite_gguf.convert.source import open_checkpoint  # noqa: E402
-from granite_gguf.convert.writer import OutType, convert  # noqa: E402
+from granite_gguf.convert.types import OutType  # noqa: E402
+from granite_gguf.convert.writer import convert  # noqa: E402
 from granite_gguf.fixtures import FIXTURES, build_fixture  # noqa: E402
 from granite_gguf.verify import Reference, run_reference  # noqa: E402
 

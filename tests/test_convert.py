@@ -16,7 +16,8 @@ from safetensors.numpy import load_file
 
 from granite_gguf.convert.inspect import read_summary
 from granite_gguf.convert.source import open_checkpoint
-from granite_gguf.convert.writer import OutType, convert
+from granite_gguf.convert.types import OutType
+from granite_gguf.convert.writer import convert
 from granite_gguf.errors import UserError
 from granite_gguf.fixtures import USER_DEFINED_TOKEN
 from tests.conftest import FAMILIES, Workspace

@@ -48,7 +48,8 @@ def fixture_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def good_gguf(fixture_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> bytes:
-    from granite_gguf.convert.writer import OutType, convert
+    from granite_gguf.convert.types import OutType
+    from granite_gguf.convert.writer import convert
 
     path = tmp_path_factory.mktemp("fuzz-gguf") / "good.gguf"
     return convert(open_checkpoint(str(fixture_dir)), path, OutType.F16).read_bytes()

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from granite_gguf.convert.source import open_checkpoint
-from granite_gguf.convert.writer import OutType, convert
+from granite_gguf.convert.types import OutType
+from granite_gguf.convert.writer import convert
 from granite_gguf.probes import probe_texts
 from granite_gguf.verify import Reference, compare, run_reference
 from tests.conftest import Workspace

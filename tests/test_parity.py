@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from granite_gguf.probes import probe_texts, scripts_covered
-from granite_gguf.verify import THRESHOLDS, compare
+from granite_gguf.convert.types import OutType
+from granite_gguf.verify import compare
 from tests.conftest import FAMILIES, Workspace
 
 OUTTYPES = {"f32": "ALL_F32", "f16": "MOSTLY_F16", "bf16": "MOSTLY_BF16", "q8_0": "MOSTLY_Q8_0"}
@@ -32,5 +33,5 @@ def test_parity(workspace: Workspace, family: str, outtype: str) -> None:
     report = compare(workspace.reference(family), workspace.gguf(family, outtype))
     assert report.file_type == OUTTYPES[outtype]
     assert report.token_mismatches == 0, report.mismatch_examples
-    assert report.cosine_min >= THRESHOLDS[report.file_type], report.table()
+    assert report.cosine_min >= OutType.parse(outtype).min_cosine, report.table()
     assert report.passed

@@ -19,7 +19,8 @@ import requests
 
 from granite_gguf.bindings.embedder import Embedder
 from granite_gguf.convert.source import open_checkpoint
-from granite_gguf.convert.writer import OutType, convert
+from granite_gguf.convert.types import OutType
+from granite_gguf.convert.writer import convert
 from tests.conftest import Workspace
 
 DIMS = (48, 32, 16)
