@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -21,17 +20,11 @@ from granite_gguf.modelfiles.registry import add_registry_commands, pull, push
 from granite_gguf.modelfiles.store import MANIFEST_MEDIA_TYPE, install, list_models
 
 from granite_gguf.errors import UserError
-from tests.conftest import Workspace
+from tests.conftest import Workspace, free_port, tree
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "start-registry.sh"
 NAME = "tiny-gemma3:q8_0"
 MANIFEST = "manifests/registry.ollama.ai/library/tiny-gemma3/q8_0"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -77,10 +70,6 @@ def requests_log(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str, dict[s
 
     monkeypatch.setattr(requests.Session, "request", logged)
     return log
-
-
-def tree(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def blobs(root: Path) -> dict[str, bytes]:
