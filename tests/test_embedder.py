@@ -15,6 +15,8 @@ from granite_gguf.errors import UserError
 from granite_gguf.probes import probe_texts
 from tests.conftest import FAMILIES, Workspace
 
+pytestmark = [pytest.mark.slow]
+
 DIMS = (48, 32, 16)  # declared in the test files; the fixtures' hidden size is 64
 F32_COSINE = 0.99999
 

@@ -12,6 +12,8 @@ import pytest
 
 from tests.conftest import Workspace, run_cli_process
 
+pytestmark = [pytest.mark.slow]
+
 
 def edit_json(path: Path, **changes: object) -> None:
     data = json.loads(path.read_text())

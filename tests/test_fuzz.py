@@ -29,6 +29,8 @@ from granite_gguf.modelfiles.modelfile import check_modelfile
 from granite_gguf.modelfiles.store import ModelName, manifest_file_path
 from granite_gguf.fixtures import build_fixture
 
+pytestmark = [pytest.mark.slow]
+
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "200"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=EXAMPLES <= 200,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,

@@ -24,6 +24,8 @@ import pytest
 from granite_gguf.convert.check import check_gguf
 from tests.conftest import Workspace, cli_command
 
+pytestmark = [pytest.mark.slow]
+
 FRACTIONS = (0.2, 0.4, 0.55, 0.7, 0.8, 0.9, 0.97)
 
 

@@ -30,6 +30,8 @@ from tokenizers import Tokenizer
 from granite_gguf.probes import CODE, EMOJI, LONG_WORDS, long_text
 from tests.conftest import FAMILIES, free_port
 
+pytestmark = [pytest.mark.slow, pytest.mark.llama_server]
+
 MIN_COSINE_F32 = 0.99999
 START_TIMEOUT_S = 60.0
 REQUEST_TIMEOUT_S = 120.0

@@ -21,6 +21,8 @@ from granite_gguf.verify import Reference, compare, run_reference
 from tests.conftest import Workspace, cli_command
 from tests.mutations import MUTATIONS, mutated_copy
 
+pytestmark = [pytest.mark.slow]
+
 MODEL_MUTATIONS = [m for m in MUTATIONS if m not in ("extra EOS", "missing BOS")]
 CASES = [(m, "tiny-gemma3") for m in MODEL_MUTATIONS] + [
     ("swapped GLU halves", "tiny-o200k"),  # SwiGLU

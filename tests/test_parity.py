@@ -20,6 +20,7 @@ def test_probe_set_is_broad() -> None:
     assert any(len(t) > 5000 for t in texts)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
 def test_reference_has_long_inputs(workspace: Workspace, family: str) -> None:
     lengths = sorted(len(ids) for ids in workspace.reference(family).token_ids)
@@ -27,6 +28,7 @@ def test_reference_has_long_inputs(workspace: Workspace, family: str) -> None:
     assert sum(n > 129 for n in lengths) >= 6, "several inputs must exceed the local attention window"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("outtype", list(OUTTYPES))
 @pytest.mark.parametrize("family", FAMILIES)
 def test_parity(workspace: Workspace, family: str, outtype: str) -> None:

@@ -22,6 +22,7 @@ FAMILY = "tiny-gemma3"  # mirrors the 311m, whose token embedding table is 2/3 o
 LABELS = ["q6_k", "q5_k_m", "q4_k_m", "q4_0", "q8_0+emb_q4_k", "q4_0+emb_q4_0"]
 
 
+@pytest.mark.slow
 def test_types_and_recipes_meet_their_fixture_thresholds(workspace: Workspace, tmp_path: Path) -> None:
     results = convert_set(open_checkpoint(str(workspace.checkpoint(FAMILY))), tmp_path, OutType.parse_list(",".join(LABELS)),
                           model_name=FAMILY)

@@ -8,6 +8,7 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from granite_gguf.bindings.embedder import Embedder
 from granite_gguf.convert.inspect import read_summary
@@ -16,6 +17,8 @@ from granite_gguf.convert.source import open_checkpoint
 from granite_gguf.convert.types import OutType
 from granite_gguf.verify import compare
 from tests.conftest import Workspace
+
+pytestmark = [pytest.mark.slow]
 
 
 def test_quant_set_loads_and_names_are_truthful(workspace: Workspace, tmp_path: Path) -> None:
