@@ -30,8 +30,8 @@ from pathlib import Path
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from tqdm import tqdm
 
-from granite_gguf.convert.source import Checkpoint
 from granite_gguf.convert.check import CheckedFile, check_gguf, read_header
+from granite_gguf.convert.source import Checkpoint
 from granite_gguf.convert.types import OutType, file_label
 from granite_gguf.convert.writer import convert
 from granite_gguf.errors import UserError

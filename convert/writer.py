@@ -90,6 +90,7 @@ def convert(
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
+        assert writer.fout is not None  # set by write_header_to_file
         fout = writer.fout[0]
         writer.write_padding(fout, fout.tell())
         total = sum(plan.nbytes for plan in plans)
@@ -98,7 +99,7 @@ def convert(
                 written = 0
                 for rows in ckpt.iter_rows(plan.hf_name):
                     data = encode_rows(rows, plan.ggml_type)
-                    fout.write(memoryview(data).cast("B"))  # no extra copy of the chunk
+                    fout.write(data.data.cast("B"))  # no extra copy of the chunk
                     written += data.nbytes
                     bar.update(data.nbytes)
                 if written != plan.nbytes:

@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-from granite_gguf.bindings.embedder import Embedder
 from tokenizers import Tokenizer
 
+from granite_gguf.bindings.embedder import Embedder
 from granite_gguf.probes import CODE, EMOJI, LONG_WORDS, long_text
 from tests.conftest import FAMILIES, free_port
 

@@ -10,15 +10,14 @@ from granite_gguf.errors import UserError
 from granite_gguf.modelfiles.granite_r2 import CONTEXT_LENGTHS, FILE_TYPES, FOLDER, shipped_modelfiles
 from granite_gguf.modelfiles.modelfile import (
     Instruction,
-    Modelfile,
     ModelFacts,
+    Modelfile,
     check_modelfile,
     embedding_modelfile,
     generate_modelfile,
     parse_modelfile,
 )
 from tests.conftest import Workspace, run_cli
-
 
 VALID = '\ufeff' + """# provenance comment
    # an indented comment is a comment too

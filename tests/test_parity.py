@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from granite_gguf.probes import probe_texts, scripts_covered
 from granite_gguf.convert.types import OutType
+from granite_gguf.probes import probe_texts, scripts_covered
 from granite_gguf.verify import compare
 from tests.conftest import FAMILIES, Workspace
 

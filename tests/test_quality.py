@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from gguf import GGMLQuantizationType
 
 from granite_gguf.convert.quantize import convert_set

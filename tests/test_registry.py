@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 import requests
+
+from granite_gguf.errors import UserError
 from granite_gguf.modelfiles import registry
 from granite_gguf.modelfiles.registry import add_registry_commands, pull, push
 from granite_gguf.modelfiles.store import MANIFEST_MEDIA_TYPE, install, list_models
-
-from granite_gguf.errors import UserError
 from tests.conftest import Workspace, free_port, tree
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "start-registry.sh"
