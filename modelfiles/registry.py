@@ -40,10 +40,10 @@ _TIMEOUT = (10, 300)  # connect, read (seconds)
 def add_registry_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     push_command = commands.add_parser("push", help="upload a model from the ollama store to a registry")
     push_command.add_argument("name", help="the model in the store: [host/][namespace/]model[:tag]")
-    push_command.add_argument("target", help="host:port/namespace/model:tag")
+    push_command.add_argument("target", help="[http[s]://]host:port/namespace/model:tag")
     push_command.set_defaults(run=run_push)
     pull_command = commands.add_parser("pull", help="download a model from a registry into the ollama store")
-    pull_command.add_argument("target", help="host:port/namespace/model:tag")
+    pull_command.add_argument("target", help="[http[s]://]host:port/namespace/model:tag")
     pull_command.add_argument("--name", help="store it under this name (default: TARGET, as ollama does)")
     pull_command.set_defaults(run=run_pull)
     for command in (push_command, pull_command):
@@ -315,8 +315,8 @@ class _Registry:
                             "(ollama pull accepts only 307 or 200 with a Location)")
         if not location:
             raise UserError(f"registry {self.host}: blob {digest}: HTTP {response.status_code} without a Location "
-                            "header, so `ollama pull` fails here ('http: no Location header in response'): serve "
-                            "blobs through a redirect (scripts/start-registry.sh; README: push, pull)")
+                            "header; `ollama pull` fails on it too ('http: no Location header in response'): serve "
+                            "blobs through a redirect (README: push, pull)")
         return urljoin(url, location)
 
 
