@@ -16,6 +16,7 @@ import argparse
 import hashlib
 import json
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,11 +160,17 @@ def _download(registry: _Registry, entry: dict[str, Any], blobs: Path) -> None:
         parts = _parts(partial, size)
         resumed = any(part.completed for part in parts)
         url = registry.blob_url(digest)
+        stop = threading.Event()  # set on the first failure or interrupt: the other parts save and end
         with partial.open("r+b" if partial.exists() else "w+b") as out:
             out.truncate(size)
             with ThreadPoolExecutor(min(PARTS, max(len(parts), 1))) as pool:
-                for done in [pool.submit(_fetch_part, registry, url, out.fileno(), part, partial) for part in parts]:
-                    done.result()
+                try:
+                    for done in [pool.submit(_fetch_part, registry, url, out.fileno(), part, partial, stop)
+                                 for part in parts]:
+                        done.result()
+                except BaseException:
+                    stop.set()
+                    raise
             os.fsync(out.fileno())
         for part in parts:
             part.file(partial).unlink()
@@ -214,30 +221,31 @@ def _parts(partial: Path, size: int) -> list[_Part]:
     return parts
 
 
-def _fetch_part(registry: _Registry, url: str, fd: int, part: _Part, partial: Path) -> None:
-    """The rest of one part by a Range request, written at its offset; its record saved as it goes and at the end."""
+def _fetch_part(registry: _Registry, url: str, fd: int, part: _Part, partial: Path, stop: threading.Event) -> None:
+    """The rest of one part by a Range request, written at its offset, until done or `stop`; its record saved as it
+    goes and at the end."""
     import requests
 
     if part.completed == part.size:
         return
-    start, stop = part.offset + part.completed, part.offset + part.size
+    start, end = part.offset + part.completed, part.offset + part.size
     try:
         with requests.Session() as session:
             response = registry.request("GET", url, ok=(206,), session=session, stream=True,
-                                        headers={"Range": f"bytes={start}-{stop - 1}"})
+                                        headers={"Range": f"bytes={start}-{end - 1}"})
             with response:
                 for piece in response.iter_content(_PIECE):
-                    piece = piece[: stop - start]
+                    piece = piece[: end - start]
                     os.pwrite(fd, piece, start)
                     start += len(piece)
                     part.completed = start - part.offset
                     if part.completed % _SAVE_EVERY < len(piece):
                         part.save(partial)
-                    if start == stop:
+                    if start == end or stop.is_set():
                         break
     finally:
         part.save(partial)
-    if start < stop:
+    if start < end:
         raise UserError(f"blob part {part.n} from {urlsplit(url).netloc}: the download ended early at byte {start}")
 
 

@@ -411,6 +411,32 @@ def test_pull_resumes_the_parts_ollama_left(server: tuple[str, Path], store_a: P
         f"bytes={half + 1000}-{len(data) - 1}"]
 
 
+def test_an_interrupted_pull_resumes_where_it_stopped(server: tuple[str, Path], store_a: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C during the third ranged GET: the parts stop, their records stay; the next pull asks only for the rest."""
+    monkeypatch.setattr(registry, "MIN_PART", 64 << 10)
+    model = max(entries(store_a), key=lambda entry: entry["size"])
+    ranged: list[str] = []
+    original = requests.Session.request
+
+    def interrupted(self: requests.Session, method: str, url: str, **kwargs: Any) -> requests.Response:
+        if "Range" in (kwargs.get("headers") or {}) and model["digest"][7:] in url:
+            ranged.append(kwargs["headers"]["Range"])
+            if len(ranged) == 3:
+                raise KeyboardInterrupt
+        return original(self, method, url, **kwargs)
+
+    monkeypatch.setattr(requests.Session, "request", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        pull(f"{server[0]}/test/tiny:q8_0", tmp_path, insecure=True, name=NAME)
+    assert not (tmp_path / "manifests").exists()
+    first = len(ranged)
+    pull(f"{server[0]}/test/tiny:q8_0", tmp_path, insecure=True, name=NAME)
+    assert tree(tmp_path) == tree(store_a)
+    resumed = [tuple(map(int, r.removeprefix("bytes=").split("-"))) for r in ranged[first:]]
+    assert 0 < sum(stop + 1 - start for start, stop in resumed) < model["size"]
+
+
 def test_a_wrong_partial_is_downloaded_again(server: tuple[str, Path], store_a: Path, tmp_path: Path) -> None:
     model = max(entries(store_a), key=lambda entry: entry["size"])
     (tmp_path / "blobs").mkdir()
