@@ -1,4 +1,6 @@
-"""`push`/`pull` against a real CNCF distribution registry (Debian's docker-registry) on loopback."""
+"""`push`/`pull` against real registries on loopback, started by scripts/start-registry.sh: Debian's docker-registry
+(the CNCF distribution registry) redirecting blob GETs to Debian's nginx, and the same registry without the redirect.
+`OllamaPull` below is ollama's pull algorithm, so the tests show what `ollama pull` does with each registry."""
 
 from __future__ import annotations
 
@@ -322,7 +324,8 @@ def test_ollama_algorithm_in_parallel_parts(server: tuple[str, Path], store_a: P
 
 def test_ollama_algorithm_fails_on_the_plain_registry(plain_server: tuple[str, Path], store_a: Path,
                                                       tmp_path: Path) -> None:
-    """What `ollama pull` prints against a default registry: "Error: http: no Location header in response"."""
+    """What `ollama pull` prints against a default registry: "Error: http: no Location header in response"
+    (reported in github.com/oras-project/oras-go issue 882 and ollama pull request 9737, both with distribution)."""
     push(NAME, f"{plain_server[0]}/test/tiny:q8_0", store_a, insecure=True)
     with pytest.raises(OllamaError) as failure:
         OllamaPull(tmp_path).pull(plain_server[0], "test", "tiny", "q8_0")
