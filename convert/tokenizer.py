@@ -74,7 +74,7 @@ def detect_family(tokenizer: dict[str, Any]) -> TokenizerFamily:
         return TokenizerFamily.GEMMA3
     if normalizer is not None:
         raise UserError(f"unsupported tokenizer: normalizer {_describe(normalizer)}")
-    steps = pre.get("pretokenizers", []) if isinstance(pre, dict) and pre.get("type") == "Sequence" else [pre]
+    steps: list[Any] = pre.get("pretokenizers", []) if isinstance(pre, dict) and pre.get("type") == "Sequence" else [pre]
     kinds = [step.get("type") if isinstance(step, dict) else None for step in steps]
     if kinds == ["ByteLevel"] and steps[0].get("use_regex", True):
         if steps[0].get("add_prefix_space"):

@@ -2,8 +2,8 @@
 
 Two checks. Tokens: the ids HF `tokenizers` gives must equal llama.cpp's for every probe, special
 tokens included. Vectors: per text, cosine between the reference and llama.cpp vectors; the minimum
-over the set must reach the threshold of the file's type (THRESHOLDS), or, for a file written by
-llama.cpp's quantizer, of its type or recipe (convert.quantize.QUANT_THRESHOLDS); NMSE is reported.
+over the set must reach the gate of the type or recipe the file was written as (`OutType.min_cosine`,
+convert/types.py); NMSE is reported.
 """
 
 from __future__ import annotations
@@ -17,13 +17,10 @@ import numpy as np
 from granite_gguf.bindings.embedder import Embedder
 from granite_gguf.convert.check import CheckedFile
 from granite_gguf.convert.inspect import summarize
-from granite_gguf.convert.quantize import QUANT_THRESHOLDS, written_label
+from granite_gguf.convert.quantize import written_type
 from granite_gguf.convert.source import open_checkpoint
 from granite_gguf.errors import UserError
 from granite_gguf.probes import probe_texts
-
-# Minimum cosine per general.file_type (shared/DESIGN.md §8; TEI and vLLM gate at 0.999).
-THRESHOLDS = {"ALL_F32": 0.99999, "MOSTLY_F16": 0.9999, "MOSTLY_BF16": 0.999, "MOSTLY_Q8_0": 0.998}
 
 
 @dataclass
@@ -102,22 +99,19 @@ def compare(reference: Reference, gguf_path: Path, threshold: float | None = Non
     nmse = float(np.mean(squared_error) / np.mean(np.sum(reference.vectors**2, axis=1)))
     worst = int(np.argmin(cosines))
     return ParityReport(
-        gguf=str(gguf_path), file_type=embedder.summary.file_type, threshold=threshold, n_texts=len(texts),
+        gguf=str(gguf_path), file_type=embedder.summary.file_type_name, threshold=threshold, n_texts=len(texts),
         max_tokens=reference.longest, token_mismatches=len(mismatches), cosine_min=float(cosines[worst]),
         cosine_mean=float(np.mean(cosines)), nmse=nmse, worst_text=texts[worst][:80], mismatch_examples=mismatches[:5],
     )
 
 
 def default_threshold(header: CheckedFile) -> float:
-    """The minimum cosine a file must reach: that of the type or recipe llama.cpp's quantizer wrote it
-    as, else that of its file type."""
-    label = written_label(header)
-    if label in QUANT_THRESHOLDS:
-        return QUANT_THRESHOLDS[label]
-    file_type = summarize(header).file_type
-    if file_type not in THRESHOLDS:
+    """The minimum cosine a file must reach: that of the type or recipe it was written as."""
+    output = written_type(header)
+    if output is None or output.min_cosine is None:
+        file_type = summarize(header).file_type_name
         raise UserError(f"{header.path}: no parity threshold for file type {file_type}; pass --threshold")
-    return THRESHOLDS[file_type]
+    return output.min_cosine
 
 
 def reference_vectors(folder: Path, texts: Sequence[str], max_tokens: int) -> np.ndarray:

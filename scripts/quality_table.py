@@ -30,14 +30,15 @@ from pathlib import Path
 import numpy as np
 
 from granite_gguf.bindings.embedder import Embedder, usable_threads
-from granite_gguf.convert.quantize import RECIPES, convert_set, parse_types
+from granite_gguf.convert.quantize import convert_set
 from granite_gguf.convert.source import open_checkpoint
+from granite_gguf.convert.types import OutType
 from granite_gguf.corpus import cldr_sentences
 from granite_gguf.probes import probe_texts
 from granite_gguf.verify import Reference, default_threshold, run_reference
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_TYPES = ",".join(["f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0", *RECIPES])
+DEFAULT_TYPES = ",".join(["f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0", *(t.label for t in OutType if t.is_recipe)])
 N_PASSAGES = 200
 QUERY_EVERY = 4  # a query from every 4th passage: 50 queries
 RUNS_PER_PASSAGE = 3  # consecutive CLDR runs per passage (about 200 characters)
@@ -245,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=None, help="keep the GGUF files here (default: a temporary folder)")
     parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "quality.md")
     args = parser.parse_args(argv)
-    labels = parse_types(args.types)
+    outputs = OutType.parse_list(args.types)
     name = Path(args.checkpoint.rstrip("/")).name
     started = time.monotonic()
     probes = sample_probes(args.texts)
@@ -254,13 +255,13 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="quality-") as tmp:
         workdir = args.workdir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
-        files = convert_set(open_checkpoint(args.checkpoint), workdir, labels, model_name=name)
+        files = convert_set(open_checkpoint(args.checkpoint), workdir, outputs, model_name=name)
         print(f"wrote {len(files)} files; running the fp32 reference on {len(texts)} texts", flush=True)
         reference = run_reference(args.checkpoint, texts)
         rows = []
         for result in files:
-            rows.append(measure(result.label, result.path, reference, len(probes)))
-            print(f"{result.label}: cosine min {rows[-1].cosine_min:.5f}, nDCG@10 {rows[-1].ndcg:.4f}", flush=True)
+            rows.append(measure(result.output.label, result.path, reference, len(probes)))
+            print(f"{result.output.label}: cosine min {rows[-1].cosine_min:.5f}, nDCG@10 {rows[-1].ndcg:.4f}", flush=True)
     rows.sort(key=lambda r: -r.size)
     mark_pareto(rows)
     floor = random_ndcg(_retrieval_scores(reference.vectors, reference.vectors, len(probes))[0])

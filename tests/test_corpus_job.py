@@ -6,7 +6,6 @@ import json
 import random
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import pytest
 from granite_gguf.bindings.corpus_job import read_output, run_job
 from granite_gguf.bindings.embedder import Embedder
 from granite_gguf.probes import probe_texts
-from tests.conftest import Workspace
+from tests.conftest import Workspace, cli_command
 
 pytestmark = pytest.mark.slow
 
@@ -32,7 +31,7 @@ def corpus_texts(count: int) -> list[str]:
 
 
 def command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "granite_gguf.cli", "embed-corpus", *args]
+    return cli_command("embed-corpus", *args)
 
 
 def test_jsonl_parquet_and_text_give_the_embedders_rows(workspace: Workspace, tmp_path: Path) -> None:

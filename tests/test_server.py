@@ -7,7 +7,6 @@ import json
 import re
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -21,14 +20,15 @@ import requests
 
 from granite_gguf.bindings.embedder import Embedder
 from granite_gguf.convert.source import open_checkpoint
-from granite_gguf.convert.writer import OutType, convert
-from tests.conftest import Workspace
+from granite_gguf.convert.types import OutType
+from granite_gguf.convert.writer import convert
+from tests.conftest import Workspace, cli_command
+
+pytestmark = [pytest.mark.slow]
 
 DIMS = (48, 32, 16)
 COSINE = 0.99999  # f32 file; the server packs inputs differently from a one-by-one reference
 START_TIMEOUT_S = 120.0
-
-pytestmark = pytest.mark.slow
 
 
 @dataclass
@@ -49,8 +49,8 @@ class RunningServer:
 def running_server(gguf: Path, log: Path, *options: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """`granite-gguf serve GGUF --port 0 …` with its output in `log`; yields its URL once it listens."""
     with log.open("wb") as sink:
-        process = subprocess.Popen([sys.executable, "-m", "granite_gguf.cli", "serve", str(gguf), "--port", "0",
-                                    "--max-tokens", "512", *options], stdout=sink, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(cli_command("serve", str(gguf), "--port", "0", "--max-tokens", "512", *options),
+                                   stdout=sink, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
         while not (match := re.search(r"serving .* on (http://[\d.]+:\d+)", log.read_text(errors="replace"))):
@@ -193,20 +193,20 @@ def test_200_concurrent_requests_with_mixed_lengths(server: RunningServer) -> No
 
 def test_serve_refuses_a_busy_port(server: RunningServer, workspace: Workspace) -> None:
     port = server.url.rsplit(":", 1)[1]
-    result = subprocess.run([sys.executable, "-m", "granite_gguf.cli", "serve", str(workspace.gguf("tiny-gemma3")),
-                             "--port", port], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(cli_command("serve", str(workspace.gguf("tiny-gemma3")), "--port", port),
+                            capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and result.stderr.startswith("error: cannot listen"), result.stderr
 
 
 def test_embed_command_prints_json_lines(server: RunningServer) -> None:
-    result = subprocess.run([sys.executable, "-m", "granite_gguf.cli", "embed", str(server.embedder.path),
-                             "first text", "second text", "--dim", "16"], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(cli_command("embed", str(server.embedder.path), "first text", "second text", "--dim", "16"),
+                            capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     rows = np.array([json.loads(line) for line in result.stdout.splitlines()])
     assert rows.shape == (2, 16)
     assert np.min(cosines(rows, server.expected(["first text", "second text"], 16))) >= COSINE
-    bad = subprocess.run([sys.executable, "-m", "granite_gguf.cli", "embed", str(server.embedder.path), "x",
-                          "--dim", "20"], capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(cli_command("embed", str(server.embedder.path), "x", "--dim", "20"),
+                         capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "valid: 64, 48, 32, 16" in bad.stderr
 
 
