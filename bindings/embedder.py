@@ -138,7 +138,7 @@ class Embedder:
         (if the file says so) → first `truncate_dim` values → L2 normalization if `normalize_embeddings`.
         """
         single = isinstance(texts, str)
-        result = self.embed([texts] if single else texts, batch_size=batch_size,
+        result = self.embed([texts] if isinstance(texts, str) else texts, batch_size=batch_size,
                             normalize_embeddings=normalize_embeddings, truncate_dim=truncate_dim,
                             show_progress_bar=show_progress_bar, long_inputs=long_inputs)
         return result.vectors[0] if single else result.vectors

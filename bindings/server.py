@@ -57,9 +57,9 @@ class Limits:
     max_body_bytes: int = 4 * 1024 * 1024
     max_inputs: int = 256
     request_timeout_s: float = 60.0  # head, then body, must arrive within this; a stalled client is dropped
-    keep_alive_s: float = 5.0  # an idle keep-alive connection is closed after this
+    keep_alive_s: int = 5  # an idle keep-alive connection is closed after this
     max_connections: int = 1024  # open connections (and requests in progress) before new requests get 503
-    graceful_shutdown_s: float = 60.0  # on SIGTERM/SIGINT, requests in flight get this long to finish
+    graceful_shutdown_s: int = 60  # on SIGTERM/SIGINT, requests in flight get this long to finish
 
 
 class RequestError(Exception):
@@ -268,12 +268,14 @@ class _DeadlineH11Protocol(H11Protocol):
     uvicorn closes a keep-alive connection only if it sends nothing at all for `timeout_keep_alive`
     after a response; a connection that never sends a request, or sends its head a byte at a time,
     stays open for ever. Here a head must be complete `head_timeout_s` after the connection opens or
-    the previous response ends, or the connection is closed.
+    the previous response ends, or the connection is closed. `make_server` subclasses it per server
+    with its `head_timeout_s` (uvicorn builds protocols from a class).
     """
 
-    def __init__(self, *args: Any, head_timeout_s: float, **kwargs: Any) -> None:
+    head_timeout_s = Limits.request_timeout_s
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._head_timeout_s = head_timeout_s
         self._head_deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -295,7 +297,7 @@ class _DeadlineH11Protocol(H11Protocol):
 
     def _arm_head_deadline(self) -> None:
         self._cancel_head_deadline()
-        self._head_deadline = self.loop.call_later(self._head_timeout_s, self.timeout_keep_alive_handler)
+        self._head_deadline = self.loop.call_later(self.head_timeout_s, self.timeout_keep_alive_handler)
 
     def _cancel_head_deadline(self) -> None:
         if self._head_deadline is not None:
@@ -321,8 +323,12 @@ def listen(host: str, port: int) -> socket.socket:
 def make_server(service: EmbeddingService) -> uvicorn.Server:
     """A uvicorn server for the service; run it with `server.run(sockets=[listen(host, port)])`."""
     limits = service.limits
+
+    class Protocol(_DeadlineH11Protocol):
+        head_timeout_s = limits.request_timeout_s
+
     config = uvicorn.Config(
-        make_app(service), http=functools.partial(_DeadlineH11Protocol, head_timeout_s=limits.request_timeout_s),
+        make_app(service), http=Protocol,
         loop="asyncio", lifespan="off", access_log=False, log_config=None, timeout_keep_alive=limits.keep_alive_s,
         limit_concurrency=limits.max_connections, timeout_graceful_shutdown=limits.graceful_shutdown_s,
     )
