@@ -166,7 +166,7 @@ class ModernBertSpec:
     def from_checkpoint(cls, ckpt: Checkpoint, matryoshka_dims: tuple[int, ...] | None = None) -> ModernBertSpec:
         try:
             return cls._from_checkpoint(ckpt, matryoshka_dims)
-        except UserError:
+        except UserError:  # a ValueError too, but already says what is wrong
             raise
         except (TypeError, AttributeError, KeyError, IndexError, ValueError) as exc:  # a value of the wrong JSON type
             raise UserError(f"config.json: unexpected structure ({type(exc).__name__}: {exc})") from None

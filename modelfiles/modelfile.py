@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gguf import Keys
+
 from granite_gguf.convert import keys
 from granite_gguf.convert.inspect import GGUFSummary, read_summary
 from granite_gguf.convert.types import OutType
@@ -241,10 +243,10 @@ class ModelFacts:
             raise UserError(f"{summary.path}: no context_length in the GGUF metadata; cannot size num_ctx")
         version = meta.get(keys.CONVERTER_VERSION)
         return cls(
-            name=meta.get("general.name") or summary.path.stem,
+            name=meta.get(Keys.General.NAME) or summary.path.stem,
             context_length=int(context),
             file_type=file_type_label(summary),
-            license=meta.get("general.license"),
+            license=meta.get(Keys.General.LICENSE),
             pooling=summary.pooling,
             converter=f"granite-gguf {version}" if version else "unknown",
         )

@@ -127,6 +127,8 @@ def _manifest_entries(manifest: bytes, target: str) -> list[dict[str, Any]]:
             blob_file_name(entry["digest"])
             if not isinstance(entry["size"], int) or entry["size"] < 0:
                 raise ValueError(f"bad size {entry['size']!r}")
+    except UserError:  # a ValueError too, but already says what is wrong
+        raise
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise UserError(f"{target}: not a Docker v2 manifest ({exc})") from None
     if media_type != MANIFEST_MEDIA_TYPE:

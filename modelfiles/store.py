@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from gguf import Keys
+
 from granite_gguf.convert.check import check_gguf
 from granite_gguf.convert.inspect import GGUFSummary, summarize
 from granite_gguf.errors import UserError
@@ -170,12 +172,12 @@ def _refuse_unsupported(modelfile: Modelfile, source: Path) -> None:
 
 def _config(summary: GGUFSummary, layers: list[dict[str, Any]]) -> dict[str, Any]:
     """ollama's ConfigV2 in its field order; architecture/os are the Docker image's platform, fixed by ollama."""
-    family = summary.metadata.get("general.architecture", "")
+    family = summary.metadata.get(Keys.General.ARCHITECTURE, "")
     return {
         "model_format": "gguf",
         "model_family": family,
         "model_families": [family],
-        "model_type": summary.metadata.get("general.size_label", ""),
+        "model_type": summary.metadata.get(Keys.General.SIZE_LABEL, ""),
         "file_type": file_type_label(summary).upper(),
         "architecture": "amd64",
         "os": "linux",
