@@ -2,7 +2,7 @@
 
 Nothing is downloaded: tokenizers are trained offline on the CLDR display names that `babel` ships
 (dozens of scripts), weights come from a seeded generator. The weights are scaled so that parity
-checks are *sensitive* (docs/architecture.md, "Sensitive fixtures"): attention logits are large enough that a wrong RoPE
+checks are *sensitive* (docs/architecture.md, "Parity and sensitive fixtures"): attention logits are large enough that a wrong RoPE
 base, window or pattern changes the CLS vector, and the embedding table is small enough in norm that
 a wrong LayerNorm epsilon does too.
 """

@@ -1,6 +1,6 @@
 """ollama Modelfiles: the data model, the generator for embedding GGUFs, and a parser/checker for ollama's grammar.
 
-The grammar follows shared/DESIGN.md §7 and ollama's parser (parser/parser.go): instruction names are
+The grammar follows docs/architecture.md ("ollama") and ollama's parser (parser/parser.go): instruction names are
 case-insensitive, PARAMETER names are case-sensitive, `#` starts a comment only at the beginning of a line,
 a value runs to the end of its line unless it is inside "…" or \"\"\"…\"\"\", and single quotes are ordinary
 characters. ollama stops at the first problem; the checker reports them all so a file is fixed in one pass.

@@ -1,4 +1,4 @@
-"""`granite-gguf push` and `pull`: an ollama store entry to and from a Docker distribution registry (shared/DESIGN.md §7).
+"""`granite-gguf push` and `pull`: an ollama store entry to and from a Docker distribution registry (docs/architecture.md, "ollama").
 
 Push is the standard upload flow: `HEAD` each blob, upload the missing ones (`POST …/blobs/uploads/`, then one
 monolithic `PUT <Location>?digest=…`), then `PUT` the store's manifest bytes unchanged. Pull is what ollama does:

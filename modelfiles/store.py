@@ -1,4 +1,4 @@
-"""The ollama model store (shared/DESIGN.md §7): sha256-named blobs and Docker v2 manifests, as `ollama create` writes them.
+"""The ollama model store (docs/architecture.md, "ollama"): sha256-named blobs and Docker v2 manifests, as `ollama create` writes them.
 
 Layout under the models folder: `blobs/sha256-<hex>` and `manifests/<host>/<namespace>/<model>/<tag>`.
 Blobs go first and the manifest last, each file atomically, because ollama prunes blobs that no
