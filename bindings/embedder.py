@@ -21,7 +21,6 @@ import numpy as np
 
 from granite_gguf.convert.check import check_gguf, read_header
 from granite_gguf.convert.inspect import summarize
-from granite_gguf.convert.tokenizer import TokenizerFamily
 from granite_gguf.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -106,8 +105,6 @@ class Embedder:
         self.pooling = summary.pooling
         self.normalize = summary.normalize  # the model's own Normalize module
         self.matryoshka_dims = summary.matryoshka_dims
-        pre = summary.metadata.get("tokenizer.ggml.pre")
-        self.tokenizer_family = next((f for f in TokenizerFamily if f.pre == pre), None)
         micro_batch = max(self.max_tokens, self.batch_tokens)
         threads = n_threads or usable_threads()
         self._llama = llama_cpp.Llama(
@@ -115,6 +112,7 @@ class Embedder:
             n_seq_max=MAX_SEQUENCES_PER_DECODE, n_threads=threads, n_threads_batch=threads, n_gpu_layers=gpu_layers,
             flash_attn=flash_attn, verbose=False,
         )
+        # Private: llama-cpp-python 0.3.36's Llama has no public accessor for the vocab's add-BOS flag.
         vocab = self._llama._model.vocab
         self._prefix = 1 if llama_cpp.llama_vocab_get_add_bos(vocab) else 0
         self._specials = self._llama.tokenize(b"", add_bos=True, special=False)  # e.g. [CLS, SEP]
@@ -220,6 +218,9 @@ class Embedder:
         vectors = np.zeros((len(pieces), self.dimension), dtype=np.float32)
         order = sorted(range(len(pieces)), key=lambda i: -len(pieces[i].tokens))
         order = [i for i in order if pieces[i].tokens]  # only a file without special tokens gives none
+        # Private: the public Llama.embed tokenizes text itself, cuts at n_batch by dropping the end (and with
+        # it SEP/EOS), packs in input order and returns lists; here the pieces are our own token ids, packed
+        # longest first, read straight into numpy. Same calls as Llama.embed makes (llama.py in 0.3.36).
         ctx, batch = self._llama._ctx, self._llama._batch
         with tqdm(total=len(order), unit="seq", disable=not show_progress_bar) as progress:
             start = 0

@@ -156,6 +156,9 @@ def run_verify(args: argparse.Namespace) -> int:
 
 
 def run_inspect(args: argparse.Namespace) -> int:
+    from gguf import Keys
+
+    from granite_gguf.convert import keys
     from granite_gguf.convert.inspect import read_summary
 
     summary = read_summary(args.gguf)
@@ -165,10 +168,10 @@ def run_inspect(args: argparse.Namespace) -> int:
         return 0
     meta = summary.metadata
     print(f"file          {args.gguf} ({args.gguf.stat().st_size / 2**20:.1f} MiB)")
-    print(f"architecture  {meta.get('general.architecture')}   file type {summary.file_type_name}")
+    print(f"architecture  {meta.get(Keys.General.ARCHITECTURE)}   file type {summary.file_type_name}")
     print(f"pooling       {summary.pooling}   normalize {summary.normalize}   matryoshka {list(summary.matryoshka_dims) or 'none'}")
-    print(f"tokenizer     {meta.get('granite_gguf.tokenizer_family', '?')} (pre {meta.get('tokenizer.ggml.pre')}), "
-          f"add_bos {meta.get('tokenizer.ggml.add_bos_token')}, add_eos {meta.get('tokenizer.ggml.add_eos_token')}")
+    print(f"tokenizer     {meta.get(keys.TOKENIZER_FAMILY, '?')} (pre {meta.get(Keys.Tokenizer.PRE)}), "
+          f"add_bos {meta.get(Keys.Tokenizer.ADD_BOS)}, add_eos {meta.get(Keys.Tokenizer.ADD_EOS)}")
     print("tensor types  " + ", ".join(f"{name} ×{count} ({summary.tensor_bytes[name] / 2**20:.2f} MiB)"
                                         for name, count in summary.tensor_types.most_common()))
     print("metadata:")
@@ -178,6 +181,8 @@ def run_inspect(args: argparse.Namespace) -> int:
 
 
 def run_check(args: argparse.Namespace) -> int:
+    from gguf import Keys
+
     from granite_gguf.convert.check import GGUFCheckError, check_gguf
 
     bad = 0
@@ -188,7 +193,7 @@ def run_check(args: argparse.Namespace) -> int:
             bad += 1
             print(f"INVALID {exc}")
             continue
-        vocab = len(checked.metadata["tokenizer.ggml.tokens"])
+        vocab = len(checked.metadata[Keys.Tokenizer.LIST])
         print(f"ok      {path}: GGUF v{checked.version}, {len(checked.tensors)} tensors, {len(checked.metadata)} keys, "
               f"{vocab} tokens")
     return 1 if bad else 0
