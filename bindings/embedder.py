@@ -49,6 +49,17 @@ class _Piece:
 
     owner: int  # index of the input text
     tokens: list[int]
+    input_tokens: int  # the whole input's token count, before any cut
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    """What `embed` returns: one row per input, and per input its token count before any cut
+    (what APIs bill as usage) and whether it was truncated to `max_tokens`."""
+
+    vectors: np.ndarray
+    token_counts: list[int]
+    truncated: list[bool]
 
 
 def usable_threads() -> int:
@@ -107,7 +118,6 @@ class Embedder:
         self._specials = self._llama.tokenize(b"", add_bos=True, special=False)  # e.g. [CLS, SEP]
         self.dimension = self._llama.n_embd()
         self.truncated_inputs = 0
-        self.last_token_counts: list[int] = []  # tokens per input of the last encode call, before any cut
 
     def tokenize(self, text: str) -> list[int]:
         """Token ids as the model sees them, BOS/EOS included per the file's tokenizer settings.
@@ -126,10 +136,19 @@ class Embedder:
         (if the file says so) → first `truncate_dim` values → L2 normalization if `normalize_embeddings`.
         """
         single = isinstance(texts, str)
-        items = [texts] if isinstance(texts, str) else list(texts)
+        result = self.embed([texts] if isinstance(texts, str) else texts, batch_size=batch_size,
+                            normalize_embeddings=normalize_embeddings, truncate_dim=truncate_dim,
+                            show_progress_bar=show_progress_bar, long_inputs=long_inputs)
+        return result.vectors[0] if single else result.vectors
+
+    def embed(self, texts: Sequence[str], *, batch_size: int = 32, normalize_embeddings: bool = True,
+              truncate_dim: int | None = None, show_progress_bar: bool = False,
+              long_inputs: str | LongInputs = LongInputs.TRUNCATE) -> Embeddings:
+        """`encode` for a list, with each input's token count and truncation flag beside the vectors."""
+        items = list(texts)
         if not all(isinstance(text, str) for text in items):
             raise UserError("encode takes a string or a sequence of strings")
-        dim = self._checked_dim(truncate_dim)
+        dim = self.checked_dim(truncate_dim)
         try:
             mode = LongInputs(long_inputs)
         except ValueError:
@@ -142,18 +161,22 @@ class Embedder:
             vectors = _l2(vectors)
         rows = np.zeros((len(items), self.dimension), dtype=np.float32)
         weights = np.zeros(len(items), dtype=np.float32)
+        token_counts = [0] * len(items)
         for piece, vector in zip(pieces, vectors):
             rows[piece.owner] += len(piece.tokens) * vector
             weights[piece.owner] += len(piece.tokens)
+            token_counts[piece.owner] = piece.input_tokens
         rows /= np.maximum(weights, 1)[:, None]
         if self.normalize:
             rows = _l2(rows)
         rows = rows[:, :dim]
         if normalize_embeddings:
             rows = _l2(rows)
-        return rows[0] if single else rows
+        truncated = [mode is LongInputs.TRUNCATE and count > self.max_tokens for count in token_counts]
+        return Embeddings(rows, token_counts, truncated)
 
-    def _checked_dim(self, truncate_dim: int | None) -> int:
+    def checked_dim(self, truncate_dim: int | None) -> int:
+        """The output width for `truncate_dim`; UserError (with the valid ones) unless the file declares it."""
         if truncate_dim is None or truncate_dim == self.dimension:
             return self.dimension
         if truncate_dim not in self.matryoshka_dims:
@@ -165,7 +188,6 @@ class Embedder:
     def _pieces(self, texts: list[str], mode: LongInputs) -> Iterator[_Piece]:
         """The sequences to decode; long inputs truncated, refused or chunked, special tokens kept."""
         tokenized = [self.tokenize(text) for text in texts]
-        self.last_token_counts = [len(tokens) for tokens in tokenized]
         too_long = [i for i, tokens in enumerate(tokenized) if len(tokens) > self.max_tokens]
         if too_long and mode is LongInputs.ERROR:
             first = too_long[0]
@@ -178,15 +200,15 @@ class Embedder:
         room = self.max_tokens - len(self._specials)
         for owner, tokens in enumerate(tokenized):
             if len(tokens) <= self.max_tokens:
-                yield _Piece(owner, tokens)
+                yield _Piece(owner, tokens, len(tokens))
                 continue
             content = tokens[len(prefix): len(tokens) - len(suffix)]
             if mode is LongInputs.TRUNCATE:
-                yield _Piece(owner, prefix + content[:room] + suffix)
+                yield _Piece(owner, prefix + content[:room] + suffix, len(tokens))
                 continue
             step = room - room // CHUNK_OVERLAP_FRACTION
             for start in range(0, len(content) - room + step, step):
-                yield _Piece(owner, prefix + content[start: start + room] + suffix)
+                yield _Piece(owner, prefix + content[start: start + room] + suffix, len(tokens))
 
     def _embed(self, pieces: list[_Piece], batch_size: int, show_progress_bar: bool) -> np.ndarray:
         """Pooled vectors, longest first, packed up to `batch_tokens` tokens and `batch_size` sequences per decode."""
