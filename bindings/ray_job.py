@@ -80,12 +80,10 @@ def start_ray(address: str | None, actors: int | None, threads_per_actor: int) -
     CPU after `IO_CPUS`)."""
     import ray
 
-    quiet = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
-    if address is not None:
-        ray.init(address=address, **quiet)
-        return
-    # Logical CPUs are scheduling tokens: at least the machine's, and enough for the actors asked for.
-    ray.init(num_cpus=max(os.cpu_count() or 1, (actors or 1) * threads_per_actor + IO_CPUS), **quiet)
+    # A local cluster's logical CPUs are scheduling tokens: the machine's, or enough for the actors asked for.
+    local_cpus = max(os.cpu_count() or 1, (actors or 1) * threads_per_actor + IO_CPUS)
+    ray.init(address=address, num_cpus=None if address else local_cpus, include_dashboard=False,
+             log_to_driver=False, configure_logging=False)
 
 
 def run_ray_job(input_path: Path, model: Path, out: Path, *, text_field: str = "text", id_field: str = "id",
