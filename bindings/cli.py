@@ -56,7 +56,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
                                                     "--ray: threads per actor, default 1)")
     corpus.add_argument("--ray", nargs="?", const=LOCAL_RAY, metavar="ADDRESS",
                         help="run on Ray Data: a local cluster started here, or the cluster at ADDRESS (auto, "
-                             "ray://host:10001); input Parquet (file or folder) or JSONL with an id field")
+                             "HEAD:6379, from a node of it); input Parquet (file or folder) or JSONL with an id field")
     corpus.add_argument("--actors", type=int, help="with --ray: embedding actors (default: one per GPU, else one "
                                                    "per --threads CPUs, one CPU left for Ray Data's reads/writes)")
     corpus.add_argument("--no-progress", action="store_true", help="no progress bar")

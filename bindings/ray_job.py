@@ -2,13 +2,14 @@
 
 `read_parquet`/`read_json` → `map_batches` with `EmbedActor` (each actor loads the GGUF once and
 embeds one batch per call with the same `embed_table` as the single-process job, so the output
-schema is the same) → `write_parquet`. An actor that dies (a killed worker, a lost node) is
-restarted by Ray and its batch retried, so no row is lost.
+schema is the same) → `write_parquet`. When an actor dies (a killed worker, a lost node) Ray
+Data retries its batch, so no row is lost (tests/test_ray_job.py SIGKILLs one mid-run).
 
-Ray Data runs its list/read/write tasks beside the actors and each asks for a whole logical CPU:
-if the actors hold every CPU of the cluster those tasks never start and the job waits forever
-(seen on a 2-CPU machine: two 1-CPU actors up, `ListFiles` queued, no batch in 5 minutes). So
-`IO_CPUS` logical CPUs are always left to them, and a plan that does not fit is refused.
+Ray Data runs its list, read and write tasks beside the actors, and they ask for logical CPUs
+(`ListFiles` and each `Write` task: 1 CPU): if the actors hold every CPU of the cluster those tasks
+never start and the job waits forever (seen on a 2-CPU machine: two 1-CPU actors up, `ListFiles`
+queued, no batch in 5 minutes). So `IO_CPUS` logical CPUs are always left to them, and a plan that
+does not fit is refused.
 
     granite-gguf embed-corpus corpus.parquet --model model.gguf --out out/ --ray         # local cluster
     granite-gguf embed-corpus /shared/corpus/ --model /models/m.gguf --out /shared/vectors/ --ray auto
