@@ -52,6 +52,16 @@ class _Piece:
     tokens: list[int]
 
 
+def cut_tokens(tokens: Sequence[int], limit: int, n_prefix: int, n_suffix: int) -> list[int]:
+    """`tokens` cut to `limit`, keeping its first `n_prefix` and last `n_suffix` ids (the special tokens
+    the tokenizer adds): the truncation of sentence-transformers and HF tokenizers, and the Embedder's."""
+    tokens = list(tokens)
+    if len(tokens) <= limit:
+        return tokens
+    room = limit - n_prefix - n_suffix
+    return tokens[:n_prefix] + tokens[n_prefix:n_prefix + room] + tokens[len(tokens) - n_suffix:]
+
+
 def usable_threads() -> int:
     """CPUs this process may run on (cgroup/affinity aware), not the host's count."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -136,14 +146,38 @@ class Embedder:
             mode = LongInputs(long_inputs)
         except ValueError:
             raise UserError(f"long_inputs must be one of {[m.value for m in LongInputs]}, got {long_inputs!r}") from None
-        if not 1 <= batch_size <= MAX_SEQUENCES_PER_DECODE:
-            raise UserError(f"batch_size must lie in 1..{MAX_SEQUENCES_PER_DECODE}, got {batch_size}")
+        _check_batch_size(batch_size)
         pieces = list(self._pieces(items, mode))
+        rows = self._pooled(pieces, len(items), dim, normalize_embeddings, batch_size, show_progress_bar)
+        return rows[0] if single else rows
+
+    def encode_tokens(self, token_ids: Sequence[Sequence[int]], *, batch_size: int = 32, normalize_embeddings: bool = True,
+                      truncate_dim: int | None = None, show_progress_bar: bool = False) -> np.ndarray:
+        """`encode` for inputs already tokenized (e.g. by `tokenize`, then cut with `truncate`): one row per
+        sequence, each at most `max_tokens` ids, embedded as they are."""
+        dim = self._checked_dim(truncate_dim)
+        _check_batch_size(batch_size)
+        pieces = [_Piece(owner, list(tokens)) for owner, tokens in enumerate(token_ids)]
+        too_long = [i for i, piece in enumerate(pieces) if len(piece.tokens) > self.max_tokens]
+        if too_long:
+            raise UserError(f"{len(too_long)} token sequence(s) longer than max_tokens {self.max_tokens} "
+                            f"(sequence {too_long[0]}); cut them with truncate()")
+        return self._pooled(pieces, len(pieces), dim, normalize_embeddings, batch_size, show_progress_bar)
+
+    def truncate(self, tokens: Sequence[int], limit: int | None = None) -> list[int]:
+        """`tokens` (as `tokenize` gives them) cut to `limit` (at most, and by default, `max_tokens`) with
+        the special tokens kept, as `encode` cuts."""
+        limit = self.max_tokens if limit is None else min(limit, self.max_tokens)
+        return cut_tokens(tokens, limit, self._prefix, len(self._specials) - self._prefix)
+
+    def _pooled(self, pieces: list[_Piece], n_items: int, dim: int, normalize_embeddings: bool, batch_size: int,
+                show_progress_bar: bool) -> np.ndarray:
+        """One row per owner: pieces embedded, the model's Normalize, chunks averaged, `dim` kept, L2."""
         vectors = self._embed(pieces, batch_size, show_progress_bar)
         if self.normalize:
             vectors = _l2(vectors)
-        rows = np.zeros((len(items), self.dimension), dtype=np.float32)
-        weights = np.zeros(len(items), dtype=np.float32)
+        rows = np.zeros((n_items, self.dimension), dtype=np.float32)
+        weights = np.zeros(n_items, dtype=np.float32)
         for piece, vector in zip(pieces, vectors):
             rows[piece.owner] += len(piece.tokens) * vector
             weights[piece.owner] += len(piece.tokens)
@@ -151,9 +185,7 @@ class Embedder:
         if self.normalize:
             rows = _l2(rows)
         rows = rows[:, :dim]
-        if normalize_embeddings:
-            rows = _l2(rows)
-        return rows[0] if single else rows
+        return _l2(rows) if normalize_embeddings else rows
 
     def _checked_dim(self, truncate_dim: int | None) -> int:
         if truncate_dim is None or truncate_dim == self.dimension:
@@ -182,10 +214,10 @@ class Embedder:
             if len(tokens) <= self.max_tokens:
                 yield _Piece(owner, tokens)
                 continue
-            content = tokens[len(prefix): len(tokens) - len(suffix)]
             if mode is LongInputs.TRUNCATE:
-                yield _Piece(owner, prefix + content[:room] + suffix)
+                yield _Piece(owner, self.truncate(tokens))
                 continue
+            content = tokens[len(prefix): len(tokens) - len(suffix)]
             step = room - room // CHUNK_OVERLAP_FRACTION
             for start in range(0, len(content) - room + step, step):
                 yield _Piece(owner, prefix + content[start: start + room] + suffix)
@@ -230,6 +262,11 @@ class Embedder:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self.close()
+
+
+def _check_batch_size(batch_size: int) -> None:
+    if not 1 <= batch_size <= MAX_SEQUENCES_PER_DECODE:
+        raise UserError(f"batch_size must lie in 1..{MAX_SEQUENCES_PER_DECODE}, got {batch_size}")
 
 
 def _l2(rows: np.ndarray) -> np.ndarray:
