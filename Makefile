@@ -1,5 +1,5 @@
 # The two front-door commands (see README.md). Both install into .venv first; installs are idempotent.
-.PHONY: demo test
+.PHONY: demo test lint
 
 demo:
 	bash scripts/install.sh verify
@@ -10,3 +10,8 @@ test:
 	bash scripts/install.sh test
 	bash scripts/build-llama-server.sh
 	.venv/bin/python -m pytest -q
+
+lint:
+	bash scripts/install.sh test
+	.venv/bin/ruff check .
+	.venv/bin/python scripts/typecheck.py

@@ -59,7 +59,7 @@ def run_serve(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise UserError(f"cannot listen on {args.host}:{args.port} ({exc.strerror})") from None
         host, port = server.server_address[:2]
-        print(f"serving {service.model_name} on http://{host}:{port} "
+        print(f"serving {service.model_name} on http://{host!s}:{port} "
               f"(POST /v1/embeddings, /api/embed; max {embedder.max_tokens} tokens per input)", flush=True)
         try:
             server.serve_forever()

@@ -138,7 +138,7 @@ class Embedder:
         (if the file says so) → first `truncate_dim` values → L2 normalization if `normalize_embeddings`.
         """
         single = isinstance(texts, str)
-        items = [texts] if single else list(texts)
+        items = [texts] if isinstance(texts, str) else list(texts)
         if not all(isinstance(text, str) for text in items):
             raise UserError("encode takes a string or a sequence of strings")
         dim = self._checked_dim(truncate_dim)

@@ -139,7 +139,7 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
 
     def setup(self) -> None:
-        self.timeout = self.server.service.limits.socket_timeout_s  # read by StreamRequestHandler.setup
+        self.timeout = self.server.service.limits.socket_timeout_s  # type: ignore[misc]  # typeshed: a ClassVar; setup() reads it per instance
         super().setup()
 
     def do_GET(self) -> None:  # noqa: N802 - the name http.server dispatches to

@@ -36,9 +36,14 @@ class GGUFSummary:
         return PoolingType(value).name if value is not None else "unspecified"
 
     @property
-    def file_type(self) -> str:
+    def file_type(self) -> LlamaFileType | None:
         value = self.metadata.get("general.file_type")
-        return LlamaFileType(value).name if value is not None else "unknown"
+        return LlamaFileType(value) if value is not None else None
+
+    @property
+    def file_type_name(self) -> str:
+        """For people: `MOSTLY_Q8_0`, or `unknown` when the file does not say."""
+        return self.file_type.name if self.file_type is not None else "unknown"
 
     @property
     def matryoshka_dims(self) -> tuple[int, ...]:

@@ -76,7 +76,7 @@ def detect_family(tokenizer: dict[str, Any]) -> TokenizerFamily:
         return TokenizerFamily.GEMMA3
     if normalizer is not None:
         raise UserError(f"unsupported tokenizer: normalizer {_describe(normalizer)}")
-    steps = pre.get("pretokenizers", []) if isinstance(pre, dict) and pre.get("type") == "Sequence" else [pre]
+    steps: list[Any] = pre.get("pretokenizers", []) if isinstance(pre, dict) and pre.get("type") == "Sequence" else [pre]
     kinds = [step.get("type") if isinstance(step, dict) else None for step in steps]
     if kinds == ["ByteLevel"] and steps[0].get("use_regex", True):
         if steps[0].get("add_prefix_space"):
@@ -246,19 +246,15 @@ def _make_unique(tokens: list[str], token_types: list[TokenType], added: dict[in
 
 
 def bpe_input_can_hold(family: TokenizerFamily) -> Callable[[str], bool]:
-    """Whether a piece can occur in the text the BPE model is given, decided by the family's pipeline.
+    """Whether a piece can occur in the text the BPE model is given, as far as the family's pipeline decides it.
 
     Gemma-style: the normalizer turns every space into ▁ before BPE runs, so no piece holding a raw
     space is ever built by merging (raw-space pieces are only matched whole, as added tokens).
-    Byte-level: the pre-tokenizer maps every byte to one of 256 printable characters, none of them a
-    space; a piece with any other character never occurs.
+    Byte-level families: every merge is kept as written (a merge that holds a space is refused).
     """
     if family is TokenizerFamily.GEMMA3:
         return lambda piece: " " not in piece
-    from tokenizers.pre_tokenizers import ByteLevel
-
-    alphabet = frozenset(ByteLevel.alphabet())
-    return lambda piece: alphabet.issuperset(piece)
+    return lambda piece: True
 
 
 def usable_merges(raw: list[Any], can_hold: Callable[[str], bool]) -> tuple[list[str], int]:

@@ -9,11 +9,10 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGML_QUANT_VERSION, GGMLQuantizationType, GGUFWriter, LlamaFileType
+from gguf import GGML_QUANT_SIZES, GGML_QUANT_VERSION, GGMLQuantizationType, GGUFWriter
 from gguf.quants import quantize
 from tqdm import tqdm
 
@@ -22,32 +21,11 @@ from granite_gguf.convert import keys
 from granite_gguf.convert.modern_bert import ModernBertSpec, map_tensor_names
 from granite_gguf.convert.source import Checkpoint
 from granite_gguf.convert.tokenizer import build_vocab, write_vocab
+from granite_gguf.convert.types import OutType, Writer
 from granite_gguf.errors import UserError
 from granite_gguf.files import atomic_output
 
 log = logging.getLogger(__name__)
-
-
-
-class OutType(Enum):
-    """Output types this converter writes with gguf-py's numpy quantizers (1-D tensors stay F32)."""
-
-    F32 = ("f32", GGMLQuantizationType.F32, LlamaFileType.ALL_F32)
-    F16 = ("f16", GGMLQuantizationType.F16, LlamaFileType.MOSTLY_F16)
-    BF16 = ("bf16", GGMLQuantizationType.BF16, LlamaFileType.MOSTLY_BF16)
-    Q8_0 = ("q8_0", GGMLQuantizationType.Q8_0, LlamaFileType.MOSTLY_Q8_0)
-
-    def __init__(self, label: str, ggml_type: GGMLQuantizationType, file_type: LlamaFileType) -> None:
-        self.label = label
-        self.ggml_type = ggml_type
-        self.file_type = file_type
-
-    @classmethod
-    def parse(cls, label: str) -> OutType:
-        for member in cls:
-            if member.label == label.lower():
-                return member
-        raise UserError(f"unknown output type {label!r}; expected one of {', '.join(m.label for m in cls)}")
 
 
 @dataclass(frozen=True)
@@ -68,7 +46,7 @@ def plan_tensors(ckpt: Checkpoint, spec: ModernBertSpec, outtype: OutType) -> li
     plans = []
     for gguf_name, hf_name in map_tensor_names(ckpt, spec).items():
         shape = ckpt.tensors[hf_name].shape
-        ggml_type = outtype.ggml_type if len(shape) == 2 else GGMLQuantizationType.F32
+        ggml_type = outtype.block_type if len(shape) == 2 else GGMLQuantizationType.F32
         block = GGML_QUANT_SIZES[ggml_type][0]
         if shape[-1] % block:
             log.warning("%s: row length %d is not a multiple of %d; stored as F16", gguf_name, shape[-1], block)
@@ -97,6 +75,8 @@ def convert(
 ) -> Path:
     """Write `ckpt` as a modern-bert GGUF at `out_path` (atomically). Returns the path. The progress
     bar is labelled `progress_label`, by default the file name."""
+    if outtype.writer is not Writer.GGUF_PY:
+        raise UserError(f"{outtype.label} is made by llama.cpp's quantizer: use --quant {outtype.label}")
     spec = ModernBertSpec.from_checkpoint(ckpt, matryoshka_dims)
     vocab = build_vocab(ckpt.tokenizer, ckpt.special_tokens_map, ckpt.config)
     plans = plan_tensors(ckpt, spec, outtype)
@@ -110,6 +90,7 @@ def convert(
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
+        assert writer.fout is not None  # set by write_header_to_file
         fout = writer.fout[0]
         writer.write_padding(fout, fout.tell())
         total = sum(plan.nbytes for plan in plans)
@@ -118,7 +99,7 @@ def convert(
                 written = 0
                 for rows in ckpt.iter_rows(plan.hf_name):
                     data = encode_rows(rows, plan.ggml_type)
-                    fout.write(memoryview(data).cast("B"))  # no extra copy of the chunk
+                    fout.write(data.data.cast("B"))  # no extra copy of the chunk
                     written += data.nbytes
                     bar.update(data.nbytes)
                 if written != plan.nbytes:

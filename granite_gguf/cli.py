@@ -121,21 +121,23 @@ def _parse_dims(text: str | None) -> tuple[int, ...] | None:
 
 
 def run_convert(args: argparse.Namespace) -> int:
-    from granite_gguf.convert.quantize import convert_set, parse_types
+    from granite_gguf.convert.quantize import convert_set
     from granite_gguf.convert.source import open_checkpoint
-    from granite_gguf.convert.writer import OutType, convert
+    from granite_gguf.convert.types import OutType, Writer
+    from granite_gguf.convert.writer import convert
 
     if args.quant and args.output:
         raise UserError("--quant writes several files into --outdir; -o names a single file")
-    labels = parse_types(args.quant) if args.quant else None
-    outtype = OutType.parse(args.outtype)
+    outputs = OutType.parse_list(args.quant) if args.quant else None
+    outtype = OutType.parse(args.outtype, Writer.GGUF_PY)
     dims = _parse_dims(args.matryoshka_dims)
     ckpt = open_checkpoint(args.source)
     model_name = Path(ckpt.source.rstrip("/")).name
-    if labels:
-        for result in convert_set(ckpt, args.outdir, labels, model_name=model_name, progress=not args.no_progress,
+    if outputs:
+        for result in convert_set(ckpt, args.outdir, outputs, model_name=model_name, progress=not args.no_progress,
                                   matryoshka_dims=dims):
-            note = "" if result.truthful else f"  (asked for {result.label}; most weights are {result.dominant_type})"
+            note = ("" if result.truthful else
+                    f"  (asked for {result.output.label}; most weights are {result.dominant_type.name})")
             print(f"wrote {result.path} ({result.path.stat().st_size / 2**20:.1f} MiB){note}")
         return 0
     output = args.output or Path(f"{model_name}-{outtype.label}.gguf")
@@ -169,10 +171,10 @@ def run_verify(args: argparse.Namespace) -> int:
 
 
 def run_release(args: argparse.Namespace) -> int:
-    from granite_gguf.convert.quantize import parse_types
+    from granite_gguf.convert.types import OutType
     from granite_gguf.release import probe_set_line, release, summary_table
 
-    results = release(args.source, args.outdir, labels=parse_types(args.quant) if args.quant else None,
+    results = release(args.source, args.outdir, outputs=OutType.parse_list(args.quant) if args.quant else None,
                       name=args.name, push_to=args.push, insecure=args.insecure, models_dir=args.models_dir,
                       probe_set="full" if args.full_probes else "gate", progress=not args.no_progress)
     print(probe_set_line(results))
@@ -199,7 +201,7 @@ def run_inspect(args: argparse.Namespace) -> int:
         return 0
     meta = summary.metadata
     print(f"file          {args.gguf} ({args.gguf.stat().st_size / 2**20:.1f} MiB)")
-    print(f"architecture  {meta.get('general.architecture')}   file type {summary.file_type}")
+    print(f"architecture  {meta.get('general.architecture')}   file type {summary.file_type_name}")
     print(f"pooling       {summary.pooling}   normalize {summary.normalize}   matryoshka {list(summary.matryoshka_dims) or 'none'}")
     print(f"tokenizer     {meta.get('granite_gguf.tokenizer_family', '?')} (pre {meta.get('tokenizer.ggml.pre')}), "
           f"add_bos {meta.get('tokenizer.ggml.add_bos_token')}, add_eos {meta.get('tokenizer.ggml.add_eos_token')}")
@@ -262,7 +264,8 @@ def run_demo(args: argparse.Namespace) -> int:
 
     from granite_gguf.bindings.embedder import Embedder
     from granite_gguf.convert.source import open_checkpoint
-    from granite_gguf.convert.writer import OutType, convert
+    from granite_gguf.convert.types import OutType
+    from granite_gguf.convert.writer import convert
     from granite_gguf.fixtures import build_fixture
     from granite_gguf.verify import compare, run_reference
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections import Counter
 import tempfile
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -133,8 +133,8 @@ def train_tokenizer(shape: FixtureShape) -> tuple[Any, dict[str, str]]:
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=shape.family is TokenizerFamily.GPT2)
     if shape.family is TokenizerFamily.O200K:
         specials = {"bos": "<|startoftext|>", "eos": "<|endoftext|>", "pad": "<|pad|>", "mask": "<|mask|>"}
-        pre = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(O200K_SPLIT_REGEX), "isolated"), byte_level])
-        model_flags = {"ignore_merges": True}
+        pre: pre_tokenizers.PreTokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(O200K_SPLIT_REGEX), "isolated"), byte_level])
+        model_flags: dict[str, Any] = {"ignore_merges": True}
         template = ("<|startoftext|> $A <|endoftext|>", "<|startoftext|>", "<|endoftext|>")
     else:
         specials = {"unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "pad": "[PAD]", "mask": "[MASK]"}

@@ -35,8 +35,9 @@ from granite_gguf.certificate import (
 )
 from granite_gguf.convert.check import GGUFCheckError, read_header
 from granite_gguf.convert.inspect import summarize
-from granite_gguf.convert.quantize import convert_set, file_label
+from granite_gguf.convert.quantize import convert_set
 from granite_gguf.convert.source import open_checkpoint
+from granite_gguf.convert.types import OutType
 from granite_gguf.files import write_atomic
 from granite_gguf.modelfiles.granite_r2 import CONTEXT_LENGTHS
 from granite_gguf.probes import gate_texts, probe_texts
@@ -47,9 +48,9 @@ HUB_ORG = "ibm-granite"
 # f16, q8_0 and the recipes on each model's Pareto front of (size, cosine mean) in docs/quality.md
 # (full311m, full97m: seeded-noise weights of the real shapes). The English models have no measured
 # table yet: f16 and q8_0. Any other checkpoint gets DEFAULT_SET.
-RECIPES_ON_FRONT = ("q8_0+emb_q4_k", "q6_k+emb_q4_k", "q4_0+emb_q4_0")
-DEFAULT_SET = ("f16", "q8_0")
-RECOMMENDED: dict[str, tuple[str, ...]] = {
+RECIPES_ON_FRONT = (OutType.Q8_0_EMB_Q4_K, OutType.Q6_K_EMB_Q4_K, OutType.Q4_0_EMB_Q4_0)
+DEFAULT_SET = (OutType.F16, OutType.Q8_0)
+RECOMMENDED: dict[str, tuple[OutType, ...]] = {
     "granite-embedding-311m-multilingual-r2": DEFAULT_SET + RECIPES_ON_FRONT,
     "granite-embedding-97m-multilingual-r2": DEFAULT_SET + RECIPES_ON_FRONT,
     "granite-embedding-english-r2": DEFAULT_SET,
@@ -79,38 +80,38 @@ def hub_id(source: str) -> str:
     return f"{HUB_ORG}/{source}" if source in RECOMMENDED else source
 
 
-def recommended_set(model_name: str) -> list[str]:
+def recommended_set(model_name: str) -> list[OutType]:
     return list(RECOMMENDED.get(model_name, DEFAULT_SET))
 
 
-def release(source: str, outdir: Path, *, labels: list[str] | None = None, name: str | None = None,
+def release(source: str, outdir: Path, *, outputs: list[OutType] | None = None, name: str | None = None,
             push_to: str | None = None, insecure: bool = False, models_dir: Path | None = None,
             probe_set: str = "gate", progress: bool = False) -> list[ReleasedFile]:
-    """Convert, verify, certify, write Modelfiles, install and push; returns one entry per label."""
+    """Convert, verify, certify, write Modelfiles, install and push; returns one entry per output type."""
     from granite_gguf.modelfiles.store import ModelName
 
     ckpt = open_checkpoint(hub_id(source))
     model_name = Path(ckpt.source.rstrip("/")).name
-    labels = labels or recommended_set(model_name)
+    outputs = outputs or recommended_set(model_name)
     namespace_model = name or model_name
-    for label in labels:  # refuse bad names before any work
-        ModelName.parse(f"{namespace_model}:{file_label(label)}")
+    for output in outputs:  # refuse bad names before any work
+        ModelName.parse(f"{namespace_model}:{output.file_label}")
         if push_to:
-            ModelName.parse(f"{push_to}:{file_label(label)}")
+            ModelName.parse(f"{push_to}:{output.file_label}")
     texts = PROBE_SETS[probe_set]()
     outdir.mkdir(parents=True, exist_ok=True)
     identity = checkpoint_identity(ckpt)
     released = {f.label: f for f in certified_files(outdir, identity, texts_digest(texts))}
-    todo = [label for label in labels if label not in released]
+    todo = [output for output in outputs if output.label not in released]
     if todo:
         files = convert_set(ckpt, outdir, todo, model_name=model_name, progress=progress)
         reference = run_reference(ckpt, texts)
         for written in files:
-            released[written.label] = certify(written.label, written.path, reference, probe_set)
-    results = [released[label] for label in labels]
+            released[written.output.label] = certify(written.output.label, written.path, reference, probe_set)
+    results = [released[output.label] for output in outputs]
     for result in results:
         if result.passed:
-            tag = file_label(result.label)
+            tag = OutType.parse(result.label).file_label
             result.installed = install(result.path, f"{namespace_model}:{tag}", models_dir)
             if push_to:
                 from granite_gguf.modelfiles.registry import push

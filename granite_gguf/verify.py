@@ -2,8 +2,8 @@
 
 Two checks. Tokens: the ids HF `tokenizers` gives must equal llama.cpp's for every probe, special
 tokens included. Vectors: per text, cosine between the reference and llama.cpp vectors; the minimum
-over the set must reach the threshold of the file's type (THRESHOLDS), or, for a file written by
-llama.cpp's quantizer, of its type or recipe (convert.quantize.QUANT_THRESHOLDS); NMSE is reported.
+over the set must reach the gate of the type or recipe the file was written as (`OutType.min_cosine`,
+convert/types.py); NMSE is reported.
 
 Like is compared with like: every text is tokenized once on each side, cut to the same limit (the
 smallest of the checkpoint's context, its sentence-transformers `max_seq_length` and the Embedder's
@@ -26,15 +26,11 @@ from granite_gguf.bindings.embedder import MEAN_POOLING_MAX_TOKENS, Embedder, cu
 from granite_gguf.convert.check import CheckedFile
 from granite_gguf.convert.inspect import summarize
 from granite_gguf.convert.modern_bert import ModernBertSpec
-from granite_gguf.convert.quantize import QUANT_THRESHOLDS, written_label
+from granite_gguf.convert.quantize import written_type
 from granite_gguf.convert.source import Checkpoint, open_checkpoint
 from granite_gguf.convert.tokenizer import template_specials
 from granite_gguf.errors import UserError
 from granite_gguf.probes import probe_texts
-
-# Minimum cosine per general.file_type (shared/DESIGN.md §8; TEI and vLLM gate at 0.999).
-THRESHOLDS = {"ALL_F32": 0.99999, "MOSTLY_F16": 0.9999, "MOSTLY_BF16": 0.999, "MOSTLY_Q8_0": 0.998}
-
 
 REFERENCE_BATCH = 8  # sequences per PyTorch forward pass
 N_EXAMPLES = 5  # mismatching and cut texts shown per report
@@ -220,7 +216,7 @@ def compare(reference: Reference, gguf_path: Path, threshold: float | None = Non
         if threshold is None:
             threshold = default_threshold(embedder.header)
         metrics = measure(embedder, reference)
-    return report_of(reference, metrics, gguf_path, embedder.summary.file_type, threshold)
+    return report_of(reference, metrics, gguf_path, embedder.summary.file_type_name, threshold)
 
 
 def report_of(reference: Reference, metrics: Metrics, gguf_path: Path, file_type: str, threshold: float) -> ParityReport:
@@ -237,15 +233,12 @@ def report_of(reference: Reference, metrics: Metrics, gguf_path: Path, file_type
 
 
 def default_threshold(header: CheckedFile) -> float:
-    """The minimum cosine a file must reach: that of the type or recipe llama.cpp's quantizer wrote it
-    as, else that of its file type."""
-    label = written_label(header)
-    if label in QUANT_THRESHOLDS:
-        return QUANT_THRESHOLDS[label]
-    file_type = summarize(header).file_type
-    if file_type not in THRESHOLDS:
+    """The minimum cosine a file must reach: that of the type or recipe it was written as."""
+    output = written_type(header)
+    if output is None or output.min_cosine is None:
+        file_type = summarize(header).file_type_name
         raise UserError(f"{header.path}: no parity threshold for file type {file_type}; pass --threshold")
-    return THRESHOLDS[file_type]
+    return output.min_cosine
 
 
 def reference_vectors(folder: Path, token_ids: Sequence[Sequence[int]], pad_id: int = 0) -> np.ndarray:

@@ -34,8 +34,8 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 def run_modelfile(args: argparse.Namespace) -> int:
-    from granite_gguf.modelfiles.modelfile import check_modelfile, generate_modelfile
     from granite_gguf.files import write_atomic
+    from granite_gguf.modelfiles.modelfile import check_modelfile, generate_modelfile
 
     if (args.gguf is None) == (args.check is None):
         raise UserError("give either a GGUF to write a Modelfile for, or --check FILE")

@@ -16,6 +16,7 @@ from typing import Any
 
 from granite_gguf.convert import keys
 from granite_gguf.convert.inspect import GGUFSummary, read_summary
+from granite_gguf.convert.types import OutType
 from granite_gguf.errors import UserError
 
 # Accepted by every ollama server; generated Modelfiles use only FROM, PARAMETER, LICENSE and comments.
@@ -251,7 +252,10 @@ class ModelFacts:
 
 def file_type_label(summary: GGUFSummary) -> str:
     """`MOSTLY_Q8_0` → `q8_0`: the converter's label, and (upper-cased) the file type ollama shows."""
-    return summary.file_type.removeprefix("MOSTLY_").removeprefix("ALL_").lower()
+    output = OutType.for_file_type(summary.file_type)
+    if output is None:
+        raise UserError(f"{summary.path}: file type {summary.file_type_name} is not one granite-gguf writes")
+    return output.label
 
 
 def embedding_modelfile(facts: ModelFacts, source: str | None = None) -> Modelfile:

@@ -92,14 +92,13 @@ def push(name: str, target: str, models_dir: Path | None, insecure: bool) -> Non
 
 def pull(target: str, models_dir: Path | None, insecure: bool, name: str | None = None) -> None:
     """Download `target` into the store (as `name`, default `target`); blobs first, verified, manifest last."""
+    from granite_gguf.files import write_atomic
     from granite_gguf.modelfiles.store import (
         MANIFEST_MEDIA_TYPE,
         ModelName,
         manifest_file_path,
         models_dir_or_default,
     )
-
-    from granite_gguf.files import write_atomic
 
     root = models_dir_or_default(models_dir)
     local = ModelName.parse(name or target)
@@ -201,6 +200,7 @@ class _Registry:
 
     def __init__(self, target: str, insecure: bool) -> None:
         import requests
+
         from granite_gguf.modelfiles.store import DEFAULT_HOST, ModelName
 
         self.name = ModelName.parse(target)

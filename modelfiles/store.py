@@ -21,8 +21,8 @@ from granite_gguf.convert.inspect import GGUFSummary, summarize
 from granite_gguf.errors import UserError
 from granite_gguf.files import write_atomic
 from granite_gguf.modelfiles.modelfile import (
-    Modelfile,
     ModelFacts,
+    Modelfile,
     embedding_modelfile,
     file_type_label,
     load_modelfile,

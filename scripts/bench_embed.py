@@ -75,7 +75,8 @@ def gguf_worker(connection: Connection, gguf: str, threads: int, batch_tokens: i
 
 def ensure_gguf(checkpoint: Path, outtype: str, folder: Path) -> Path:
     from granite_gguf.convert.source import open_checkpoint
-    from granite_gguf.convert.writer import OutType, convert
+    from granite_gguf.convert.types import OutType
+    from granite_gguf.convert.writer import convert
 
     path = folder / f"{checkpoint.name}-{outtype}.gguf"
     if not path.exists():

@@ -12,9 +12,10 @@ import time
 from pathlib import Path
 
 from granite_gguf.convert.source import open_checkpoint
-from granite_gguf.convert.writer import OutType, convert
+from granite_gguf.convert.types import OutType, Writer
+from granite_gguf.convert.writer import convert
 from granite_gguf.fixtures import FIXTURES, build_fixture
-from granite_gguf.verify import THRESHOLDS, compare, run_reference
+from granite_gguf.verify import compare, run_reference
 
 
 def main() -> None:
@@ -27,7 +28,7 @@ def main() -> None:
     for name, shape in FIXTURES.items():
         source = build_fixture(name, workdir / name)
         reference = run_reference(str(source))
-        for outtype in OutType:
+        for outtype in OutType.written_by(Writer.GGUF_PY):
             gguf = convert(open_checkpoint(str(source)), workdir / f"{name}-{outtype.label}.gguf", outtype)
             started = time.perf_counter()
             report = compare(reference, gguf)
@@ -57,10 +58,10 @@ def main() -> None:
         "",
         "| file type | threshold | why |",
         "|---|---|---|",
-        f"| f32 | {THRESHOLDS['ALL_F32']} | same weights; what remains is llama.cpp's arithmetic (f16 K/V inside flash attention, tanh-GELU) |",
-        f"| f16 | {THRESHOLDS['MOSTLY_F16']} | 11-bit mantissa weights |",
-        f"| bf16 | {THRESHOLDS['MOSTLY_BF16']} | 8-bit mantissa weights; TEI and vLLM gate at 0.999 |",
-        f"| q8_0 | {THRESHOLDS['MOSTLY_Q8_0']} | 8-bit blocks of 32 |",
+        f"| f32 | {OutType.F32.min_cosine} | same weights; what remains is llama.cpp's arithmetic (f16 K/V inside flash attention, tanh-GELU) |",
+        f"| f16 | {OutType.F16.min_cosine} | 11-bit mantissa weights |",
+        f"| bf16 | {OutType.BF16.min_cosine} | 8-bit mantissa weights; TEI and vLLM gate at 0.999 |",
+        f"| q8_0 | {OutType.Q8_0.min_cosine} | 8-bit blocks of 32 |",
         "",
         "The fixtures are deliberately sensitive (large attention logits, a small-norm embedding table): with",
         "transformers' default initialisation a wrong RoPE base still gives cosine 1.0000000, which proves nothing.",

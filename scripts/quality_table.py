@@ -31,8 +31,9 @@ from pathlib import Path
 import numpy as np
 
 from granite_gguf.bindings.embedder import Embedder, usable_threads
-from granite_gguf.convert.quantize import RECIPES, convert_set, parse_types
+from granite_gguf.convert.quantize import convert_set
 from granite_gguf.convert.source import open_checkpoint
+from granite_gguf.convert.types import OutType
 from granite_gguf.probes import probe_texts
 from granite_gguf.quality import (
     N_PASSAGES,
@@ -47,7 +48,7 @@ from granite_gguf.quality import (
 from granite_gguf.verify import Reference, default_threshold, measure, run_reference
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_TYPES = ",".join(["f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0", *RECIPES])
+DEFAULT_TYPES = ",".join(["f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0", *(t.label for t in OutType if t.is_recipe)])
 
 
 @dataclass
@@ -184,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=None, help="keep the GGUF files here (default: a temporary folder)")
     parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "quality.md")
     args = parser.parse_args(argv)
-    labels = parse_types(args.types)
+    outputs = OutType.parse_list(args.types)
     name = Path(args.checkpoint.rstrip("/")).name
     started = time.monotonic()
     probes = sample_probes(args.texts)
@@ -193,13 +194,13 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="quality-") as tmp:
         workdir = args.workdir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
-        files = convert_set(open_checkpoint(args.checkpoint), workdir, labels, model_name=name)
+        files = convert_set(open_checkpoint(args.checkpoint), workdir, outputs, model_name=name)
         print(f"wrote {len(files)} files; running the fp32 reference on {len(texts)} texts", flush=True)
         reference = run_reference(args.checkpoint, texts)
         rows = []
         for result in files:
-            rows.append(row(result.label, result.path, reference, len(probes), retrieval))
-            print(f"{result.label}: cosine min {rows[-1].cosine_min:.5f}, nDCG@10 {rows[-1].ndcg:.4f}", flush=True)
+            rows.append(row(result.output.label, result.path, reference, len(probes), retrieval))
+            print(f"{result.output.label}: cosine min {rows[-1].cosine_min:.5f}, nDCG@10 {rows[-1].ndcg:.4f}", flush=True)
     rows.sort(key=lambda r: -r.size)
     for r, on_front in zip(rows, pareto_front([(r.size, r.cosine_mean) for r in rows])):
         r.pareto = on_front

@@ -1,4 +1,4 @@
-"""Shared, session-scoped fixtures: the three tiny checkpoints, their GGUFs and reference runs.
+"""Shared test helpers, and session-scoped fixtures: the three tiny checkpoints, their GGUFs and reference runs.
 
 Everything is generated here (nothing is downloaded); results are cached per test session because
 the PyTorch reference on the full probe set takes ~15 s per checkpoint.
@@ -7,6 +7,9 @@ the PyTorch reference on the full probe set takes ~15 s per checkpoint.
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,11 +18,40 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from granite_gguf.convert.source import open_checkpoint  # noqa: E402
-from granite_gguf.convert.writer import OutType, convert  # noqa: E402
+from granite_gguf.convert.types import OutType  # noqa: E402
+from granite_gguf.convert.writer import convert  # noqa: E402
 from granite_gguf.fixtures import FIXTURES, build_fixture  # noqa: E402
 from granite_gguf.verify import Reference, run_reference  # noqa: E402
 
 FAMILIES = list(FIXTURES)
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    """Every file under `root` (relative path → bytes): compares whole stores."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def run_cli(*argv: str) -> int:
+    """The real `granite-gguf` entry point in this process (its error handling and exit status)."""
+    from granite_gguf.cli import main
+
+    return main(list(argv))
+
+
+def cli_command(*args: str) -> list[str]:
+    """`granite-gguf ARGS` as a separate process (for signals, tracebacks and stderr as a user sees them)."""
+    return [sys.executable, "-m", "granite_gguf.cli", *args]
+
+
+def run_cli_process(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cli_command(*args), capture_output=True, text=True)
 
 
 class Workspace:

@@ -16,6 +16,7 @@ from granite_gguf.bindings.embedder import Embedder
 from granite_gguf.cli import main
 from granite_gguf.convert.check import GGUFCheckError, check_gguf
 from granite_gguf.convert.quantize import quantize_file
+from granite_gguf.convert.types import OutType
 from tests.conftest import Workspace
 
 
@@ -83,7 +84,7 @@ def test_damaged_file_is_refused_by_the_bindings(workspace: Workspace, tmp_path:
     with pytest.raises(GGUFCheckError, match=message):
         Embedder(path)
     with pytest.raises(GGUFCheckError, match=message):
-        quantize_file(path, tmp_path / "out.gguf", "q8_0")
+        quantize_file(path, tmp_path / "out.gguf", OutType.Q8_0)
     assert not (tmp_path / "out.gguf").exists()
     assert main(["check", str(path)]) == 1
     assert main(["embed", str(path), "x"]) == 2
@@ -110,6 +111,7 @@ def test_truncated_and_foreign_files(workspace: Workspace, tmp_path: Path, capsy
     assert out[0].startswith("INVALID") and out[1].startswith("ok")
 
 
+@pytest.mark.slow
 def test_without_the_check_llama_cpp_aborts_the_process(workspace: Workspace, tmp_path: Path) -> None:
     """Why the check exists: the same duplicate-token file kills a process that skips it."""
     path = damaged_copy(workspace, tmp_path, duplicate_token)

@@ -16,7 +16,8 @@ from safetensors.numpy import load_file
 
 from granite_gguf.convert.inspect import read_summary
 from granite_gguf.convert.source import open_checkpoint
-from granite_gguf.convert.writer import OutType, convert
+from granite_gguf.convert.types import OutType
+from granite_gguf.convert.writer import convert
 from granite_gguf.errors import UserError
 from granite_gguf.fixtures import USER_DEFINED_TOKEN
 from tests.conftest import FAMILIES, Workspace
@@ -24,6 +25,7 @@ from tests.conftest import FAMILIES, Workspace
 EXPECTED_PRE = {"tiny-gemma3": "granite-embed-multi-311m", "tiny-o200k": "granite-embed-multi-97m", "tiny-gpt2": "modern-bert"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
 def test_llama_cpp_loads_modern_bert_with_cls_pooling(workspace: Workspace, family: str) -> None:
     import llama_cpp
@@ -110,6 +112,7 @@ def test_tokens_mixing_newlines_are_reported(workspace: Workspace, tmp_path: Pat
     assert vocab["\na"] in hf and vocab["\na"] not in ours, "the warning describes a real difference"
 
 
+@pytest.mark.slow
 def test_duplicate_token_texts_are_never_written(workspace: Workspace, tmp_path: Path) -> None:
     """An added token repeating a vocabulary entry (as byte-fallback pieces often do) must not reach llama.cpp twice."""
     import llama_cpp
@@ -193,6 +196,7 @@ def test_failed_conversion_leaves_no_file(workspace: Workspace, tmp_path: Path, 
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
 def test_killed_conversion_never_leaves_a_file_under_the_final_name(workspace: Workspace, tmp_path: Path, sig: signal.Signals) -> None:
     """The child kills itself half-way through writing tensors."""
@@ -231,6 +235,7 @@ def test_matryoshka_dims_from_option_and_builtin_table(workspace: Workspace, tmp
         convert(open_checkpoint(str(named)), tmp_path / "n.gguf", OutType.F16)
 
 
+@pytest.mark.slow
 def test_fixtures_are_identical_across_processes(workspace: Workspace, tmp_path: Path) -> None:
     """Tokenizer training must not depend on per-process hash seeds (tie-breaking) or anything else."""
     script = "import sys; from pathlib import Path; from granite_gguf.fixtures import FIXTURES, build_fixture\n" \

@@ -9,10 +9,13 @@ import pytest
 
 from granite_gguf.bindings.embedder import Embedder, LongInputs
 from granite_gguf.convert.source import open_checkpoint
-from granite_gguf.convert.writer import OutType, convert
+from granite_gguf.convert.types import OutType
+from granite_gguf.convert.writer import convert
 from granite_gguf.errors import UserError
 from granite_gguf.probes import probe_texts
 from tests.conftest import FAMILIES, Workspace
+
+pytestmark = [pytest.mark.slow]
 
 DIMS = (48, 32, 16)  # declared in the test files; the fixtures' hidden size is 64
 F32_COSINE = 0.99999

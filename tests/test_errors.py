@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import Workspace
+from tests.conftest import Workspace, run_cli_process
 
-
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "granite_gguf.cli", *args], capture_output=True, text=True)
+pytestmark = [pytest.mark.slow]
 
 
 def edit_json(path: Path, **changes: object) -> None:
@@ -75,7 +71,7 @@ def test_bad_checkpoint_exits_2_and_writes_nothing(workspace: Workspace, tmp_pat
     damage(folder)
     out = tmp_path / "out"
     out.mkdir()
-    result = run_cli("convert", str(folder), "-o", str(out / "model.gguf"), "--outtype", "q8_0")
+    result = run_cli_process("convert", str(folder), "-o", str(out / "model.gguf"), "--outtype", "q8_0")
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert lines[-1].startswith("error: ") and expected in lines[-1], result.stderr
@@ -84,19 +80,19 @@ def test_bad_checkpoint_exits_2_and_writes_nothing(workspace: Workspace, tmp_pat
 
 
 def test_missing_source_and_bad_outtype(tmp_path: Path, workspace: Workspace) -> None:
-    result = run_cli("convert", str(tmp_path / "nope"))
+    result = run_cli_process("convert", str(tmp_path / "nope"))
     assert result.returncode == 2 and result.stderr.startswith("error: ")
-    result = run_cli("convert", str(workspace.checkpoint("tiny-gpt2")), "--outtype", "q4_k_m", "-o", str(tmp_path / "x.gguf"))
+    result = run_cli_process("convert", str(workspace.checkpoint("tiny-gpt2")), "--outtype", "q4_k_m", "-o", str(tmp_path / "x.gguf"))
     assert result.returncode == 2 and "unknown output type 'q4_k_m'" in result.stderr
     assert not (tmp_path / "x.gguf").exists()
 
 
 def test_verify_bad_input_exits_2(tmp_path: Path, workspace: Workspace) -> None:
-    result = run_cli("verify", str(workspace.checkpoint("tiny-gpt2")), str(tmp_path / "missing.gguf"))
+    result = run_cli_process("verify", str(workspace.checkpoint("tiny-gpt2")), str(tmp_path / "missing.gguf"))
     assert result.returncode == 2 and "no such GGUF file" in result.stderr
-    result = run_cli("verify", str(workspace.checkpoint("tiny-gpt2")), "--all", str(tmp_path))
+    result = run_cli_process("verify", str(workspace.checkpoint("tiny-gpt2")), "--all", str(tmp_path))
     assert result.returncode == 2 and "no GGUF file to verify" in result.stderr
     not_gguf = tmp_path / "fake.gguf"
     not_gguf.write_bytes(b"GGUF\x03\x00\x00\x00garbage")
-    result = run_cli("inspect", str(not_gguf))
+    result = run_cli_process("inspect", str(not_gguf))
     assert result.returncode == 2 and "left in the file" in result.stderr and result.stderr.count("\n") == 1

@@ -25,9 +25,11 @@ from granite_gguf.convert.modern_bert import ModernBertSpec
 from granite_gguf.convert.source import open_checkpoint, read_safetensors_header
 from granite_gguf.convert.tokenizer import build_vocab
 from granite_gguf.errors import UserError
+from granite_gguf.fixtures import build_fixture
 from granite_gguf.modelfiles.modelfile import check_modelfile
 from granite_gguf.modelfiles.store import ModelName, manifest_file_path
-from granite_gguf.fixtures import build_fixture
+
+pytestmark = [pytest.mark.slow]
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "200"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=EXAMPLES <= 200,
@@ -48,7 +50,8 @@ def fixture_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def good_gguf(fixture_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> bytes:
-    from granite_gguf.convert.writer import OutType, convert
+    from granite_gguf.convert.types import OutType
+    from granite_gguf.convert.writer import convert
 
     path = tmp_path_factory.mktemp("fuzz-gguf") / "good.gguf"
     return convert(open_checkpoint(str(fixture_dir)), path, OutType.F16).read_bytes()

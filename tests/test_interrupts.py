@@ -14,7 +14,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,13 +21,11 @@ from pathlib import Path
 import pytest
 
 from granite_gguf.convert.check import check_gguf
-from tests.conftest import Workspace
+from tests.conftest import Workspace, cli_command
+
+pytestmark = [pytest.mark.slow]
 
 FRACTIONS = (0.2, 0.4, 0.55, 0.7, 0.8, 0.9, 0.97)
-
-
-def cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "granite_gguf.cli", *args]
 
 
 def kill_at_fractions(command: list[str], after_each: Callable[[], None], before_each: Callable[[], None]) -> int:
@@ -64,7 +61,7 @@ def test_killed_conversion_keeps_the_previous_file_or_writes_a_whole_one(workspa
             check_gguf(target)
             assert target.read_bytes() == workspace.gguf("tiny-gemma3", "f32").read_bytes()
 
-    landed = kill_at_fractions(cli("convert", str(source), "-o", str(target), "--outtype", "f32", "--no-progress"),
+    landed = kill_at_fractions(cli_command("convert", str(source), "-o", str(target), "--outtype", "f32", "--no-progress"),
                                still_whole, put_previous)
     assert landed >= 3
 
@@ -80,7 +77,7 @@ def test_killed_quantized_set_leaves_only_whole_files(workspace: Workspace, tmp_
         for path in outdir.glob("*.gguf"):
             check_gguf(path)
 
-    landed = kill_at_fractions(cli("convert", str(workspace.checkpoint("tiny-gpt2")), "--quant", "f16,q8_0,q4_0",
+    landed = kill_at_fractions(cli_command("convert", str(workspace.checkpoint("tiny-gpt2")), "--quant", "f16,q8_0,q4_0",
                                    "--outdir", str(outdir), "--no-progress"), only_whole, fresh)
     assert landed >= 3
 
@@ -93,7 +90,7 @@ def test_killed_store_install_leaves_a_consistent_store(workspace: Workspace, tm
     def prepare() -> None:
         shutil.rmtree(store, ignore_errors=True)
         if previous:  # an earlier install of another file under the same name must survive intact
-            subprocess.run(cli("ollama", "install", str(workspace.gguf("tiny-gpt2", "f16")), "--name", "m:1",
+            subprocess.run(cli_command("ollama", "install", str(workspace.gguf("tiny-gpt2", "f16")), "--name", "m:1",
                                "--models-dir", str(store)), check=True, capture_output=True, timeout=120)
 
     def consistent() -> None:
@@ -105,6 +102,6 @@ def test_killed_store_install_leaves_a_consistent_store(workspace: Workspace, tm
                     assert blob.is_file(), f"{manifest} names a missing blob"
                     assert "sha256:" + hashlib.sha256(blob.read_bytes()).hexdigest() == entry["digest"]
 
-    landed = kill_at_fractions(cli("ollama", "install", str(gguf), "--name", "m:1", "--models-dir", str(store)),
+    landed = kill_at_fractions(cli_command("ollama", "install", str(gguf), "--name", "m:1", "--models-dir", str(store)),
                                consistent, prepare)
     assert landed >= 3

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -25,11 +24,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-from granite_gguf.bindings.embedder import Embedder
 from tokenizers import Tokenizer
 
+from granite_gguf.bindings.embedder import Embedder
 from granite_gguf.probes import CODE, EMOJI, LONG_WORDS, long_text
-from tests.conftest import FAMILIES
+from tests.conftest import FAMILIES, free_port
+
+pytestmark = [pytest.mark.slow, pytest.mark.llama_server]
 
 MIN_COSINE_F32 = 0.99999
 START_TIMEOUT_S = 60.0
@@ -52,12 +53,6 @@ def server_binary() -> Path:
     if override:
         return Path(override)
     return Path(sys.prefix) / "bin" / "llama-server"  # linked there by scripts/build-llama-server.sh
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

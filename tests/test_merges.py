@@ -16,16 +16,12 @@ def test_raw_space_merges_are_dropped_under_the_space_escaping_normalizer() -> N
 
 
 @pytest.mark.parametrize("family", [TokenizerFamily.GPT2, TokenizerFamily.O200K])
-def test_byte_level_merges_outside_the_byte_alphabet_are_dropped(family: TokenizerFamily) -> None:
-    raw = ["Ġ t", "Ġt he", ["中", "t"], ["a b", "c"], ["Ċ", "Ċ"]]  # 中 and the space are not byte-level characters
-    merges, dropped = usable_merges(raw, bpe_input_can_hold(family))
-    assert merges == ["Ġ t", "Ġt he", "Ċ Ċ"]
-    assert dropped == 2
-
-
-def test_a_merge_that_can_apply_and_holds_a_space_is_refused() -> None:
-    """Under a pipeline that lets spaces reach BPE, llama.cpp's "left right" string cannot hold it."""
+def test_byte_level_merges_are_kept_and_a_space_inside_one_is_refused(family: TokenizerFamily) -> None:
+    assert usable_merges(["Ġ t", ["Ġt", "he"], ["Ċ", "Ċ"]], bpe_input_can_hold(family)) == (["Ġ t", "Ġt he", "Ċ Ċ"], 0)
     with pytest.raises(UserError, match=r"merge #1 \['a b', 'c'\] can apply and has a space"):
-        usable_merges([["x", "y"], ["a b", "c"]], lambda piece: True)
-    # a space first on the left, or anywhere on the right, is written unambiguously
-    assert usable_merges([[" a", "b"], ["a", " b c"]], lambda piece: True) == ([" a b", "a  b c"], 0)
+        usable_merges([["x", "y"], ["a b", "c"]], bpe_input_can_hold(family))
+
+
+def test_a_space_first_on_the_left_or_on_the_right_is_written() -> None:
+    """llama.cpp splits a merge string at its first space after the first character: these are unambiguous."""
+    assert usable_merges([[" a", "b"], ["a", " b c"]], bpe_input_can_hold(TokenizerFamily.GPT2)) == ([" a b", "a  b c"], 0)

@@ -2,38 +2,22 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import pytest
 
-import granite_gguf.cli
 from granite_gguf.errors import UserError
-from granite_gguf.modelfiles.cli import add_commands
 from granite_gguf.modelfiles.granite_r2 import CONTEXT_LENGTHS, FILE_TYPES, FOLDER, shipped_modelfiles
 from granite_gguf.modelfiles.modelfile import (
     Instruction,
-    Modelfile,
     ModelFacts,
+    Modelfile,
     check_modelfile,
     embedding_modelfile,
     generate_modelfile,
     parse_modelfile,
 )
-from tests.conftest import Workspace
-
-
-def run_cli(monkeypatch: pytest.MonkeyPatch, *argv: str) -> int:
-    """The real `granite_gguf.cli.main` (its error handling), on a fresh parser holding only these commands."""
-
-    def parser() -> argparse.ArgumentParser:
-        fresh = argparse.ArgumentParser(prog="granite-gguf")
-        add_commands(fresh.add_subparsers(dest="command", required=True))
-        return fresh
-
-    monkeypatch.setattr(granite_gguf.cli, "build_parser", parser)
-    return granite_gguf.cli.main(list(argv))
-
+from tests.conftest import Workspace, run_cli
 
 VALID = '\ufeff' + """# provenance comment
    # an indented comment is a comment too
@@ -165,14 +149,14 @@ def test_facts_alone_and_gguf_give_the_same_shape() -> None:
     assert check_modelfile(text) == []
 
 
-def test_cli_check(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "Modelfile"
     bad.write_text("FROM x.gguf\nPARAMETER num_ctx 8192 # comment\nPARAMETER Seed 1\n")
-    assert run_cli(monkeypatch, "modelfile", "--check", str(bad)) == 1
+    assert run_cli("modelfile", "--check", str(bad)) == 1
     out = capsys.readouterr().out.splitlines()
     assert [line.split(": ", 1)[0] for line in out] == [f"{bad}:2", f"{bad}:3"]
     bad.write_text("FROM x.gguf\n")
-    assert run_cli(monkeypatch, "modelfile", "--check", str(bad)) == 0
+    assert run_cli("modelfile", "--check", str(bad)) == 0
     assert capsys.readouterr().out == f"{bad}: ok\n"
 
 
@@ -180,18 +164,18 @@ def test_cli_writes_a_modelfile(workspace: Workspace, monkeypatch: pytest.Monkey
                                 capsys: pytest.CaptureFixture[str]) -> None:
     gguf = workspace.gguf("tiny-gemma3", "f16")
     output = tmp_path / "Modelfile"
-    assert run_cli(monkeypatch, "modelfile", str(gguf), "-o", str(output)) == 0
+    assert run_cli("modelfile", str(gguf), "-o", str(output)) == 0
     assert output.read_text() == generate_modelfile(gguf, output)
     assert [p.name for p in tmp_path.iterdir()] == ["Modelfile"]
     capsys.readouterr()
     monkeypatch.chdir(tmp_path)
-    assert run_cli(monkeypatch, "modelfile", str(gguf)) == 0
+    assert run_cli("modelfile", str(gguf)) == 0
     assert capsys.readouterr().out == output.read_text()
 
 
 @pytest.mark.parametrize("argv", [["modelfile"], ["modelfile", "x.gguf", "--check", "Modelfile"],
                                   ["modelfile", "--check", "/no/such/Modelfile"], ["modelfile", "/no/such.gguf"]])
-def test_cli_usage_errors(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
-    assert run_cli(monkeypatch, *argv) == 2
+def test_cli_usage_errors(capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
+    assert run_cli(*argv) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and len(captured.err.splitlines()) == 1 and captured.err.startswith("error: ")

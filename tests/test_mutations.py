@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from granite_gguf.convert.source import open_checkpoint
-from granite_gguf.convert.writer import OutType, convert
+from granite_gguf.convert.types import OutType
+from granite_gguf.convert.writer import convert
 from granite_gguf.probes import probe_texts
 from granite_gguf.verify import Reference, compare, run_reference
-from tests.conftest import Workspace
+from tests.conftest import Workspace, cli_command
 from tests.mutations import MUTATIONS, mutated_copy
+
+pytestmark = [pytest.mark.slow]
 
 MODEL_MUTATIONS = [m for m in MUTATIONS if m not in ("extra EOS", "missing BOS")]
 CASES = [(m, "tiny-gemma3") for m in MODEL_MUTATIONS] + [
@@ -63,8 +65,8 @@ def test_verify_command_exits_1_on_planted_bug(workspace: Workspace, tmp_path: P
     folder.mkdir()
     convert(open_checkpoint(str(mutated)), folder / "rope.gguf", OutType.F32)
     convert(open_checkpoint(str(workspace.checkpoint("tiny-gpt2"))), folder / "good.gguf", OutType.F32)
-    result = subprocess.run([sys.executable, "-m", "granite_gguf.cli", "verify", str(workspace.checkpoint("tiny-gpt2")),
-                             "--all", str(folder), "--json", str(tmp_path / "report.json")], capture_output=True, text=True)
+    result = subprocess.run(cli_command("verify", str(workspace.checkpoint("tiny-gpt2")),
+                             "--all", str(folder), "--json", str(tmp_path / "report.json")), capture_output=True, text=True)
     assert result.returncode == 1, result.stderr
     assert "FAIL" in result.stdout and "PASS" in result.stdout
     reports = {Path(r["gguf"]).name: r["passed"] for r in json.loads((tmp_path / "report.json").read_text())}

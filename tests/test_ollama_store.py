@@ -14,8 +14,7 @@ from granite_gguf.errors import UserError
 from granite_gguf.modelfiles import store
 from granite_gguf.modelfiles.modelfile import generate_modelfile
 from granite_gguf.modelfiles.store import ModelName, install, list_models, remove
-from tests.conftest import Workspace
-from tests.test_modelfiles import run_cli
+from tests.conftest import Workspace, run_cli, tree
 
 MEDIA = "application/vnd.ollama.image."
 
@@ -23,10 +22,6 @@ MEDIA = "application/vnd.ollama.image."
 @pytest.fixture(scope="module")
 def gguf(workspace: Workspace) -> Path:
     return workspace.gguf("tiny-gemma3", "f16")
-
-
-def tree(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def blob(root: Path, digest: str) -> bytes:
@@ -176,24 +171,22 @@ def test_default_models_dir_is_ollama_models(gguf: Path, tmp_path: Path, monkeyp
     assert (tmp_path / "manifests/registry.ollama.ai/library/m/latest").is_file()
 
 
-def test_cli_install_list_remove(gguf: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_install_list_remove(gguf: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     models = str(tmp_path)
-    assert run_cli(monkeypatch, "ollama", "install", str(gguf), "--name", "granite:f16", "--models-dir", models) == 0
+    assert run_cli("ollama", "install", str(gguf), "--name", "granite:f16", "--models-dir", models) == 0
     assert capsys.readouterr().out.startswith("installed granite:f16 (")
-    assert run_cli(monkeypatch, "ollama", "list", "--models-dir", models) == 0
+    assert run_cli("ollama", "list", "--models-dir", models) == 0
     listing = capsys.readouterr().out.splitlines()
     assert listing[0].split() == ["NAME", "ID", "SIZE", "MODIFIED"] and listing[1].startswith("granite:f16 ")
-    assert run_cli(monkeypatch, "ollama", "remove", "granite:f16", "--models-dir", models) == 0
+    assert run_cli("ollama", "remove", "granite:f16", "--models-dir", models) == 0
     assert list_models(tmp_path) == []
 
 
 @pytest.mark.parametrize("argv", [["install", "{gguf}", "--name", "../../etc/x"], ["remove", "/abs"],
                                   ["install", "{gguf}", "--name", "a/b/c/d/e"], ["remove", "never-installed"]])
-def test_cli_errors_are_one_line(gguf: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                 capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
+def test_cli_errors_are_one_line(gguf: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
     args = [arg.format(gguf=gguf) for arg in argv]
-    assert run_cli(monkeypatch, "ollama", *args, "--models-dir", str(tmp_path / "models")) == 2
+    assert run_cli("ollama", *args, "--models-dir", str(tmp_path / "models")) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and len(captured.err.splitlines()) == 1 and captured.err.startswith("error: ")
     assert not (tmp_path / "models").exists()

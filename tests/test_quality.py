@@ -7,9 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from gguf import GGMLQuantizationType
 
-from granite_gguf.convert.quantize import QUANT_THRESHOLDS, RECIPES, convert_set, parse_types
+from granite_gguf.convert.quantize import convert_set
 from granite_gguf.convert.source import open_checkpoint
+from granite_gguf.convert.types import OutType
 from granite_gguf.errors import UserError
 from granite_gguf.verify import compare
 from granite_gguf.quality import ndcg_at_k, pareto_front, retrieval_agreement, top_k_overlap
@@ -19,31 +21,33 @@ FAMILY = "tiny-gemma3"  # mirrors the 311m, whose token embedding table is 2/3 o
 LABELS = ["q6_k", "q5_k_m", "q4_k_m", "q4_0", "q8_0+emb_q4_k", "q4_0+emb_q4_0"]
 
 
+@pytest.mark.slow
 def test_types_and_recipes_meet_their_fixture_thresholds(workspace: Workspace, tmp_path: Path) -> None:
-    results = convert_set(open_checkpoint(str(workspace.checkpoint(FAMILY))), tmp_path, parse_types(",".join(LABELS)),
+    results = convert_set(open_checkpoint(str(workspace.checkpoint(FAMILY))), tmp_path, OutType.parse_list(",".join(LABELS)),
                           model_name=FAMILY)
-    names = {r.label: r.path.name for r in results}
+    names = {r.output.label: r.path.name for r in results}
     # hidden 64: the Q4_K table falls back to Q5_0 (llama.cpp would abort) and the name says so
     assert names["q8_0+emb_q4_k"] == f"{FAMILY}-q8_0-emb_q4_k-mostly-q8_0-emb_q5_0.gguf"
     assert names["q4_0+emb_q4_0"] == f"{FAMILY}-q4_0-emb_q4_0.gguf"
-    recipe = next(r for r in results if r.label == "q4_0+emb_q4_0")
-    assert recipe.truthful and recipe.dominant_type == "Q4_0" and recipe.table_type == "Q4_0"
+    recipe = next(r for r in results if r.output is OutType.Q4_0_EMB_Q4_0)
+    assert recipe.truthful and recipe.dominant_type == GGMLQuantizationType.Q4_0 and recipe.table_type == GGMLQuantizationType.Q4_0
     reference = workspace.reference(FAMILY)
-    reports = {r.label: compare(reference, r.path) for r in results}  # verify's default: the file's type or recipe
-    assert {label: report.threshold for label, report in reports.items()} == {label: QUANT_THRESHOLDS[label] for label in LABELS}
+    reports = {r.output.label: compare(reference, r.path) for r in results}  # verify's default: the file's type or recipe
+    assert {label: report.threshold for label, report in reports.items()} == {label: OutType.parse(label).min_cosine for label in LABELS}
     failed = {label: (report.cosine_min, report.threshold) for label, report in reports.items() if not report.passed}
     assert not failed, f"(min cosine, threshold) per failing type: {failed}"
 
 
 def test_every_default_type_and_recipe_has_a_threshold() -> None:
-    assert set(QUANT_THRESHOLDS) >= {"f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0", *RECIPES}
-    assert all(0 < t < 1 for t in QUANT_THRESHOLDS.values())
+    gates = {t.label: t.min_cosine for t in OutType if t.min_cosine is not None}
+    assert set(gates) >= {"f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0", *(t.label for t in OutType if t.is_recipe)}
+    assert all(0 < t < 1 for t in gates.values())
 
 
 def test_recipe_labels_parse() -> None:
-    assert parse_types("Q4_K_M, q8_0+emb_q4_k") == ["q4_k_m", "q8_0+emb_q4_k"]
+    assert OutType.parse_list("Q4_K_M, q8_0+emb_q4_k") == [OutType.Q4_K_M, OutType.Q8_0_EMB_Q4_K]
     with pytest.raises(UserError, match="unknown type"):
-        parse_types("q8_0+emb_q2_k")
+        OutType.parse_list("q8_0+emb_q2_k")
 
 
 def test_ndcg_and_overlap() -> None:

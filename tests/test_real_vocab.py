@@ -18,7 +18,8 @@ from granite_gguf.bindings.embedder import Embedder
 from granite_gguf.convert.inspect import read_summary
 from granite_gguf.convert.keys import DROPPED_MERGES
 from granite_gguf.convert.source import open_checkpoint
-from granite_gguf.convert.writer import OutType, convert
+from granite_gguf.convert.types import OutType
+from granite_gguf.convert.writer import convert
 from granite_gguf.probes import gate_texts, probe_texts, special_token_texts, whitespace_texts
 from granite_gguf.real_vocab import RegistryUnreachable, build_real_vocab_checkpoint
 from granite_gguf.release import release
@@ -111,6 +112,6 @@ def test_verify_passes(reference: Reference, ggufs: dict[str, Path], outtype: st
 
 
 def test_release_on_the_real_vocabulary(checkpoint: Path, tmp_path: Path) -> None:
-    results = release(str(checkpoint), tmp_path / "out", labels=["q8_0"], models_dir=tmp_path / "store")
+    results = release(str(checkpoint), tmp_path / "out", outputs=[OutType.Q8_0], models_dir=tmp_path / "store")
     assert [(r.label, r.passed, r.installed) for r in results] == [("q8_0", True, "real-gemma3:q8_0")]
     assert results[0].certificate.token_mismatches == 0

@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -16,22 +15,16 @@ from typing import Any
 
 import pytest
 import requests
+
+from granite_gguf.errors import UserError
 from granite_gguf.modelfiles import registry
 from granite_gguf.modelfiles.registry import add_registry_commands, pull, push
 from granite_gguf.modelfiles.store import MANIFEST_MEDIA_TYPE, install, list_models
-
-from granite_gguf.errors import UserError
-from tests.conftest import Workspace
+from tests.conftest import Workspace, free_port, tree
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "start-registry.sh"
 NAME = "tiny-gemma3:q8_0"
 MANIFEST = "manifests/registry.ollama.ai/library/tiny-gemma3/q8_0"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -79,10 +72,6 @@ def requests_log(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str, dict[s
     return log
 
 
-def tree(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-
-
 def blobs(root: Path) -> dict[str, bytes]:
     return {path: data for path, data in tree(root).items() if path.startswith("blobs/")}
 
@@ -92,6 +81,8 @@ def entries(root: Path) -> list[dict[str, Any]]:
     return [manifest["config"], *manifest["layers"]]
 
 
+@pytest.mark.slow
+@pytest.mark.registry
 def test_round_trip_into_an_empty_store(server: tuple[str, Path], store_a: Path, tmp_path: Path,
                                         monkeypatch: pytest.MonkeyPatch,
                                         requests_log: list[tuple[str, str, dict[str, Any]]]) -> None:
@@ -108,11 +99,15 @@ def test_round_trip_into_an_empty_store(server: tuple[str, Path], store_a: Path,
     assert f"bytes=0-{(64 << 10) - 1}" in ranges
 
 
+@pytest.mark.slow
+@pytest.mark.registry
 def test_pull_under_another_name(server: tuple[str, Path], store_a: Path, tmp_path: Path) -> None:
     pull(f"{server[0]}/test/tiny:q8_0", tmp_path, insecure=True, name=NAME)
     assert tree(tmp_path) == tree(store_a)
 
 
+@pytest.mark.slow
+@pytest.mark.registry
 def test_push_twice_uploads_no_blob(server: tuple[str, Path], store_a: Path,
                                     requests_log: list[tuple[str, str, dict[str, Any]]]) -> None:
     push(NAME, f"{server[0]}/test/tiny:q8_0", store_a, insecure=True)
@@ -121,6 +116,8 @@ def test_push_twice_uploads_no_blob(server: tuple[str, Path], store_a: Path,
     assert requests_log[-1][1].endswith("/v2/test/tiny/manifests/q8_0")
 
 
+@pytest.mark.slow
+@pytest.mark.registry
 def test_missing_tag_leaves_the_store_unchanged(server: tuple[str, Path], store_a: Path, tmp_path: Path) -> None:
     pull(f"{server[0]}/test/tiny:q8_0", tmp_path, insecure=True)
     before = tree(tmp_path)
@@ -137,6 +134,8 @@ def test_connection_refused_is_a_user_error(tmp_path: Path) -> None:
     assert not tmp_path.joinpath("manifests").exists()
 
 
+@pytest.mark.slow
+@pytest.mark.registry
 def test_pull_resumes_a_partial_blob(server: tuple[str, Path], store_a: Path, tmp_path: Path,
                                      requests_log: list[tuple[str, str, dict[str, Any]]]) -> None:
     model = max(entries(store_a), key=lambda entry: entry["size"])
@@ -149,6 +148,8 @@ def test_pull_resumes_a_partial_blob(server: tuple[str, Path], store_a: Path, tm
     assert model_ranges == [f"bytes=100000-{model['size'] - 1}"]
 
 
+@pytest.mark.slow
+@pytest.mark.registry
 def test_a_wrong_partial_is_downloaded_again(server: tuple[str, Path], store_a: Path, tmp_path: Path) -> None:
     model = max(entries(store_a), key=lambda entry: entry["size"])
     (tmp_path / "blobs").mkdir()
@@ -157,6 +158,8 @@ def test_a_wrong_partial_is_downloaded_again(server: tuple[str, Path], store_a: 
     assert tree(tmp_path) == tree(store_a)
 
 
+@pytest.mark.slow
+@pytest.mark.registry
 def test_corrupted_blob_on_the_server_is_refused(server: tuple[str, Path], store_a: Path, tmp_path: Path) -> None:
     """Flip a byte of a layer in the registry's own storage: the pull must fail and write nothing under final names."""
     layer = min(entries(store_a)[1:], key=lambda entry: entry["size"])
@@ -180,6 +183,8 @@ def test_manifest_digests_are_checked_before_use() -> None:
         registry._manifest_entries(json.dumps(manifest).encode(), "h:1/a/b:c")
 
 
+@pytest.mark.slow
+@pytest.mark.registry
 def test_push_of_a_missing_model_and_a_bad_target(store_a: Path) -> None:
     with pytest.raises(UserError, match="not found"):
         push("absent:latest", "127.0.0.1:1/test/x:y", store_a, insecure=True)
@@ -187,6 +192,8 @@ def test_push_of_a_missing_model_and_a_bad_target(store_a: Path) -> None:
         push(NAME, "test/tiny:q8_0", store_a, insecure=True)
 
 
+@pytest.mark.slow
+@pytest.mark.registry
 def test_commands(server: tuple[str, Path], store_a: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     parser = argparse.ArgumentParser()
     add_registry_commands(parser.add_subparsers(dest="command", required=True))

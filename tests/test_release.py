@@ -13,7 +13,8 @@ from granite_gguf.certificate import read_certificate
 from granite_gguf.convert.check import read_header
 from granite_gguf.convert.quantize import QuantizedFile
 from granite_gguf.convert.source import Checkpoint, open_checkpoint
-from granite_gguf.convert.writer import OutType, convert
+from granite_gguf.convert.types import OutType
+from granite_gguf.convert.writer import convert
 from granite_gguf.modelfiles.granite_r2 import CONTEXT_LENGTHS
 from granite_gguf.modelfiles.modelfile import load_modelfile
 from granite_gguf.modelfiles.registry import pull
@@ -85,11 +86,11 @@ def test_a_file_that_fails_is_neither_installed_nor_pushed(workspace: Workspace,
     source, outdir, store = workspace.checkpoint(FAMILY), tmp_path / "out", tmp_path / "store"
     real_convert_set = release_module.convert_set
 
-    def plant_bug(ckpt: Checkpoint, folder: Path, labels: list[str], **kwargs: object) -> list[QuantizedFile]:
+    def plant_bug(ckpt: Checkpoint, folder: Path, outputs: list[OutType], **kwargs: object) -> list[QuantizedFile]:
         """The real set, with the f32 file replaced by one converted from a checkpoint with the wrong RoPE base."""
-        files = real_convert_set(ckpt, folder, labels, **kwargs)
+        files = real_convert_set(ckpt, folder, outputs, **kwargs)
         bad = mutated_copy(source, "wrong global RoPE base", tmp_path / "mutated")
-        planted = next(f for f in files if f.label == "f32")
+        planted = next(f for f in files if f.output.label == "f32")
         convert(open_checkpoint(str(bad)), planted.path, OutType.F32)
         return files
 
@@ -111,9 +112,9 @@ def test_knows_the_four_granite_r2_models() -> None:
     assert set(RECOMMENDED) == set(CONTEXT_LENGTHS)
     assert hub_id("granite-embedding-311m-multilingual-r2") == "ibm-granite/granite-embedding-311m-multilingual-r2"
     assert hub_id("some/other") == "some/other"
-    assert recommended_set("granite-embedding-311m-multilingual-r2") == [
+    assert [t.label for t in recommended_set("granite-embedding-311m-multilingual-r2")] == [
         "f16", "q8_0", "q8_0+emb_q4_k", "q6_k+emb_q4_k", "q4_0+emb_q4_0"]
-    assert recommended_set("granite-embedding-english-r2") == recommended_set("anything-else") == ["f16", "q8_0"]
+    assert recommended_set("granite-embedding-english-r2") == recommended_set("anything-else") == [OutType.F16, OutType.Q8_0]
 
 
 def test_bad_names_are_refused_before_any_work(workspace: Workspace, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -7,7 +7,6 @@ import json
 import re
 import socket
 import subprocess
-import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -19,8 +18,11 @@ import requests
 
 from granite_gguf.bindings.embedder import Embedder
 from granite_gguf.convert.source import open_checkpoint
-from granite_gguf.convert.writer import OutType, convert
-from tests.conftest import Workspace
+from granite_gguf.convert.types import OutType
+from granite_gguf.convert.writer import convert
+from tests.conftest import Workspace, cli_command
+
+pytestmark = [pytest.mark.slow]
 
 DIMS = (48, 32, 16)
 COSINE = 0.99999  # f32 file; the server packs inputs differently from a one-by-one reference
@@ -41,7 +43,7 @@ def server(workspace: Workspace) -> Iterator[RunningServer]:
     gguf = convert(open_checkpoint(str(workspace.checkpoint("tiny-gemma3"))), workspace.root / "served.gguf",
                    OutType.F32, matryoshka_dims=DIMS)
     process = subprocess.Popen(
-        [sys.executable, "-m", "granite_gguf.cli", "serve", str(gguf), "--port", "0", "--max-tokens", "512"],
+        cli_command("serve", str(gguf), "--port", "0", "--max-tokens", "512"),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:
@@ -171,20 +173,20 @@ def test_200_concurrent_requests_with_mixed_lengths(server: RunningServer) -> No
 
 def test_serve_refuses_a_busy_port(server: RunningServer, workspace: Workspace) -> None:
     port = server.url.rsplit(":", 1)[1]
-    result = subprocess.run([sys.executable, "-m", "granite_gguf.cli", "serve", str(workspace.gguf("tiny-gemma3")),
-                             "--port", port], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(cli_command("serve", str(workspace.gguf("tiny-gemma3")), "--port", port),
+                            capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and result.stderr.startswith("error: cannot listen"), result.stderr
 
 
 def test_embed_command_prints_json_lines(server: RunningServer) -> None:
-    result = subprocess.run([sys.executable, "-m", "granite_gguf.cli", "embed", str(server.embedder.path),
-                             "first text", "second text", "--dim", "16"], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(cli_command("embed", str(server.embedder.path), "first text", "second text", "--dim", "16"),
+                            capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     rows = np.array([json.loads(line) for line in result.stdout.splitlines()])
     assert rows.shape == (2, 16)
     assert np.min(cosines(rows, server.expected(["first text", "second text"], 16))) >= COSINE
-    bad = subprocess.run([sys.executable, "-m", "granite_gguf.cli", "embed", str(server.embedder.path), "x",
-                          "--dim", "20"], capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(cli_command("embed", str(server.embedder.path), "x", "--dim", "20"),
+                         capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "valid: 64, 48, 32, 16" in bad.stderr
 
 

@@ -11,7 +11,8 @@ import pytest
 from tokenizers import Tokenizer
 
 from granite_gguf.convert.source import open_checkpoint
-from granite_gguf.convert.writer import OutType, convert
+from granite_gguf.convert.types import OutType
+from granite_gguf.convert.writer import convert
 from granite_gguf.probes import probe_texts
 from granite_gguf.verify import Reference, compare, run_reference, token_limit
 from tests.conftest import Workspace

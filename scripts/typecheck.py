@@ -1,0 +1,40 @@
+"""mypy over the granite_gguf package (`make lint`).
+
+Its subpackages live in top-level folders mapped by pyproject's [tool.setuptools.package-dir], a
+mapping mypy cannot read, and the editable install's import hook is invisible to it; so a tree of
+links in build/typecheck lays the package out as Python imports it, and mypy checks that tree.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TREE = ROOT / "build" / "typecheck"
+
+
+def link_tree() -> None:
+    """build/typecheck/<package path> → the folder pyproject maps it to (subpackages inside their parent)."""
+    mapping = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+    shutil.rmtree(TREE, ignore_errors=True)
+    for package, folder in sorted(mapping.items()):  # parents first
+        target = TREE.joinpath(*package.split("."))
+        target.mkdir(parents=True, exist_ok=True)
+        for source in sorted((ROOT / folder).glob("*.py")):
+            (target / source.name).symlink_to(os.path.relpath(source, target))
+
+
+def main() -> int:
+    link_tree()
+    env = {**os.environ, "MYPYPATH": str(TREE)}
+    command = [sys.executable, "-m", "mypy", "--config-file", str(ROOT / "pyproject.toml"), "-p", "granite_gguf", *sys.argv[1:]]
+    return subprocess.run(command, cwd=ROOT, env=env).returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())
