@@ -131,6 +131,8 @@ def build_vocab(tokenizer: dict[str, Any], special_tokens_map: dict[str, Any], c
     _check_bounds(tokenizer, config)
     try:
         return _build_vocab(tokenizer, special_tokens_map if isinstance(special_tokens_map, dict) else {}, config)
+    except UserError:  # a ValueError too, but already says what is wrong
+        raise
     except (TypeError, AttributeError, KeyError, IndexError, ValueError) as exc:
         raise UserError(f"tokenizer.json: unexpected structure ({type(exc).__name__}: {exc})") from None
 
@@ -336,7 +338,7 @@ def write_vocab(writer: GGUFWriter, vocab: GGUFVocab) -> None:
     }
     for role, token_id in vocab.special_ids.items():
         if role == "cls":
-            writer.add_uint32("tokenizer.ggml.cls_token_id", token_id)
+            writer.add_uint32(keys.CLS_ID, token_id)
         else:
             setters[role](token_id)
     writer.add_add_bos_token(vocab.add_bos)

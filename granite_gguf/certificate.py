@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from gguf import GGUFValueType
+from gguf import GGUFValueType, Keys
 
 from granite_gguf import __version__
 from granite_gguf.convert import keys
@@ -86,7 +86,7 @@ def write_certificate(path: Path, certificate: Certificate) -> None:
                for key, value in header.metadata.items() if not key.startswith(keys.CERTIFICATE_PREFIX)]
     for name, value in certificate.as_dict().items():
         entries.append((Certificate.key(name), _VALUE_TYPES[type(value)], value, None))
-    alignment = header.metadata.get("general.alignment", DEFAULT_ALIGNMENT)
+    alignment = header.metadata.get(Keys.General.ALIGNMENT, DEFAULT_ALIGNMENT)
     with atomic_output(path) as tmp, path.open("rb") as source, tmp.open("wb") as out:
         out.write(MAGIC + struct.pack("<IQQ", header.version, len(header.tensors), len(entries)))
         for key, value_type, value, item_type in entries:

@@ -186,7 +186,10 @@ def run_release(args: argparse.Namespace) -> int:
 
 
 def run_inspect(args: argparse.Namespace) -> int:
+    from gguf import Keys
+
     from granite_gguf.certificate import read_certificate
+    from granite_gguf.convert import keys
     from granite_gguf.convert.check import read_header
     from granite_gguf.convert.inspect import summarize
     from granite_gguf.convert.keys import CERTIFICATE_PREFIX, DROPPED_MERGES
@@ -201,12 +204,12 @@ def run_inspect(args: argparse.Namespace) -> int:
         return 0
     meta = summary.metadata
     print(f"file          {args.gguf} ({args.gguf.stat().st_size / 2**20:.1f} MiB)")
-    print(f"architecture  {meta.get('general.architecture')}   file type {summary.file_type_name}")
+    print(f"architecture  {meta.get(Keys.General.ARCHITECTURE)}   file type {summary.file_type_name}")
     print(f"pooling       {summary.pooling}   normalize {summary.normalize}   matryoshka {list(summary.matryoshka_dims) or 'none'}")
-    print(f"tokenizer     {meta.get('granite_gguf.tokenizer_family', '?')} (pre {meta.get('tokenizer.ggml.pre')}), "
-          f"add_bos {meta.get('tokenizer.ggml.add_bos_token')}, add_eos {meta.get('tokenizer.ggml.add_eos_token')}")
+    print(f"tokenizer     {meta.get(keys.TOKENIZER_FAMILY, '?')} (pre {meta.get(Keys.Tokenizer.PRE)}), "
+          f"add_bos {meta.get(Keys.Tokenizer.ADD_BOS)}, add_eos {meta.get(Keys.Tokenizer.ADD_EOS)}")
     if DROPPED_MERGES in meta:
-        print(f"merges        {len(header.metadata.get('tokenizer.ggml.merges', []))}, {meta[DROPPED_MERGES]} of the "
+        print(f"merges        {len(header.metadata.get(Keys.Tokenizer.MERGES, []))}, {meta[DROPPED_MERGES]} of the "
               "tokenizer's left out (they can never apply)")
     print("tensor types  " + ", ".join(f"{name} ×{count} ({summary.tensor_bytes[name] / 2**20:.2f} MiB)"
                                         for name, count in summary.tensor_types.most_common()))
@@ -228,6 +231,8 @@ def run_inspect(args: argparse.Namespace) -> int:
 
 
 def run_check(args: argparse.Namespace) -> int:
+    from gguf import Keys
+
     from granite_gguf.certificate import data_matches, read_certificate
     from granite_gguf.convert.check import GGUFCheckError, check_gguf
 
@@ -239,7 +244,7 @@ def run_check(args: argparse.Namespace) -> int:
             bad += 1
             print(f"INVALID {exc}")
             continue
-        vocab = len(checked.metadata["tokenizer.ggml.tokens"])
+        vocab = len(checked.metadata[Keys.Tokenizer.LIST])
         certificate = read_certificate(checked)
         if certificate is not None and not data_matches(checked, certificate):
             bad += 1

