@@ -18,7 +18,8 @@ from granite_gguf.convert.source import open_checkpoint
 from granite_gguf.convert.types import OutType, Writer
 from granite_gguf.convert.writer import convert
 from granite_gguf.fixtures import FIXTURES, build_fixture
-from granite_gguf.real_vocab import SHAPE as REAL_VOCAB, build_real_vocab_checkpoint
+from granite_gguf.real_vocab import SHAPE as REAL_VOCAB
+from granite_gguf.real_vocab import build_real_vocab_checkpoint
 from granite_gguf.verify import compare, run_reference
 
 

@@ -12,7 +12,14 @@ import numpy as np
 import pytest
 
 from granite_gguf.bindings.embedder import Embedder
-from granite_gguf.certificate import Certificate, data_matches, new_certificate, read_certificate, tensor_data_sha256, write_certificate
+from granite_gguf.certificate import (
+    Certificate,
+    data_matches,
+    new_certificate,
+    read_certificate,
+    tensor_data_sha256,
+    write_certificate,
+)
 from granite_gguf.convert.check import check_gguf, read_header
 from granite_gguf.convert.keys import CERTIFICATE_PREFIX
 from tests.conftest import Workspace
