@@ -62,6 +62,16 @@ class Embeddings:
     truncated: list[bool]
 
 
+def cut_tokens(tokens: Sequence[int], limit: int, n_prefix: int, n_suffix: int) -> list[int]:
+    """`tokens` cut to `limit`, keeping its first `n_prefix` and last `n_suffix` ids (the special tokens
+    the tokenizer adds): the truncation of sentence-transformers and HF tokenizers, and the Embedder's."""
+    tokens = list(tokens)
+    if len(tokens) <= limit:
+        return tokens
+    room = limit - n_prefix - n_suffix
+    return tokens[:n_prefix] + tokens[n_prefix:n_prefix + room] + tokens[len(tokens) - n_suffix:]
+
+
 def usable_threads() -> int:
     """CPUs this process may run on (cgroup/affinity aware), not the host's count."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -153,15 +163,41 @@ class Embedder:
             mode = LongInputs(long_inputs)
         except ValueError:
             raise UserError(f"long_inputs must be one of {[m.value for m in LongInputs]}, got {long_inputs!r}") from None
-        if not 1 <= batch_size <= MAX_SEQUENCES_PER_DECODE:
-            raise UserError(f"batch_size must lie in 1..{MAX_SEQUENCES_PER_DECODE}, got {batch_size}")
+        _check_batch_size(batch_size)
         pieces = list(self._pieces(items, mode))
+        rows, token_counts = self._pooled(pieces, len(items), dim, normalize_embeddings, batch_size, show_progress_bar)
+        truncated = [mode is LongInputs.TRUNCATE and count > self.max_tokens for count in token_counts]
+        return Embeddings(rows, token_counts, truncated)
+
+    def encode_tokens(self, token_ids: Sequence[Sequence[int]], *, batch_size: int = 32, normalize_embeddings: bool = True,
+                      truncate_dim: int | None = None, show_progress_bar: bool = False) -> np.ndarray:
+        """`encode` for inputs already tokenized (e.g. by `tokenize`, then cut with `truncate`): one row per
+        sequence, each at most `max_tokens` ids, embedded as they are."""
+        dim = self.checked_dim(truncate_dim)
+        _check_batch_size(batch_size)
+        pieces = [_Piece(owner, list(tokens), len(tokens)) for owner, tokens in enumerate(token_ids)]
+        too_long = [i for i, piece in enumerate(pieces) if len(piece.tokens) > self.max_tokens]
+        if too_long:
+            raise UserError(f"{len(too_long)} token sequence(s) longer than max_tokens {self.max_tokens} "
+                            f"(sequence {too_long[0]}); cut them with truncate()")
+        return self._pooled(pieces, len(pieces), dim, normalize_embeddings, batch_size, show_progress_bar)[0]
+
+    def truncate(self, tokens: Sequence[int], limit: int | None = None) -> list[int]:
+        """`tokens` (as `tokenize` gives them) cut to `limit` (at most, and by default, `max_tokens`) with
+        the special tokens kept, as `encode` cuts."""
+        limit = self.max_tokens if limit is None else min(limit, self.max_tokens)
+        return cut_tokens(tokens, limit, self._prefix, len(self._specials) - self._prefix)
+
+    def _pooled(self, pieces: list[_Piece], n_items: int, dim: int, normalize_embeddings: bool, batch_size: int,
+                show_progress_bar: bool) -> tuple[np.ndarray, list[int]]:
+        """One row per owner (pieces embedded, the model's Normalize, chunks averaged, `dim` kept, L2), and
+        each owner's token count before any cut."""
         vectors = self._embed(pieces, batch_size, show_progress_bar)
         if self.normalize:
             vectors = _l2(vectors)
-        rows = np.zeros((len(items), self.dimension), dtype=np.float32)
-        weights = np.zeros(len(items), dtype=np.float32)
-        token_counts = [0] * len(items)
+        rows = np.zeros((n_items, self.dimension), dtype=np.float32)
+        weights = np.zeros(n_items, dtype=np.float32)
+        token_counts = [0] * n_items
         for piece, vector in zip(pieces, vectors):
             rows[piece.owner] += len(piece.tokens) * vector
             weights[piece.owner] += len(piece.tokens)
@@ -170,10 +206,7 @@ class Embedder:
         if self.normalize:
             rows = _l2(rows)
         rows = rows[:, :dim]
-        if normalize_embeddings:
-            rows = _l2(rows)
-        truncated = [mode is LongInputs.TRUNCATE and count > self.max_tokens for count in token_counts]
-        return Embeddings(rows, token_counts, truncated)
+        return (_l2(rows) if normalize_embeddings else rows), token_counts
 
     def checked_dim(self, truncate_dim: int | None) -> int:
         """The output width for `truncate_dim`; UserError (with the valid ones) unless the file declares it."""
@@ -204,7 +237,7 @@ class Embedder:
                 continue
             content = tokens[len(prefix): len(tokens) - len(suffix)]
             if mode is LongInputs.TRUNCATE:
-                yield _Piece(owner, prefix + content[:room] + suffix, len(tokens))
+                yield _Piece(owner, self.truncate(tokens), len(tokens))
                 continue
             step = room - room // CHUNK_OVERLAP_FRACTION
             for start in range(0, len(content) - room + step, step):
@@ -253,6 +286,11 @@ class Embedder:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self.close()
+
+
+def _check_batch_size(batch_size: int) -> None:
+    if not 1 <= batch_size <= MAX_SEQUENCES_PER_DECODE:
+        raise UserError(f"batch_size must lie in 1..{MAX_SEQUENCES_PER_DECODE}, got {batch_size}")
 
 
 def _l2(rows: np.ndarray) -> np.ndarray:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import IO, Any
 
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType, Keys
 
@@ -70,12 +70,16 @@ class CheckedFile:
     value_types: dict[str, GGUFValueType] = field(default_factory=dict)
     item_types: dict[str, GGUFValueType] = field(default_factory=dict)  # for arrays
     tensors: list[TensorInfo] = field(default_factory=list)
+    n_tensors: int = 0
+    tensor_infos_start: int = 0  # byte offsets of the tensor infos (after the keys)
+    tensor_infos_end: int = 0
+    data_start: int = 0  # byte offset of the tensor data section (offsets in TensorInfo are relative to it)
 
 
 class _Reader:
     """Little-endian reads that never go past the end of the file."""
 
-    def __init__(self, handle: BinaryIO, size: int) -> None:
+    def __init__(self, handle: IO[bytes], size: int) -> None:
         self.handle, self.size = handle, size
 
     def left(self) -> int:
@@ -115,6 +119,15 @@ def read_header(path: Path) -> CheckedFile:
         raise GGUFCheckError(f"{path}: {exc}") from None
 
 
+def read_keys(handle: IO[bytes], size: int, path: Path) -> CheckedFile:
+    """Only the keys and values at the start of a GGUF stream of `size` bytes (no tensor infos), bounded
+    like `read_header`: for the first part of a file split in pieces, whose tensor data is elsewhere."""
+    try:
+        return _read_keys(_Reader(handle, size), path)
+    except GGUFCheckError as exc:
+        raise GGUFCheckError(f"{path}: {exc}") from None
+
+
 def check_gguf(path: Path) -> CheckedFile:
     """Read and validate `path`; raise GGUFCheckError with the first problem found."""
     checked = read_header(path)
@@ -127,6 +140,36 @@ def check_gguf(path: Path) -> CheckedFile:
 
 def _read_header(reader: _Reader, path: Path) -> CheckedFile:
     """Keys, values and tensor infos, each bounded by the bytes left; tensor data within the file."""
+    checked = _read_keys(reader, path)
+    n_tensors = checked.n_tensors
+    alignment = checked.metadata.get(Keys.General.ALIGNMENT, DEFAULT_ALIGNMENT)
+    if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
+        raise GGUFCheckError(f"{Keys.General.ALIGNMENT} {alignment!r} is not a power of two")
+    names: set[str] = set()
+    for index in range(n_tensors):
+        tensor = _tensor_info(reader, index)
+        if tensor.name in names:
+            raise GGUFCheckError(f"tensor {tensor.name!r} appears twice")
+        names.add(tensor.name)
+        checked.tensors.append(tensor)
+    checked.tensor_infos_end = reader.handle.tell()
+    data_start = checked.data_start = -(-checked.tensor_infos_end // alignment) * alignment
+    data_size = reader.size - data_start
+    end_of_previous = 0
+    for tensor in sorted(checked.tensors, key=lambda t: t.offset):
+        if tensor.offset % alignment:
+            raise GGUFCheckError(f"tensor {tensor.name}: offset {tensor.offset} is not aligned to {alignment}")
+        if tensor.offset < end_of_previous:
+            raise GGUFCheckError(f"tensor {tensor.name}: overlaps the tensor before it")
+        end_of_previous = tensor.offset + tensor.n_bytes
+        if end_of_previous > data_size:
+            raise GGUFCheckError(f"tensor {tensor.name}: data ends at byte {data_start + end_of_previous}, "
+                                 f"past the end of the file ({reader.size} bytes)")
+    return checked
+
+
+def _read_keys(reader: _Reader, path: Path) -> CheckedFile:
+    """Magic, version, counts, then every key and value, each bounded by the bytes left."""
     magic = reader.take(4, "magic") if reader.left() >= 4 else b""
     if magic != MAGIC:
         raise GGUFCheckError("not a GGUF file (bad magic)")
@@ -144,28 +187,8 @@ def _read_header(reader: _Reader, path: Path) -> CheckedFile:
         value_type = _value_type(reader.scalar("<I", key), key)
         checked.value_types[key] = value_type
         checked.metadata[key] = _value(reader, value_type, key, checked.item_types)
-    alignment = checked.metadata.get(Keys.General.ALIGNMENT, DEFAULT_ALIGNMENT)
-    if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
-        raise GGUFCheckError(f"{Keys.General.ALIGNMENT} {alignment!r} is not a power of two")
-    names: set[str] = set()
-    for index in range(n_tensors):
-        tensor = _tensor_info(reader, index)
-        if tensor.name in names:
-            raise GGUFCheckError(f"tensor {tensor.name!r} appears twice")
-        names.add(tensor.name)
-        checked.tensors.append(tensor)
-    data_start = -(-reader.handle.tell() // alignment) * alignment
-    data_size = reader.size - data_start
-    end_of_previous = 0
-    for tensor in sorted(checked.tensors, key=lambda t: t.offset):
-        if tensor.offset % alignment:
-            raise GGUFCheckError(f"tensor {tensor.name}: offset {tensor.offset} is not aligned to {alignment}")
-        if tensor.offset < end_of_previous:
-            raise GGUFCheckError(f"tensor {tensor.name}: overlaps the tensor before it")
-        end_of_previous = tensor.offset + tensor.n_bytes
-        if end_of_previous > data_size:
-            raise GGUFCheckError(f"tensor {tensor.name}: data ends at byte {data_start + end_of_previous}, "
-                                 f"past the end of the file ({reader.size} bytes)")
+    checked.tensor_infos_start = reader.handle.tell()
+    checked.n_tensors = n_tensors
     return checked
 
 

@@ -70,16 +70,27 @@ NORM_WEIGHT_SPREAD = 0.2
 def build_fixture(name: str, dest: Path) -> Path:
     """Write fixture `name` into `dest` (created atomically; an existing complete fixture is reused)."""
     shape = FIXTURES[name]
-    marker = dest / ".fixture.json"
     stamp = {"name": name, "version": FIXTURE_VERSION}
-    if marker.is_file() and json.loads(marker.read_text()) == stamp:
+    if is_built(dest, stamp):
         return dest
+    tokenizer, specials = train_tokenizer(shape)
+    n_tokens = tokenizer.get_vocab_size(with_added_tokens=True)
+    vocab_size = -(-n_tokens // 64) * 64 + 64  # padded like ModernBERT's 50368, plus spare rows
+    return write_checkpoint(dest, shape, tokenizer, specials, vocab_size, stamp)
+
+
+def is_built(dest: Path, stamp: dict[str, Any]) -> bool:
+    marker = dest / ".fixture.json"
+    return marker.is_file() and json.loads(marker.read_text()) == stamp
+
+
+def write_checkpoint(dest: Path, shape: FixtureShape, tokenizer: Any, specials: dict[str, str], vocab_size: int,
+                     stamp: dict[str, Any]) -> Path:
+    """A checkpoint of `shape` around `tokenizer` in `dest`, built beside it and renamed into place,
+    with `stamp` as its marker (see `is_built`)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=dest.parent))
+    work = Path(tempfile.mkdtemp(prefix=f".{shape.name}-", dir=dest.parent))
     try:
-        tokenizer, specials = train_tokenizer(shape)
-        n_tokens = tokenizer.get_vocab_size(with_added_tokens=True)
-        vocab_size = -(-n_tokens // 64) * 64 + 64  # padded like ModernBERT's 50368, plus spare rows
         (work / "tokenizer.json").write_text(tokenizer.to_str(pretty=True), encoding="utf-8")
         write_tokenizer_files(work, specials)
         write_config(work, shape, vocab_size, specials, tokenizer)
