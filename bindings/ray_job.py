@@ -79,12 +79,19 @@ def plan(resources: dict[str, float], actors: int | None, threads_per_actor: int
 def start_ray(address: str | None, actors: int | None, threads_per_actor: int) -> None:
     """Connect to the cluster at `address`, or start a local one sized for `actors` (default: one per
     CPU after `IO_CPUS`)."""
+    if address is None:
+        # A local cluster stays on loopback and sends nothing out: without the first variable Ray advertises
+        # the machine's network address to its own processes (ray/_private/services.py get_node_ip_address),
+        # without the second it reports usage statistics over the internet. Both are read when ray is imported
+        # and are inherited by the cluster's processes.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
 
     # A local cluster's logical CPUs are scheduling tokens: the machine's, or enough for the actors asked for.
     local_cpus = max(os.cpu_count() or 1, (actors or 1) * threads_per_actor + IO_CPUS)
-    ray.init(address=address, num_cpus=None if address else local_cpus, include_dashboard=False,
-             log_to_driver=False, configure_logging=False)
+    local = {} if address else {"num_cpus": local_cpus, "_node_ip_address": "127.0.0.1"}
+    ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False, **local)
 
 
 def run_ray_job(input_path: Path, model: Path, out: Path, *, text_field: str = "text", id_field: str = "id",

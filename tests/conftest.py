@@ -16,6 +16,9 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Ray (tests/test_ray_job.py) on loopback only, with no usage report: see bindings/ray_job.py start_ray.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 from granite_gguf.convert.source import open_checkpoint  # noqa: E402
 from granite_gguf.convert.types import OutType  # noqa: E402
