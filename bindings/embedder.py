@@ -5,13 +5,18 @@ so every input is cut to `max_tokens` (or refused, or split, per `long_inputs`) 
 llama.cpp, and the context is created with a micro-batch that holds the longest allowed input.
 Short inputs are sorted by length and packed several per decode up to a token budget: llama.cpp
 computes attention over the whole micro-batch, so the budget is small (measured, docs/performance.md).
+The context is sized to the inputs at hand (grown on demand, within `micro_batch_size`'s rule) rather
+than to the maximum context, so a one-sentence call reserves small compute buffers.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
+import re
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -27,9 +32,6 @@ from granite_gguf.errors import UserError
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_TOKENS = 8192  # the Granite R2 sentence-transformers max_seq_length
-# llama.cpp 0.3.36 (llama-cpp-python's) aborts at context creation (GGML_ASSERT in build_pooling) for
-# a MEAN-pooled modern-bert with n_ubatch > 2048; measured, see docs/parity.md.
-MEAN_POOLING_MAX_TOKENS = 2048
 # Tokens per decode when packing short inputs, and sequences per decode (llama.cpp allows 256).
 DEFAULT_BATCH_TOKENS = 1024
 MAX_SEQUENCES_PER_DECODE = 64
@@ -57,6 +59,24 @@ def usable_threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def micro_batch_size(tokens: int) -> int:
+    """The context size (n_ctx = n_batch = n_ubatch) for `tokens`, rounded up to a multiple of its n_seq_max.
+
+    llama.cpp 0.3.36 reserves the worst-case graph with n_tokens rounded up to a multiple of n_seq_max
+    but n_outputs = min(n_ubatch, n_batch) not rounded (src/llama-context.cpp:2528-2531 in graph_reserve,
+    :629 and :670 in sched_reserve). MEAN pooling multiplies the n_outputs rows of the last layer
+    (src/models/modern-bert.cpp:138-139) by an [n_tokens x n_seqs] mean matrix (src/llama-graph.cpp:2521,
+    :3745), so a size that is not a multiple of n_seq_max fails GGML_ASSERT(ggml_can_mul_mat(a, b)) and
+    aborts the process. llama-cpp-python sets n_seq_max = min(n_batch, 256) for embeddings (llama.py:408):
+    hence "above 256 (not 2,048), a multiple of 256" for its own contexts; the Embedder makes its own with
+    n_seq_max = min(size, MAX_SEQUENCES_PER_DECODE), so a multiple of 64 (`_context_params`).
+    """
+    if tokens < 1:
+        raise ValueError(f"tokens must be positive, got {tokens}")
+    step = min(tokens, MAX_SEQUENCES_PER_DECODE)
+    return -(-tokens // step) * step
+
+
 def clean_text(text: str) -> bytes:
     """UTF-8 for llama.cpp: lone surrogates become U+FFFD instead of an exception or a '?'."""
     return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace").encode("utf-8")
@@ -79,17 +99,15 @@ class Embedder:
         if summary.pooling not in ("CLS", "MEAN", "LAST"):
             raise UserError(f"{self.path}: pooling {summary.pooling} gives no sentence vector; not an embedding model")
         context = int(summary.arch_value("context_length", DEFAULT_MAX_TOKENS))
-        limit = MEAN_POOLING_MAX_TOKENS if summary.pooling == "MEAN" else context
         wanted = max_tokens or DEFAULT_MAX_TOKENS
         if wanted < 1:
             raise UserError(f"max_tokens must be positive, got {max_tokens}")
-        self.max_tokens = min(context, wanted, limit)
+        self.max_tokens = min(context, wanted)
         if max_tokens and self.max_tokens < max_tokens:
-            log.warning("max_tokens %d lowered to %d (context %d, %s pooling)", max_tokens, self.max_tokens,
-                        context, summary.pooling)
+            log.warning("max_tokens %d lowered to the model's context %d", max_tokens, self.max_tokens)
         if batch_tokens < 1:
             raise UserError(f"batch_tokens must be positive, got {batch_tokens}")
-        self.batch_tokens = min(batch_tokens, limit)
+        self.batch_tokens = min(batch_tokens, context)
         self.header = header  # what was read and checked, for callers that need tensor-level facts
         self.summary = summary
         self.pooling = summary.pooling
@@ -97,13 +115,17 @@ class Embedder:
         self.matryoshka_dims = summary.matryoshka_dims
         pre = summary.metadata.get("tokenizer.ggml.pre")
         self.tokenizer_family = next((f for f in TokenizerFamily if f.pre == pre), None)
-        micro_batch = max(self.max_tokens, self.batch_tokens)
         threads = n_threads or usable_threads()
-        self._llama = llama_cpp.Llama(
-            model_path=str(self.path), embedding=True, n_ctx=micro_batch, n_batch=micro_batch, n_ubatch=micro_batch,
-            n_seq_max=MAX_SEQUENCES_PER_DECODE, n_threads=threads, n_threads_batch=threads, n_gpu_layers=gpu_layers,
-            flash_attn=flash_attn, verbose=False,
-        )
+        # The smallest context llama-cpp-python's rule allows; `_reserve` grows it to what inputs need.
+        with _llama_load_log() as load_log:
+            self._llama = llama_cpp.Llama(
+                model_path=str(self.path), embedding=True, n_ctx=MAX_SEQUENCES_PER_DECODE,
+                n_batch=MAX_SEQUENCES_PER_DECODE, n_ubatch=MAX_SEQUENCES_PER_DECODE, n_threads=threads,
+                n_threads_batch=threads, n_gpu_layers=gpu_layers, flash_attn=flash_attn, verbose=False,
+            )
+        self.repacked = Repacked.from_log(load_log)
+        self._ctx, self._batch = self._llama._ctx, self._llama._batch
+        self._capacity = MAX_SEQUENCES_PER_DECODE  # tokens one decode of `_ctx` may hold
         vocab = self._llama._model.vocab
         self._prefix = 1 if llama_cpp.llama_vocab_get_add_bos(vocab) else 0
         self._specials = self._llama.tokenize(b"", add_bos=True, special=False)  # e.g. [CLS, SEP]
@@ -196,20 +218,11 @@ class Embedder:
         from tqdm import tqdm
 
         vectors = np.zeros((len(pieces), self.dimension), dtype=np.float32)
-        order = sorted(range(len(pieces)), key=lambda i: -len(pieces[i].tokens))
-        order = [i for i in order if pieces[i].tokens]  # only a file without special tokens gives none
-        ctx, batch = self._llama._ctx, self._llama._batch
-        with tqdm(total=len(order), unit="seq", disable=not show_progress_bar) as progress:
-            start = 0
-            while start < len(order):
-                group = [order[start]]
-                used = len(pieces[order[start]].tokens)
-                for index in order[start + 1:]:
-                    size = len(pieces[index].tokens)
-                    if len(group) == batch_size or used + size > self.batch_tokens:
-                        break
-                    group.append(index)
-                    used += size
+        groups = list(self._groups(pieces, batch_size))
+        self._reserve(max((sum(len(pieces[i].tokens) for i in group) for group in groups), default=0))
+        ctx, batch = self._ctx, self._batch
+        with tqdm(total=sum(map(len, groups)), unit="seq", disable=not show_progress_bar) as progress:
+            for group in groups:
                 batch.reset()
                 for seq_id, index in enumerate(group):
                     batch.add_sequence(pieces[index].tokens, seq_id, True)
@@ -218,11 +231,52 @@ class Embedder:
                 for seq_id, index in enumerate(group):
                     pointer = llama_cpp.llama_get_embeddings_seq(ctx.ctx, seq_id)
                     vectors[index] = np.ctypeslib.as_array(pointer, shape=(self.dimension,))
-                start += len(group)
                 progress.update(len(group))
         return vectors
 
+    def _groups(self, pieces: list[_Piece], batch_size: int) -> Iterator[list[int]]:
+        """Piece indexes per decode: longest first, up to `batch_tokens` tokens and `batch_size` sequences."""
+        order = sorted(range(len(pieces)), key=lambda i: -len(pieces[i].tokens))
+        order = [i for i in order if pieces[i].tokens]  # only a file without special tokens gives none
+        start = 0
+        while start < len(order):
+            group = [order[start]]
+            used = len(pieces[order[start]].tokens)
+            for index in order[start + 1:]:
+                size = len(pieces[index].tokens)
+                if len(group) == batch_size or used + size > self.batch_tokens:
+                    break
+                group.append(index)
+                used += size
+            yield group
+            start += len(group)
+
+    def _reserve(self, tokens: int) -> None:
+        """Make the context hold `tokens` per decode: a new one, sized by `micro_batch_size`, if it is smaller."""
+        from llama_cpp._internals import LlamaBatch, LlamaContext
+
+        if tokens <= self._capacity:
+            return
+        size = micro_batch_size(tokens)
+        if self._ctx is not self._llama._ctx:
+            self._ctx.close()
+            self._batch.close()
+        self._ctx = LlamaContext(model=self._llama._model, params=self._context_params(size), verbose=False)
+        self._batch = LlamaBatch(n_tokens=size, embd=0, n_seq_max=1, verbose=False)
+        self._capacity = size
+
+    def _context_params(self, size: int) -> ctypes.Structure:
+        """The Llama's own context parameters with n_ctx = n_batch = n_ubatch = `size` (see `micro_batch_size`)."""
+        params = self._llama.context_params
+        params = type(params).from_buffer_copy(params)
+        params.n_ctx = params.n_batch = params.n_ubatch = size
+        params.n_seq_max = min(size, MAX_SEQUENCES_PER_DECODE)
+        return params
+
     def close(self) -> None:
+        if self._ctx is not self._llama._ctx:
+            self._ctx.close()
+            self._batch.close()
         self._llama.close()
 
     def __enter__(self) -> Embedder:
@@ -230,6 +284,50 @@ class Embedder:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self.close()
+
+
+@dataclass(frozen=True)
+class Repacked:
+    """What llama.cpp's CPU backend repacked at load time (its CPU_REPACK buffer): the 4-bit blocks it
+    rearranges for its wide-vector GEMM kernels (Q4_0, IQ4_NL, Q4_K, …), the fast path on x86."""
+
+    tensors: int
+    mib: float
+
+    @classmethod
+    def from_log(cls, lines: list[str]) -> Repacked:
+        """Counted from the load log: one debug line per repacked tensor (ggml-cpu/repack.cpp:4917) and
+        the buffer's size line (src/llama-model.cpp:1930)."""
+        sizes = [float(m[1]) for line in lines if (m := _REPACK_BUFFER.search(line))]
+        return cls(sum(1 for line in lines if _REPACK_TENSOR.search(line)), sum(sizes))
+
+    def describe(self) -> str:
+        if not self.tensors:
+            return "repacked: none (no CPU_REPACK buffer: the blocks run on the generic kernels)"
+        return f"repacked: {self.tensors} tensors, {self.mib:.1f} MiB (CPU_REPACK)"
+
+
+_REPACK_TENSOR = re.compile(r"repack: repack tensor ")
+_REPACK_BUFFER = re.compile(r"CPU_REPACK model buffer size =\s*([0-9.]+) MiB")
+
+
+@contextmanager
+def _llama_load_log() -> Iterator[list[str]]:
+    """llama.cpp's log lines while a model loads (kept in a list), then llama-cpp-python's callback again."""
+    import llama_cpp
+    import llama_cpp._logger
+
+    lines: list[str] = []
+
+    @llama_cpp.llama_log_callback
+    def on_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+        lines.append(text.decode(errors="replace"))
+
+    llama_cpp.llama_log_set(on_log, ctypes.c_void_p(0))
+    try:
+        yield lines
+    finally:
+        llama_cpp.llama_log_set(llama_cpp._logger.llama_log_callback, ctypes.c_void_p(0))
 
 
 def _l2(rows: np.ndarray) -> np.ndarray:
