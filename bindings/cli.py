@@ -15,6 +15,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     embed.add_argument("gguf", type=Path)
     embed.add_argument("texts", nargs="+", help="texts to embed; '-' reads one text per line from stdin")
     embed.add_argument("--dim", type=int, help="Matryoshka dimension (one the GGUF declares)")
+    embed.add_argument("--verbose", action="store_true", help="say on stderr what llama.cpp repacked and the context size")
     embed.set_defaults(run=run_embed)
 
     serve = commands.add_parser("serve", help="OpenAI- and ollama-compatible embeddings server")
@@ -40,6 +41,8 @@ def run_embed(args: argparse.Namespace) -> int:
     with Embedder(args.gguf, n_threads=args.threads, max_tokens=args.max_tokens,
                   unsafe_skip_check=args.unsafe_skip_check) as embedder:
         vectors = embedder.encode(texts, truncate_dim=args.dim, long_inputs=args.long_inputs)
+        if args.verbose:
+            print(f"{args.gguf.name}: {embedder.describe()}", file=sys.stderr)
     for vector in vectors:
         print(json.dumps([round(float(x), 7) for x in vector]))
     return 0

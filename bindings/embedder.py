@@ -15,12 +15,15 @@ import ctypes
 import logging
 import os
 import re
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import numpy as np
 
@@ -59,6 +62,24 @@ def usable_threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+@dataclass(frozen=True)
+class Layout:
+    """How the Embedder spreads a call over CPUs: `workers` llama.cpp contexts on one loaded model, each
+    decoding its own micro-batches in a thread (llama.cpp releases the GIL) with `threads` threads."""
+
+    workers: int
+    threads: int
+
+
+def default_layout(cpus: int | None = None) -> Layout:
+    """The worker layout used when none is given (the Embedder, the server, the corpus job): one
+    single-threaded context per usable CPU. Measured on 2 CPUs (docs/performance.md): 2 x 1 beats
+    1 x 2 by about 15 % on the 97m q4_0 file, as llama.cpp's per-op thread barriers cost more than
+    the work one small micro-batch gives a second thread. Not measured beyond 2 CPUs."""
+    cpus = cpus or usable_threads()
+    return Layout(workers=max(1, cpus), threads=1)
+
+
 def micro_batch_size(tokens: int) -> int:
     """The context size (n_ctx = n_batch = n_ubatch) for `tokens`, rounded up to a multiple of its n_seq_max.
 
@@ -69,7 +90,7 @@ def micro_batch_size(tokens: int) -> int:
     :3745), so a size that is not a multiple of n_seq_max fails GGML_ASSERT(ggml_can_mul_mat(a, b)) and
     aborts the process. llama-cpp-python sets n_seq_max = min(n_batch, 256) for embeddings (llama.py:408):
     hence "above 256 (not 2,048), a multiple of 256" for its own contexts; the Embedder makes its own with
-    n_seq_max = min(size, MAX_SEQUENCES_PER_DECODE), so a multiple of 64 (`_context_params`).
+    n_seq_max = min(size, MAX_SEQUENCES_PER_DECODE), so a multiple of 64 (`context_params`).
     """
     if tokens < 1:
         raise ValueError(f"tokens must be positive, got {tokens}")
@@ -87,7 +108,8 @@ class Embedder:
 
     def __init__(self, path: str | os.PathLike[str], *, n_threads: int | None = None, gpu_layers: int = 0,
                  max_tokens: int | None = None, batch_tokens: int = DEFAULT_BATCH_TOKENS,
-                 flash_attn: bool = True, unsafe_skip_check: bool = False) -> None:
+                 flash_attn: bool = True, unsafe_skip_check: bool = False, workers: int | None = None) -> None:
+        """`n_threads` CPUs in all, split between `workers` contexts (default: `default_layout`)."""
         import llama_cpp
 
         self.path = Path(path)
@@ -115,8 +137,12 @@ class Embedder:
         self.matryoshka_dims = summary.matryoshka_dims
         pre = summary.metadata.get("tokenizer.ggml.pre")
         self.tokenizer_family = next((f for f in TokenizerFamily if f.pre == pre), None)
-        threads = n_threads or usable_threads()
-        # The smallest context llama-cpp-python's rule allows; `_reserve` grows it to what inputs need.
+        cpus = n_threads or usable_threads()
+        if workers is not None and workers < 1:
+            raise UserError(f"workers must be positive, got {workers}")
+        self.layout = Layout(workers, max(1, cpus // workers)) if workers else default_layout(cpus)
+        threads = self.layout.threads
+        # The smallest context llama-cpp-python's rule allows; `_Context.reserve` grows it to what inputs need.
         with _llama_load_log() as load_log:
             self._llama = llama_cpp.Llama(
                 model_path=str(self.path), embedding=True, n_ctx=MAX_SEQUENCES_PER_DECODE,
@@ -124,8 +150,8 @@ class Embedder:
                 n_threads_batch=threads, n_gpu_layers=gpu_layers, flash_attn=flash_attn, verbose=False,
             )
         self.repacked = Repacked.from_log(load_log)
-        self._ctx, self._batch = self._llama._ctx, self._llama._batch
-        self._capacity = MAX_SEQUENCES_PER_DECODE  # tokens one decode of `_ctx` may hold
+        self._contexts = [_Context(self._llama, self._llama._ctx, self._llama._batch, MAX_SEQUENCES_PER_DECODE)]
+        self._contexts += [_Context(self._llama) for _ in range(self.layout.workers - 1)]
         vocab = self._llama._model.vocab
         self._prefix = 1 if llama_cpp.llama_vocab_get_add_bos(vocab) else 0
         self._specials = self._llama.tokenize(b"", add_bos=True, special=False)  # e.g. [CLS, SEP]
@@ -219,19 +245,37 @@ class Embedder:
 
         vectors = np.zeros((len(pieces), self.dimension), dtype=np.float32)
         groups = list(self._groups(pieces, batch_size))
-        self._reserve(max((sum(len(pieces[i].tokens) for i in group) for group in groups), default=0))
-        ctx, batch = self._ctx, self._batch
-        with tqdm(total=sum(map(len, groups)), unit="seq", disable=not show_progress_bar) as progress:
-            for group in groups:
-                batch.reset()
+        needed = max((sum(len(pieces[i].tokens) for i in group) for group in groups), default=0)
+        contexts = self._contexts[:max(1, min(len(groups), len(self._contexts)))]
+        for context in contexts:
+            context.reserve(needed)
+        pending = iter(groups)
+        lock = threading.Lock()
+
+        def work(context: _Context) -> None:
+            """Decode groups until none is left (each worker takes the next one when done)."""
+            while True:
+                with lock:
+                    group = next(pending, None)
+                if group is None:
+                    return
+                context.batch.reset()
                 for seq_id, index in enumerate(group):
-                    batch.add_sequence(pieces[index].tokens, seq_id, True)
-                ctx.kv_cache_clear()  # a no-op for encoders (no memory); kept for files that have one
-                ctx.decode(batch)
+                    context.batch.add_sequence(pieces[index].tokens, seq_id, True)
+                context.ctx.kv_cache_clear()  # a no-op for encoders (no memory); kept for files that have one
+                context.ctx.decode(context.batch)
                 for seq_id, index in enumerate(group):
-                    pointer = llama_cpp.llama_get_embeddings_seq(ctx.ctx, seq_id)
+                    pointer = llama_cpp.llama_get_embeddings_seq(context.ctx.ctx, seq_id)
                     vectors[index] = np.ctypeslib.as_array(pointer, shape=(self.dimension,))
-                progress.update(len(group))
+                with lock:
+                    progress.update(len(group))
+
+        with tqdm(total=sum(map(len, groups)), unit="seq", disable=not show_progress_bar) as progress:
+            if len(contexts) == 1:
+                work(contexts[0])
+            else:
+                with ThreadPoolExecutor(len(contexts)) as pool:
+                    list(pool.map(work, contexts))  # list() re-raises a worker's exception
         return vectors
 
     def _groups(self, pieces: list[_Piece], batch_size: int) -> Iterator[list[int]]:
@@ -251,32 +295,15 @@ class Embedder:
             yield group
             start += len(group)
 
-    def _reserve(self, tokens: int) -> None:
-        """Make the context hold `tokens` per decode: a new one, sized by `micro_batch_size`, if it is smaller."""
-        from llama_cpp._internals import LlamaBatch, LlamaContext
-
-        if tokens <= self._capacity:
-            return
-        size = micro_batch_size(tokens)
-        if self._ctx is not self._llama._ctx:
-            self._ctx.close()
-            self._batch.close()
-        self._ctx = LlamaContext(model=self._llama._model, params=self._context_params(size), verbose=False)
-        self._batch = LlamaBatch(n_tokens=size, embd=0, n_seq_max=1, verbose=False)
-        self._capacity = size
-
-    def _context_params(self, size: int) -> ctypes.Structure:
-        """The Llama's own context parameters with n_ctx = n_batch = n_ubatch = `size` (see `micro_batch_size`)."""
-        params = self._llama.context_params
-        params = type(params).from_buffer_copy(params)
-        params.n_ctx = params.n_batch = params.n_ubatch = size
-        params.n_seq_max = min(size, MAX_SEQUENCES_PER_DECODE)
-        return params
+    def describe(self) -> str:
+        """One line for verbose output: repacking, the context's size now, threads."""
+        capacity = max(context.capacity for context in self._contexts)
+        return (f"{self.repacked.describe()}; {self.layout.workers} worker(s) x {self.layout.threads} thread(s); "
+                f"context {capacity} tokens")
 
     def close(self) -> None:
-        if self._ctx is not self._llama._ctx:
-            self._ctx.close()
-            self._batch.close()
+        for context in self._contexts:
+            context.close()
         self._llama.close()
 
     def __enter__(self) -> Embedder:
@@ -284,6 +311,38 @@ class Embedder:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self.close()
+
+
+class _Context:
+    """One llama.cpp context on the Embedder's model and its batch, grown to what a decode needs."""
+
+    def __init__(self, llama: Any, ctx: Any = None, batch: Any = None, capacity: int = 0) -> None:
+        self.llama, self.ctx, self.batch, self.capacity = llama, ctx, batch, capacity
+
+    def reserve(self, tokens: int) -> None:
+        """Hold `tokens` per decode: a new context, sized by `micro_batch_size`, if this one is smaller."""
+        from llama_cpp._internals import LlamaBatch, LlamaContext
+
+        if tokens <= self.capacity:
+            return
+        size = micro_batch_size(tokens)
+        self.close()
+        self.ctx = LlamaContext(model=self.llama._model, params=context_params(self.llama, size), verbose=False)
+        self.batch = LlamaBatch(n_tokens=size, embd=0, n_seq_max=1, verbose=False)
+        self.capacity = size
+
+    def close(self) -> None:
+        if self.ctx is not None and self.ctx is not self.llama._ctx:  # the Llama closes its own
+            self.ctx.close()
+            self.batch.close()
+
+
+def context_params(llama: Any, size: int) -> ctypes.Structure:
+    """The Llama's own context parameters with n_ctx = n_batch = n_ubatch = `size` (see `micro_batch_size`)."""
+    params = type(llama.context_params).from_buffer_copy(llama.context_params)
+    params.n_ctx = params.n_batch = params.n_ubatch = size
+    params.n_seq_max = min(size, MAX_SEQUENCES_PER_DECODE)
+    return params
 
 
 @dataclass(frozen=True)

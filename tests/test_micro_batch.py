@@ -16,8 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from gguf import GGMLQuantizationType
 
-from granite_gguf.bindings.embedder import micro_batch_size
+from granite_gguf.bindings.embedder import Embedder, micro_batch_size
+from granite_gguf.convert.quantize import convert_set
 from granite_gguf.convert.source import open_checkpoint
 from granite_gguf.convert.types import OutType
 from granite_gguf.convert.writer import convert
@@ -38,9 +40,9 @@ print("ok")
 EMBEDDER_CONTEXT = """
 import sys
 from llama_cpp._internals import LlamaContext
-from granite_gguf.bindings.embedder import Embedder
+from granite_gguf.bindings.embedder import Embedder, context_params
 embedder = Embedder(sys.argv[1])
-LlamaContext(model=embedder._llama._model, params=embedder._context_params(int(sys.argv[2])), verbose=False)
+LlamaContext(model=embedder._llama._model, params=context_params(embedder._llama, int(sys.argv[2])), verbose=False)
 print("ok")
 """
 
@@ -100,12 +102,43 @@ def test_mean_pooled_inputs_past_2048_tokens_match_pytorch(mean_pooled: tuple[Pa
     assert all(2048 < n < 8192 for n in lengths) and micro_batch_size(max(lengths)) % 64 == 0
     code = ("import sys, json, numpy as np\nfrom granite_gguf.bindings.embedder import Embedder\n"
             "e = Embedder(sys.argv[1]); v = e.encode(json.loads(sys.stdin.read()))\n"
-            "print(e._capacity); np.save(sys.stdout.buffer, v)")
+            "print(e._contexts[0].capacity); np.save(sys.stdout.buffer, v)")
     result = subprocess.run([sys.executable, "-c", code, str(gguf)], input=json.dumps(texts).encode(),
                             capture_output=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:].decode(errors="replace")
     capacity_line, _, payload = result.stdout.partition(b"\n")
     assert int(capacity_line) == micro_batch_size(max(lengths))
     vectors = np.load(io.BytesIO(payload))
-    cosines = np.sum(vectors * reference.vectors, axis=1) / np.linalg.norm(reference.vectors, axis=1)
+    cosines = _cosines(vectors, reference.vectors)
     assert cosines.min() > OutType.F32.min_cosine, cosines
+
+
+@pytest.mark.slow
+def test_repacked_q4_0_blocks_are_reported(workspace: Workspace, tmp_path: Path) -> None:
+    """The 4-bit blocks llama.cpp's CPU backend repacks show in Embedder.repacked; F32 has no CPU_REPACK buffer."""
+    [quantized] = convert_set(open_checkpoint(str(workspace.checkpoint("tiny-o200k"))), tmp_path, [OutType.Q4_0],
+                              model_name="tiny-o200k")
+    with Embedder(quantized.path) as embedder:
+        q4_0 = sum(t.ggml_type == GGMLQuantizationType.Q4_0 for t in embedder.header.tensors)
+        assert q4_0 > 0 and embedder.repacked.tensors == q4_0 and embedder.repacked.mib > 0
+        assert embedder.repacked.describe() == f"repacked: {q4_0} tensors, {embedder.repacked.mib:.1f} MiB (CPU_REPACK)"
+    with Embedder(workspace.gguf("tiny-o200k")) as embedder:
+        assert embedder.repacked.tensors == 0 and embedder.repacked.describe().startswith("repacked: none")
+
+
+@pytest.mark.slow
+def test_worker_layouts_give_the_same_vectors(workspace: Workspace) -> None:
+    """Two single-threaded contexts on one model (threads) embed as one two-threaded context does."""
+    reference = workspace.reference("tiny-o200k")
+    gguf = workspace.gguf("tiny-o200k")
+    with Embedder(gguf, n_threads=2, workers=1, batch_tokens=256) as one, \
+            Embedder(gguf, n_threads=2, workers=2, batch_tokens=256) as two:
+        assert (one.layout.workers, one.layout.threads, two.layout.workers, two.layout.threads) == (1, 2, 2, 1)
+        single, split = one.encode(reference.texts), two.encode(reference.texts)
+        assert all(context.capacity > 0 for context in two._contexts)  # both workers decoded
+    np.testing.assert_allclose(split, single, atol=2e-6)
+    assert _cosines(split, reference.vectors).min() > OutType.F32.min_cosine
+
+
+def _cosines(ours: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    return np.sum(ours * reference, axis=1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(reference, axis=1)
