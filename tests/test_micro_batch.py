@@ -23,7 +23,7 @@ from granite_gguf.convert.quantize import convert_set
 from granite_gguf.convert.source import open_checkpoint
 from granite_gguf.convert.types import OutType
 from granite_gguf.convert.writer import convert
-from granite_gguf.probes import long_text
+from granite_gguf.probes import long_text, probe_texts
 from granite_gguf.verify import run_reference
 from tests.conftest import Workspace
 from tests.mutations import mutated_copy
@@ -37,6 +37,7 @@ assert len(llama.embed("hello world")) == llama.n_embd()
 print("ok")
 """
 # The Embedder's own context of `size` tokens (n_seq_max = min(size, 64)), bypassing the rounding.
+SAMPLE = 96  # probe texts for the layout comparison (several micro-batches of 256 tokens)
 EMBEDDER_CONTEXT = """
 import sys
 from llama_cpp._internals import LlamaContext
@@ -129,7 +130,7 @@ def test_repacked_q4_0_blocks_are_reported(workspace: Workspace, tmp_path: Path)
 @pytest.mark.slow
 def test_worker_layouts_give_the_same_vectors(workspace: Workspace) -> None:
     """Two single-threaded contexts on one model (threads) embed as one two-threaded context does."""
-    reference = workspace.reference("tiny-o200k")
+    reference = run_reference(str(workspace.checkpoint("tiny-o200k")), probe_texts()[:SAMPLE])
     gguf = workspace.gguf("tiny-o200k")
     with Embedder(gguf, n_threads=2, workers=1, batch_tokens=256) as one, \
             Embedder(gguf, n_threads=2, workers=2, batch_tokens=256) as two:
