@@ -16,8 +16,8 @@ import logging
 import os
 import re
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
@@ -337,7 +337,7 @@ class _Context:
             self.batch.close()
 
 
-def context_params(llama: Any, size: int) -> ctypes.Structure:
+def context_params(llama: Any, size: int) -> Any:  # llama_cpp.llama_context_params
     """The Llama's own context parameters with n_ctx = n_batch = n_ubatch = `size` (see `micro_batch_size`)."""
     params = type(llama.context_params).from_buffer_copy(llama.context_params)
     params.n_ctx = params.n_batch = params.n_ubatch = size
