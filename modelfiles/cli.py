@@ -35,15 +35,12 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 def run_modelfile(args: argparse.Namespace) -> int:
     from granite_gguf.files import write_atomic
-    from granite_gguf.modelfiles.modelfile import check_modelfile, generate_modelfile
+    from granite_gguf.modelfiles.modelfile import check_modelfile, generate_modelfile, read_modelfile
 
     if (args.gguf is None) == (args.check is None):
         raise UserError("give either a GGUF to write a Modelfile for, or --check FILE")
     if args.check:
-        try:
-            problems = check_modelfile(args.check.read_text(encoding="utf-8", errors="replace"))
-        except OSError as exc:
-            raise UserError(f"{args.check}: cannot read ({exc.strerror})") from None
+        problems = check_modelfile(read_modelfile(args.check))
         for problem in problems:
             print(f"{args.check}:{problem.line}: {problem.message}")
         if not problems:

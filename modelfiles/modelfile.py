@@ -3,11 +3,13 @@
 The grammar follows shared/DESIGN.md §7 and ollama's parser (parser/parser.go): instruction names are
 case-insensitive, PARAMETER names are case-sensitive, `#` starts a comment only at the beginning of a line,
 a value runs to the end of its line unless it is inside "…" or \"\"\"…\"\"\", and single quotes are ordinary
-characters. ollama stops at the first problem; the checker reports them all so a file is fixed in one pass.
+characters. Files are read as ollama reads them: UTF-8, or UTF-16 LE/BE when a byte-order mark says so.
+ollama stops at the first problem; the checker reports them all so a file is fixed in one pass.
 """
 
 from __future__ import annotations
 
+import codecs
 import os
 import re
 from dataclasses import dataclass, field
@@ -32,6 +34,12 @@ PARAMETERS: dict[str, type] = {
     "presence_penalty": float, "frequency_penalty": float, "stop": list,
 }
 
+# parser/parser.go deprecatedParameters: accepted, then dropped with "warning: parameter NAME is deprecated".
+DEPRECATED_PARAMETERS = ("penalize_newline", "low_vram", "f16_kv", "logits_all", "vocab_only", "use_mlock",
+                         "mirostat", "mirostat_tau", "mirostat_eta")
+# parser.ParseFile's decoder, unicode.BOMOverride(UTF8): a BOM picks the encoding and is dropped.
+_BOMS = ((codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be"))
+
 _INT = re.compile(r"[+-]?[0-9]+")  # Go strconv.ParseInt(s, 10, 64): no spaces, no underscores
 _FLOAT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")  # decimal ParseFloat(s, 32)
 _BOOLS = {"1": True, "t": True, "T": True, "TRUE": True, "true": True, "True": True,
@@ -53,6 +61,7 @@ class Instruction:
     value: str  # unquoted
     name: str = ""
     line: int = 0
+    quoted: bool = False  # written inside "…" or """…"""
 
     def render(self) -> str:
         # LICENSE is always triple-quoted so license texts with newlines and quotes stay one value.
@@ -72,7 +81,7 @@ class Modelfile:
         """The PARAMETERs as ollama stores them in the params layer: typed, `stop` collected, else the last wins."""
         params: dict[str, Any] = {}
         for ins in self.instructions:
-            if ins.keyword == "PARAMETER":
+            if ins.keyword == "PARAMETER" and ins.name not in DEPRECATED_PARAMETERS:
                 value = parameter_value(ins.name, ins.value)
                 params[ins.name] = [*params.get(ins.name, []), value] if PARAMETERS[ins.name] is list else value
         return dict(sorted(params.items()))
@@ -84,6 +93,8 @@ class Modelfile:
 
 def parameter_value(name: str, value: str) -> int | float | bool | str:
     """`value` converted the way ollama converts PARAMETER `name`; ValueError says why ollama would refuse it."""
+    if name in DEPRECATED_PARAMETERS:
+        raise ValueError(f"parameter {name} is deprecated: ollama ignores it")
     kind = PARAMETERS.get(name)
     if kind is None:
         hint = f" (parameter names are lower-case: {name.lower()})" if name.lower() in PARAMETERS else ""
@@ -129,8 +140,28 @@ def parse_modelfile(text: str) -> tuple[Modelfile, list[Problem]]:
         if value is None:
             problems.append(Problem(start, "unterminated quote: the value runs to the end of the file"))
             break
-        instructions.append(Instruction(keyword, value, name, start))
+        instructions.append(Instruction(keyword, value, name, start, quoted=rest.strip().startswith('"')))
     return Modelfile(instructions), problems
+
+
+# parser.go CreateRequest and server/create.go: every FROM naming a file adds its layers to the one model.
+_TWO_FROMS = ("ollama keeps both: each FROM file becomes a layer of one model (only a FROM naming a model "
+              "replaces the earlier one); granite-gguf installs one GGUF")
+
+
+def read_modelfile(path: Path) -> str:
+    """The text of a Modelfile, decoded as ollama decodes it; an unreadable file is a UserError."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read ({exc.strerror})") from None
+    return decode_modelfile(data)
+
+
+def decode_modelfile(data: bytes) -> str:
+    """UTF-8, or what a leading byte-order mark names (PowerShell 5 writes UTF-16 LE with one); bad bytes as U+FFFD."""
+    bom, encoding = next(((bom, encoding) for bom, encoding in _BOMS if data.startswith(bom)), (b"", "utf-8"))
+    return data[len(bom):].decode(encoding, errors="replace")
 
 
 def check_modelfile(text: str) -> list[Problem]:
@@ -140,11 +171,7 @@ def check_modelfile(text: str) -> list[Problem]:
 
 def load_modelfile(path: Path) -> Modelfile:
     """Read and check a Modelfile; any problem is a UserError naming the first one."""
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError as exc:
-        raise UserError(f"{path}: cannot read ({exc.strerror})") from None
-    modelfile, problems = _checked(text)
+    modelfile, problems = _checked(read_modelfile(path))
     if problems:
         more = f" (and {len(problems) - 1} more; see granite-gguf modelfile --check)" if len(problems) > 1 else ""
         raise UserError(f"{path}:{problems[0].line}: {problems[0].message}{more}")
@@ -159,7 +186,8 @@ def _checked(text: str) -> tuple[Modelfile, list[Problem]]:
         key = (ins.keyword, ins.name)
         if message is None and _single_valued(ins):
             if key in first_line:
-                message = f"{_label(ins)} repeats line {first_line[key]}; ollama keeps only the last one"
+                message = f"{_label(ins)} repeats line {first_line[key]}; " + (
+                    _TWO_FROMS if ins.keyword == "FROM" else "ollama keeps only the last one")
             first_line.setdefault(key, ins.line)
         if message:
             problems.append(Problem(ins.line, message))
@@ -175,7 +203,7 @@ def _instruction_problem(ins: Instruction) -> str | None:
         return f"unknown instruction {ins.keyword!r}; expected one of {', '.join(INSTRUCTIONS)}"
     if not ins.value:
         return f"{_label(ins)} has no value"
-    if len(ins.value) > 1 and ins.value[0] == ins.value[-1] == "'":
+    if not ins.quoted and len(ins.value) > 1 and ins.value[0] == ins.value[-1] == "'":
         return f"single quotes are not quotes in a Modelfile: the value is {ins.value} with its quotes"
     if ins.keyword == "MESSAGE" and ins.name not in MESSAGE_ROLES:
         return f"MESSAGE role {ins.name!r} must be one of {', '.join(MESSAGE_ROLES)}"

@@ -1,10 +1,13 @@
 """`granite-gguf push` and `pull`: an ollama store entry to and from a Docker distribution registry (shared/DESIGN.md §7).
 
 Push is the standard upload flow: `HEAD` each blob, upload the missing ones (`POST …/blobs/uploads/`, then one
-monolithic `PUT <Location>?digest=…`), then `PUT` the store's manifest bytes unchanged. Pull is what ollama does:
-the manifest with the Docker v2 Accept header, each blob in HTTP Range chunks into `blobs/sha256-<hex>-partial`
-(resumed if present), its sha256 and size checked, renamed into place, and the manifest written last, atomically.
-A failed pull writes no manifest and no blob under its final name; a partial download stays for the next pull.
+monolithic `PUT <Location>?digest=…`), then `PUT` the store's manifest bytes unchanged. Pull follows ollama's pull
+client (server/download.go, images.go): the manifest with the Docker v2 Accept header; for each blob a GET that
+follows redirects only to the same host name and must end in 307 or 200 with a `Location`; parallel Range parts from
+that location into `blobs/sha256-<hex>-partial` with ollama's part records (resumed if present); sha256 and size
+checked, renamed into place, and the manifest written last, atomically. So a pull that works here works for
+`ollama pull`, and one that fails here names the reason ollama fails. A failed pull writes no manifest and no blob
+under its final name; a partial download stays for the next pull.
 """
 
 from __future__ import annotations
@@ -13,6 +16,9 @@ import argparse
 import hashlib
 import json
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlsplit, urlunsplit
@@ -24,18 +30,21 @@ if TYPE_CHECKING:
 
 # requests and the store (which imports gguf) load on first use: the CLI imports this module at start.
 
-CHUNK = 64 << 20  # bytes per Range request
+# ollama's part sizes (server/download.go: numDownloadParts, minDownloadPartSize, maxDownloadPartSize; MB = 10**6).
+PARTS, MIN_PART, MAX_PART = 16, 100 * 10**6, 1000 * 10**6
 _PIECE = 1 << 20  # bytes per read from a response
+_SAVE_EVERY = 64 << 20  # bytes between saves of a part's progress record
+_REDIRECTS = (301, 302, 303, 307, 308)  # the statuses Go's http.Client follows
 _TIMEOUT = (10, 300)  # connect, read (seconds)
 
 
 def add_registry_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     push_command = commands.add_parser("push", help="upload a model from the ollama store to a registry")
     push_command.add_argument("name", help="the model in the store: [host/][namespace/]model[:tag]")
-    push_command.add_argument("target", help="host:port/namespace/model:tag")
+    push_command.add_argument("target", help="[http[s]://]host:port/namespace/model:tag")
     push_command.set_defaults(run=run_push)
     pull_command = commands.add_parser("pull", help="download a model from a registry into the ollama store")
-    pull_command.add_argument("target", help="host:port/namespace/model:tag")
+    pull_command.add_argument("target", help="[http[s]://]host:port/namespace/model:tag")
     pull_command.add_argument("--name", help="store it under this name (default: TARGET, as ollama does)")
     pull_command.set_defaults(run=run_pull)
     for command in (push_command, pull_command):
@@ -135,7 +144,9 @@ def _manifest_entries(manifest: bytes, target: str) -> list[dict[str, Any]]:
 
 
 def _download(registry: _Registry, entry: dict[str, Any], blobs: Path) -> None:
-    """Fetch one blob by Range requests into `<blob>-partial`, resuming it; verify; rename into place."""
+    """One blob as ollama's pull fetches it (server/download.go): its URL from the registry's redirect, then
+    parallel Range parts into `<blob>-partial`, each part's progress in `<blob>-partial-N` (ollama's own JSON, so
+    either tool resumes the other's download); sha256 and size checked, renamed into place."""
     from granite_gguf.modelfiles.store import blob_file_name, sha256_of_file
 
     digest, size = entry["digest"], entry["size"]
@@ -145,44 +156,96 @@ def _download(registry: _Registry, entry: dict[str, Any], blobs: Path) -> None:
     blobs.mkdir(parents=True, exist_ok=True)
     partial = final.with_name(final.name + "-partial")
     for attempt in range(2):
-        resumed = _fetch(registry, digest, size, partial)
+        parts = _parts(partial, size)
+        resumed = any(part.completed for part in parts)
+        url = registry.blob_url(digest)
+        stop = threading.Event()  # set on the first failure or interrupt: the other parts save and end
+        with partial.open("r+b" if partial.exists() else "w+b") as out:
+            out.truncate(size)
+            with ThreadPoolExecutor(min(PARTS, max(len(parts), 1))) as pool:
+                try:
+                    for done in [pool.submit(_fetch_part, registry, url, out.fileno(), part, partial, stop)
+                                 for part in parts]:
+                        done.result()
+                except BaseException:
+                    stop.set()
+                    raise
+            os.fsync(out.fileno())
+        for part in parts:
+            part.file(partial).unlink()
         actual = sha256_of_file(partial)
-        got = partial.stat().st_size
-        if got == size and actual == digest:
+        if actual == digest:
             os.replace(partial, final)
             return
         partial.unlink()
         if not resumed or attempt:
             raise UserError(f"blob {digest} from {registry.host}: content does not match its digest "
-                            f"({got} bytes, {actual}; expected {size} bytes)")
+                            f"({actual}; expected {size} bytes)")
 
 
-def _fetch(registry: _Registry, digest: str, size: int, partial: Path) -> bool:
-    """Complete `partial` to `size` bytes; True when it resumed an earlier download."""
-    start = partial.stat().st_size if partial.is_file() else 0
-    if start > size:
-        partial.unlink()
-        start = 0
-    resumed = start > 0
-    with partial.open("r+b" if start else "wb") as out:
-        out.seek(start)
-        while start < size:
-            end = min(start + CHUNK, size) - 1
-            response = registry.request("GET", f"blobs/{digest}", ok=(200, 206), stream=True,
-                                        headers={"Range": f"bytes={start}-{end}"}, missing=f"blob {digest} not found")
+@dataclass
+class _Part:
+    """ollama's blobDownloadPart as it writes it to `<blob>-partial-N`: bytes [offset, offset + size), `completed` done."""
+
+    n: int
+    offset: int
+    size: int
+    completed: int = 0
+
+    def file(self, partial: Path) -> Path:
+        return partial.with_name(f"{partial.name}-{self.n}")
+
+    def save(self, partial: Path) -> None:
+        record = {"N": self.n, "Offset": self.offset, "Size": self.size, "Completed": self.completed}
+        self.file(partial).write_text(json.dumps(record, separators=(",", ":")) + "\n")
+
+
+def _parts(partial: Path, size: int) -> list[_Part]:
+    """The parts an earlier pull (ours or ollama's) left, if they tile the blob; else new ones, as ollama sizes them."""
+    try:
+        records = [json.loads(path.read_text()) for path in partial.parent.glob(f"{partial.name}-*")]
+        parts = sorted((_Part(r["N"], r["Offset"], r["Size"], r["Completed"]) for r in records), key=lambda p: p.n)
+    except (OSError, ValueError, KeyError, TypeError):
+        parts = []
+    ends = [0] + [part.offset + part.size for part in parts]
+    if partial.is_file() and parts and ends[-1] == size and all(
+            part.n == n and part.offset == ends[n] and 0 <= part.completed <= part.size for n, part in enumerate(parts)):
+        return parts
+    for stale in partial.parent.glob(f"{partial.name}*"):
+        stale.unlink()
+    step = min(max(size // PARTS, MIN_PART), MAX_PART)
+    parts = [_Part(n, offset, min(step, size - offset)) for n, offset in enumerate(range(0, size, step))]
+    for part in parts:
+        part.save(partial)
+    return parts
+
+
+def _fetch_part(registry: _Registry, url: str, fd: int, part: _Part, partial: Path, stop: threading.Event) -> None:
+    """The rest of one part by a Range request, written at its offset, until done or `stop`; its record saved as it
+    goes and at the end."""
+    import requests
+
+    if part.completed == part.size:
+        return
+    start, end = part.offset + part.completed, part.offset + part.size
+    try:
+        with requests.Session() as session:
+            response = registry.request("GET", url, ok=(206,), session=session, stream=True,
+                                        headers={"Range": f"bytes={start}-{end - 1}"})
             with response:
-                if response.status_code == 200:  # the whole blob: the server ignored the Range
-                    out.seek(0)
-                    out.truncate()
-                    start, end, resumed = 0, size - 1, False
                 for piece in response.iter_content(_PIECE):
-                    out.write(piece)
+                    piece = piece[: end - start]
+                    os.pwrite(fd, piece, start)
                     start += len(piece)
-            if start <= end:
-                raise UserError(f"blob {digest} from {registry.host}: the download ended early at byte {start}")
-        out.flush()
-        os.fsync(out.fileno())
-    return resumed
+                    part.completed = start - part.offset
+                    if part.completed % _SAVE_EVERY < len(piece):
+                        part.save(partial)
+                    if start == end or stop.is_set():
+                        break
+    finally:
+        part.save(partial)
+    if start < end:
+        raise UserError(f"blob part {part.n} from {urlsplit(url).netloc}: the download ended early at byte {start}")
 
 
 def _unique(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -204,33 +267,65 @@ class _Registry:
         from granite_gguf.modelfiles.store import DEFAULT_HOST, ModelName
 
         self.name = ModelName.parse(target)
-        if not target.startswith(self.name.host + "/") or self.name.host == DEFAULT_HOST:
-            raise UserError(f"registry target {target!r} must be host[:port]/namespace/model[:tag]")
+        if not target.removeprefix(f"{self.name.scheme}://").startswith(self.name.host + "/") \
+                or self.name.host == DEFAULT_HOST:
+            raise UserError(f"registry target {target!r} must be [scheme://]host[:port]/namespace/model[:tag]")
+        if self.name.scheme not in ("http", "https"):
+            raise UserError(f"registry target {target!r}: unsupported protocol scheme {self.name.scheme!r}")
+        if self.name.scheme == "http" and not insecure:  # ollama's errInsecureProtocol
+            raise UserError(f"insecure protocol http: {target} needs --insecure")
         self.host = self.name.host
         self.base = f"{'http' if insecure else 'https'}://{self.host}/v2/{self.name.namespace}/{self.name.model}/"
         self.insecure = insecure
         self.session = requests.Session()
 
     def request(self, method: str, path: str, ok: tuple[int, ...], missing: str | None = None,
-                **kwargs: Any) -> requests.Response:
+                session: requests.Session | None = None, **kwargs: Any) -> requests.Response:
+        """`path` relative to the repository's URL, or absolute; answered with a status in `ok`, or a UserError."""
         import requests
 
         url = urljoin(self.base, path)
+        host = urlsplit(url).netloc
         try:
-            response = self.session.request(method, url, timeout=_TIMEOUT, **kwargs)
+            response = (session or self.session).request(method, url, timeout=_TIMEOUT, **kwargs)
         except requests.exceptions.SSLError:
-            raise UserError(f"registry {self.host}: TLS failed (a plain-http registry needs --insecure)") from None
+            raise UserError(f"registry {host}: TLS failed (a plain-http registry needs --insecure)") from None
         except requests.exceptions.ConnectionError as exc:
             reason = "connection refused" if "refused" in str(exc).lower() else type(exc).__name__
-            raise UserError(f"registry {self.host}: cannot connect ({reason})") from None
+            raise UserError(f"registry {host}: cannot connect ({reason})") from None
         except requests.exceptions.RequestException as exc:
-            raise UserError(f"registry {self.host}: {method} {urlsplit(url).path}: {type(exc).__name__}") from None
+            raise UserError(f"registry {host}: {method} {urlsplit(url).path}: {type(exc).__name__}") from None
         if response.status_code in ok:
             return response
         if response.status_code == 404 and missing:
-            raise UserError(f"registry {self.host}: {missing}")
-        raise UserError(f"registry {self.host}: {method} {urlsplit(url).path}: HTTP {response.status_code}"
+            raise UserError(f"registry {host}: {missing}")
+        raise UserError(f"registry {host}: {method} {urlsplit(url).path}: HTTP {response.status_code}"
                         f"{_registry_error(response)}")
+
+    def blob_url(self, digest: str) -> str:
+        """Where the blob's bytes are, found by ollama's rules (server/download.go, blobDownload.run): GET the blob,
+        following redirects only to the same host name, at most 10; the answer must be 307 or 200 with a Location."""
+        url = urljoin(self.base, f"blobs/{digest}")
+        hostname = urlsplit(url).hostname
+        for _ in range(11):
+            response = self.request("GET", url, ok=tuple(range(100, 400)), missing=f"blob {digest} not found",
+                                    allow_redirects=False, stream=True)
+            response.close()
+            location = response.headers.get("Location")
+            if response.status_code not in _REDIRECTS or not location \
+                    or urlsplit(urljoin(url, location)).hostname != hostname:
+                break
+            url = urljoin(url, location)
+        else:
+            raise UserError(f"registry {self.host}: blob {digest}: more than 10 redirects")
+        if response.status_code not in (200, 307):
+            raise UserError(f"registry {self.host}: blob {digest}: HTTP {response.status_code} "
+                            "(ollama pull accepts only 307 or 200 with a Location)")
+        if not location:
+            raise UserError(f"registry {self.host}: blob {digest}: HTTP {response.status_code} without a Location "
+                            "header; `ollama pull` fails on it too ('http: no Location header in response'): serve "
+                            "blobs through a redirect (README: push, pull)")
+        return urljoin(url, location)
 
 
 def _registry_error(response: requests.Response) -> str:

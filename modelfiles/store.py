@@ -12,7 +12,7 @@ import json
 import os
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -52,16 +52,19 @@ class ModelName:
     namespace: str
     model: str
     tag: str
+    scheme: str = field(default="https", compare=False)  # of `scheme://host/…`; not part of the stored name
 
     @classmethod
     def parse(cls, text: str) -> ModelName:
-        """ollama's `[host/][namespace/]model[:tag]`; any part that could leave the store is a UserError."""
+        """ollama's `[[scheme://]host/][namespace/]model[:tag]` (types/model/name.go, ParseNameBare); any part that
+        could leave the store is a UserError."""
         rest, tag = text, DEFAULT_TAG
         if rest.rfind(":") > rest.rfind("/"):  # a ':' before the last '/' belongs to host:port
             rest, _, tag = rest.rpartition(":")
         parts = rest.rsplit("/", 2)  # from the right: model, namespace, and the host takes the rest
         host, namespace, model = [DEFAULT_HOST, DEFAULT_NAMESPACE][: 3 - len(parts)] + parts
-        name = cls(host, namespace, model, tag)
+        scheme, _, host = host.partition("://") if "://" in host else ("https", "", host)
+        name = cls(host, namespace, model, tag, scheme)
         for part, (extra, longest) in _NAME_PARTS.items():
             value = getattr(name, part)
             if not re.fullmatch(rf"[A-Za-z0-9_][A-Za-z0-9_{re.escape(extra)}]*", value) or len(value) > longest:

@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
 # System packages the test suite runs for real: Debian's docker-registry (the CNCF distribution
-# registry), started on loopback by tests/test_registry.py. Needs root (or sudo) the first time.
+# registry) and nginx (serves its blobs to pull clients), started on loopback by scripts/start-registry.sh
+# for tests/test_registry.py. Needs root (or sudo) the first time.
 set -euo pipefail
-if ! command -v docker-registry >/dev/null; then
+missing=()
+command -v docker-registry >/dev/null || missing+=(docker-registry)
+PATH=$PATH:/usr/sbin command -v nginx >/dev/null || missing+=(nginx)
+if [ ${#missing[@]} -gt 0 ]; then
     sudo_cmd=""
     [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
     $sudo_cmd apt-get update
-    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y docker-registry
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y "${missing[@]}"
 fi
-# Debian's own service on :5000 is not used; the tests start their own registry.
-systemctl disable --now docker-registry >/dev/null 2>&1 || true
+# Debian's own services (registry on :5000, nginx on :80) are not used; the tests start their own.
+for service in docker-registry nginx; do
+    systemctl disable --now "$service" >/dev/null 2>&1 || true
+done

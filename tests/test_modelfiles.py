@@ -9,13 +9,16 @@ import pytest
 from granite_gguf.errors import UserError
 from granite_gguf.modelfiles.granite_r2 import CONTEXT_LENGTHS, FILE_TYPES, FOLDER, shipped_modelfiles
 from granite_gguf.modelfiles.modelfile import (
+    DEPRECATED_PARAMETERS,
     Instruction,
     ModelFacts,
     Modelfile,
     check_modelfile,
+    decode_modelfile,
     embedding_modelfile,
     generate_modelfile,
     parse_modelfile,
+    read_modelfile,
 )
 from tests.conftest import Workspace, run_cli
 
@@ -104,6 +107,70 @@ def test_rendered_values_read_back_unchanged(value: str) -> None:
     parsed, problems = parse_modelfile(modelfile.render())
     assert problems == []
     assert [(i.keyword, i.value) for i in parsed.instructions] == [(i.keyword, i.value) for i in modelfile.instructions]
+
+
+# ollama's parser/parser_test.go at fb30760: TestParseFileUTF16ParseFile (a BOM, then UTF-16 LE or BE) and
+# TestParseMultiByte (UTF-8; UTF-16 LE and BE with BOM); plus UTF-8 with a BOM, which the same decoder
+# (unicode.BOMOverride) drops. The expected commands are the ones those tests expect.
+UTF16_FILE = "FROM bob\nPARAMETER param1 1\nPARAMETER param2 4096\nSYSTEM You are a utf16 file.\n"
+UTF16_COMMANDS = [("FROM", "", "bob"), ("PARAMETER", "param1", "1"), ("PARAMETER", "param2", "4096"),
+                  ("SYSTEM", "", "You are a utf16 file.")]
+MULTIBYTE_FILE = "FROM test\n\tSYSTEM 你好👋"
+MULTIBYTE_COMMANDS = [("FROM", "", "test"), ("SYSTEM", "", "你好👋")]
+ENCODINGS = {"utf-16 le with bom": lambda text: b"\xff\xfe" + text.encode("utf-16-le"),
+             "utf-16 be with bom": lambda text: b"\xfe\xff" + text.encode("utf-16-be"),
+             "utf-8 with bom": lambda text: b"\xef\xbb\xbf" + text.encode("utf-8"),
+             "utf-8": lambda text: text.encode("utf-8")}
+
+
+def commands(text: str) -> list[tuple[str, str, str]]:
+    modelfile, problems = parse_modelfile(text)
+    assert problems == []
+    return [(ins.keyword, ins.name, ins.value) for ins in modelfile.instructions]
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+@pytest.mark.parametrize("text, expected", [(UTF16_FILE, UTF16_COMMANDS), (MULTIBYTE_FILE, MULTIBYTE_COMMANDS)])
+def test_encodings_are_read_as_ollama_reads_them(encoding: str, text: str, expected: list[tuple[str, str, str]]) -> None:
+    assert commands(decode_modelfile(ENCODINGS[encoding](text))) == expected
+
+
+def test_powershell_modelfile_is_checked_and_installed_like_any_other(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """PowerShell 5's `Set-Content`/`>` write UTF-16 LE with a BOM and CRLF line ends."""
+    path = tmp_path / "Modelfile"
+    path.write_bytes(ENCODINGS["utf-16 le with bom"]("FROM ./m.gguf\r\nPARAMETER num_ctx 8192\r\n"))
+    assert run_cli("modelfile", "--check", str(path)) == 0
+    assert capsys.readouterr().out == f"{path}: ok\n"
+    assert read_modelfile(path) == "FROM ./m.gguf\r\nPARAMETER num_ctx 8192\r\n"
+
+
+# TestParseFileQuoted: inside "…" and """…""" single quotes are text, so nothing may be reported about them.
+@pytest.mark.parametrize("line, value", [('SYSTEM "\'"', "'"),
+                                         ('SYSTEM """\'\'"\'""\'""\'"\'\'\'\'\'""\'""\'"""', '\'\'"\'""\'""\'"\'\'\'\'\'""\'""\''),
+                                         ("LICENSE \"'MIT'\"", "'MIT'"), ("PARAMETER stop \"'x'\"", "'x'")])
+def test_single_quotes_inside_double_quotes_are_text(line: str, value: str) -> None:
+    text = f"FROM foo\n{line}\n"
+    assert check_modelfile(text) == []
+    assert parse_modelfile(text)[0].instructions[1].value == value
+
+
+def test_two_from_files_are_both_kept_by_ollama() -> None:
+    """TestCreateRequestFiles: `FROM a.gguf` + `FROM b.gguf` gives Files {a, b}; the message must not say 'last one'."""
+    problems = check_modelfile("FROM ./a.gguf\nFROM ./b.gguf\n")
+    assert [problem.line for problem in problems] == [2]
+    assert "ollama keeps both" in problems[0].message and "only the last" not in problems[0].message
+
+
+@pytest.mark.parametrize("name", DEPRECATED_PARAMETERS)
+def test_deprecated_parameters_are_reported_as_deprecated(name: str) -> None:
+    """parser.go CreateRequest: a deprecated parameter parses (TestParseFileParameters: penalize_newline true) and
+    is then dropped with "warning: parameter NAME is deprecated"; it is not an unknown one."""
+    text = f"FROM foo\nPARAMETER {name} true\nPARAMETER num_ctx 8\n"
+    problems = check_modelfile(text)
+    assert [(problem.line, problem.message) for problem in problems] == [
+        (2, f"parameter {name} is deprecated: ollama ignores it")]
+    assert parse_modelfile(text)[0].parameters() == {"num_ctx": 8}
 
 
 def test_value_with_three_quotes_cannot_be_written() -> None:

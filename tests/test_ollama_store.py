@@ -118,11 +118,21 @@ def test_names_that_could_escape_the_store_are_refused(gguf: Path, tmp_path: Pat
     ("ns/m.v2:t_1", ("registry.ollama.ai", "ns", "m.v2", "t_1")),
     ("localhost:5000/ns/m", ("localhost:5000", "ns", "m", "latest")),
     ("h.example/ns/m:t", ("h.example", "ns", "m", "t")),
+    # ollama's types/model/name_test.go TestParseNameParts: the scheme is not part of the name.
+    ("scheme://host:port/namespace/model:tag", ("host:port", "namespace", "model", "tag")),
+    ("http://127.0.0.1:5000/ns/m", ("127.0.0.1:5000", "ns", "m", "latest")),
 ])
 def test_name_defaults(name: str, parts: tuple[str, ...]) -> None:
     parsed = ModelName.parse(name)
     assert parsed.parts == parts
     assert ModelName.parse(str(parsed)) == parsed
+
+
+@pytest.mark.parametrize("name, scheme", [("scheme://host:port/namespace/model:tag", "scheme"),
+                                          ("http://h/ns/m", "http"), ("h/ns/m", "https")])
+def test_the_scheme_is_kept_apart(name: str, scheme: str) -> None:
+    parsed = ModelName.parse(name)
+    assert parsed.scheme == scheme and "://" not in str(parsed)
 
 
 def test_reinstall_is_idempotent(gguf: Path, tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ def test_registry_targets(target: str, insecure: bool, base: str, tag: str) -> N
 
 @pytest.mark.parametrize("target", ["test/tiny:q8_0", "tiny", "registry.ollama.ai/library/tiny:q8_0"])
 def test_a_target_needs_a_registry_host(target: str) -> None:
-    with pytest.raises(UserError, match="must be host\\[:port\\]/namespace/model\\[:tag\\]"):
+    with pytest.raises(UserError, match=r"must be \[scheme://\]host\[:port\]/namespace/model\[:tag\]"):
         registry._Registry(target, insecure=True)
 
 
