@@ -171,8 +171,8 @@ def ensure_gguf(checkpoint: Path, outtype: str, folder: Path) -> Path:
     from granite_gguf.convert.writer import convert
 
     output = OutType.parse(outtype)
-    made = sorted(folder.glob(f"{checkpoint.name}-{output.file_label}*.gguf"))
-    exact = [path for path in made if path.stem.removeprefix(f"{checkpoint.name}-{output.file_label}") in ("", "-mostly-q8_0")]
+    stem = f"{checkpoint.name}-{output.file_label}"  # convert_set appends "-mostly-<type>" when llama.cpp fell back
+    exact = [path for path in sorted(folder.glob(f"{stem}*.gguf")) if path.stem == stem or path.stem.startswith(f"{stem}-mostly-")]
     if exact:
         return exact[0]
     if output.writer is Writer.GGUF_PY:
