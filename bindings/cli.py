@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
+from granite_gguf.bindings.batching import DEFAULT_MAX_BATCH_INPUTS
+from granite_gguf.bindings.corpus_job import DEFAULT_BATCH_ROWS
 from granite_gguf.bindings.embedder import LongInputs
+from granite_gguf.bindings.server import Limits
 
 
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -23,7 +27,33 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--model-name", help="the name clients see (default: the file name without .gguf)")
+    serve.add_argument("--workers", type=int,
+                       help="llama.cpp contexts, each with its share of --threads (default: the Embedder's "
+                            "default_layout, one per thread, the fastest measured on CPU, docs/performance.md)")
+    serve.add_argument("--batch-inputs", type=int, default=DEFAULT_MAX_BATCH_INPUTS,
+                       help=f"inputs of concurrent requests packed into one shared call (default "
+                            f"{DEFAULT_MAX_BATCH_INPUTS}; 1 runs each request on its own)")
+    serve.add_argument("--request-timeout", type=float, default=Limits.request_timeout_s, metavar="S",
+                       help=f"a request's head, then its body, must arrive within S seconds (default "
+                            f"{Limits.request_timeout_s:g}); slower clients are dropped")
     serve.set_defaults(run=run_serve)
+
+    corpus = commands.add_parser("embed-corpus", help="embed a JSONL, Parquet or text corpus into Parquet shards "
+                                                      "(resumable)")
+    corpus.add_argument("input", type=Path, help="*.jsonl, *.parquet or *.txt (one text per line)")
+    corpus.add_argument("--model", type=Path, required=True, help="the GGUF file")
+    corpus.add_argument("--out", type=Path, required=True, help="folder for part-NNNNNN.parquet shards")
+    corpus.add_argument("--text-field", default="text", help="column or JSON key of the text (default text)")
+    corpus.add_argument("--id-field", default="id", help="column or JSON key of the id (default id; absent: the "
+                                                        "row number)")
+    corpus.add_argument("--dim", type=int, help="Matryoshka dimension (one the GGUF declares)")
+    corpus.add_argument("--batch-rows", type=int, default=DEFAULT_BATCH_ROWS, help=f"rows per shard (default "
+                                                                                   f"{DEFAULT_BATCH_ROWS})")
+    corpus.add_argument("--max-tokens", type=int, help="tokens per input, longer ones truncated (default: the "
+                                                       "model's, at most 8192)")
+    corpus.add_argument("--threads", type=int, help="CPU threads (default: the CPUs this process may use)")
+    corpus.add_argument("--no-progress", action="store_true", help="no progress bar")
+    corpus.set_defaults(run=run_embed_corpus)
 
     for command in (embed, serve):
         command.add_argument("--max-tokens", type=int, help="tokens per input (default: the model's, at most 8192)")
@@ -49,25 +79,53 @@ def run_embed(args: argparse.Namespace) -> int:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from granite_gguf.bindings.embedder import Embedder
-    from granite_gguf.bindings.server import EmbeddingService, make_server
+    from granite_gguf.bindings.batching import Batcher
+    from granite_gguf.bindings.embedder import Embedder, default_layout, usable_threads
+    from granite_gguf.bindings.server import EmbeddingService, listen, make_server
     from granite_gguf.errors import UserError
 
-    with Embedder(args.gguf, n_threads=args.threads, max_tokens=args.max_tokens,
-                  unsafe_skip_check=args.unsafe_skip_check) as embedder:
-        service = EmbeddingService(embedder, args.model_name or args.gguf.name.removesuffix(".gguf"),
-                                   LongInputs(args.long_inputs))
-        try:
-            server = make_server(service, args.host, args.port)
-        except OSError as exc:
-            raise UserError(f"cannot listen on {args.host}:{args.port} ({exc.strerror})") from None
-        host, port = server.server_address[:2]
-        print(f"serving {service.model_name} on http://{host!s}:{port} "
-              f"(POST /v1/embeddings, /api/embed; max {embedder.max_tokens} tokens per input)", flush=True)
-        try:
-            server.serve_forever()
-        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: a normal stop
-            print("stopped", flush=True)
-        finally:
-            server.server_close()
+    total_threads = args.threads or usable_threads()
+    workers = default_layout(total_threads).workers if args.workers is None else args.workers
+    if workers < 1 or args.batch_inputs < 1 or args.request_timeout <= 0:
+        raise UserError("--workers, --batch-inputs and --request-timeout must be positive")
+    sock = listen(args.host, args.port)
+    threads = max(1, total_threads // workers)
+    embedders: list[Embedder] = []
+    try:
+        for _ in range(workers):
+            embedders.append(Embedder(args.gguf, n_threads=threads, max_tokens=args.max_tokens,
+                                      unsafe_skip_check=args.unsafe_skip_check, workers=1))
+    except BaseException:
+        for embedder in embedders:
+            embedder.close()
+        sock.close()
+        raise
+    batcher = Batcher(embedders, max_batch_inputs=args.batch_inputs)
+    service = EmbeddingService(batcher, args.model_name or args.gguf.name.removesuffix(".gguf"),
+                               LongInputs(args.long_inputs), Limits(request_timeout_s=args.request_timeout))
+    for name in ("granite_gguf.bindings", "uvicorn.error"):  # request lines (with ids), start and shutdown
+        logging.getLogger(name).setLevel(logging.INFO)
+    host, port = sock.getsockname()[:2]
+    print(f"serving {service.model_name} on http://{host}:{port} (POST /v1/embeddings, /api/embed; "
+          f"max {embedders[0].max_tokens} tokens per input; {workers} worker(s) × {threads} thread(s))",
+          flush=True)
+    try:
+        make_server(service).run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn re-raises the SIGINT/SIGTERM it handled, after its graceful shutdown
+        pass
+    finally:
+        batcher.close()
+        sock.close()
+    print("stopped", flush=True)
+    return 0
+
+
+def run_embed_corpus(args: argparse.Namespace) -> int:
+    from granite_gguf.bindings.corpus_job import run_job
+
+    summary = run_job(args.input, args.model, args.out, text_field=args.text_field, id_field=args.id_field,
+                      dim=args.dim, batch_rows=args.batch_rows, max_tokens=args.max_tokens, threads=args.threads,
+                      progress=not args.no_progress)
+    resumed = f" ({summary.resumed} found done by an earlier run)" if summary.resumed else ""
+    print(f"wrote {summary.rows} rows in {summary.shards} shard(s) to {summary.out}{resumed}")
     return 0

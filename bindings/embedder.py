@@ -29,7 +29,6 @@ import numpy as np
 
 from granite_gguf.convert.check import check_gguf, read_header
 from granite_gguf.convert.inspect import summarize
-from granite_gguf.convert.tokenizer import TokenizerFamily
 from granite_gguf.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -55,6 +54,27 @@ class _Piece:
 
     owner: int  # index of the input text
     tokens: list[int]
+    input_tokens: int  # the whole input's token count, before any cut
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    """What `embed` returns: one row per input, and per input its token count before any cut
+    (what APIs bill as usage) and whether it was truncated to `max_tokens`."""
+
+    vectors: np.ndarray
+    token_counts: list[int]
+    truncated: list[bool]
+
+
+def cut_tokens(tokens: Sequence[int], limit: int, n_prefix: int, n_suffix: int) -> list[int]:
+    """`tokens` cut to `limit`, keeping its first `n_prefix` and last `n_suffix` ids (the special tokens
+    the tokenizer adds): the truncation of sentence-transformers and HF tokenizers, and the Embedder's."""
+    tokens = list(tokens)
+    if len(tokens) <= limit:
+        return tokens
+    room = limit - n_prefix - n_suffix
+    return tokens[:n_prefix] + tokens[n_prefix:n_prefix + room] + tokens[len(tokens) - n_suffix:]
 
 
 def usable_threads() -> int:
@@ -135,8 +155,6 @@ class Embedder:
         self.pooling = summary.pooling
         self.normalize = summary.normalize  # the model's own Normalize module
         self.matryoshka_dims = summary.matryoshka_dims
-        pre = summary.metadata.get("tokenizer.ggml.pre")
-        self.tokenizer_family = next((f for f in TokenizerFamily if f.pre == pre), None)
         cpus = n_threads or usable_threads()
         if workers is not None and workers < 1:
             raise UserError(f"workers must be positive, got {workers}")
@@ -152,12 +170,12 @@ class Embedder:
         self.repacked = Repacked.from_log(load_log)
         self._contexts = [_Context(self._llama, self._llama._ctx, self._llama._batch, MAX_SEQUENCES_PER_DECODE)]
         self._contexts += [_Context(self._llama) for _ in range(self.layout.workers - 1)]
+        # Private: llama-cpp-python 0.3.36's Llama has no public accessor for the vocab's add-BOS flag.
         vocab = self._llama._model.vocab
         self._prefix = 1 if llama_cpp.llama_vocab_get_add_bos(vocab) else 0
         self._specials = self._llama.tokenize(b"", add_bos=True, special=False)  # e.g. [CLS, SEP]
         self.dimension = self._llama.n_embd()
         self.truncated_inputs = 0
-        self.last_token_counts: list[int] = []  # tokens per input of the last encode call, before any cut
 
     def tokenize(self, text: str) -> list[int]:
         """Token ids as the model sees them, BOS/EOS included per the file's tokenizer settings.
@@ -176,34 +194,70 @@ class Embedder:
         (if the file says so) → first `truncate_dim` values → L2 normalization if `normalize_embeddings`.
         """
         single = isinstance(texts, str)
-        items = [texts] if isinstance(texts, str) else list(texts)
+        result = self.embed([texts] if isinstance(texts, str) else texts, batch_size=batch_size,
+                            normalize_embeddings=normalize_embeddings, truncate_dim=truncate_dim,
+                            show_progress_bar=show_progress_bar, long_inputs=long_inputs)
+        return result.vectors[0] if single else result.vectors
+
+    def embed(self, texts: Sequence[str], *, batch_size: int = 32, normalize_embeddings: bool = True,
+              truncate_dim: int | None = None, show_progress_bar: bool = False,
+              long_inputs: str | LongInputs = LongInputs.TRUNCATE) -> Embeddings:
+        """`encode` for a list, with each input's token count and truncation flag beside the vectors."""
+        items = list(texts)
         if not all(isinstance(text, str) for text in items):
             raise UserError("encode takes a string or a sequence of strings")
-        dim = self._checked_dim(truncate_dim)
+        dim = self.checked_dim(truncate_dim)
         try:
             mode = LongInputs(long_inputs)
         except ValueError:
             raise UserError(f"long_inputs must be one of {[m.value for m in LongInputs]}, got {long_inputs!r}") from None
-        if not 1 <= batch_size <= MAX_SEQUENCES_PER_DECODE:
-            raise UserError(f"batch_size must lie in 1..{MAX_SEQUENCES_PER_DECODE}, got {batch_size}")
+        _check_batch_size(batch_size)
         pieces = list(self._pieces(items, mode))
+        rows, token_counts = self._pooled(pieces, len(items), dim, normalize_embeddings, batch_size, show_progress_bar)
+        truncated = [mode is LongInputs.TRUNCATE and count > self.max_tokens for count in token_counts]
+        return Embeddings(rows, token_counts, truncated)
+
+    def encode_tokens(self, token_ids: Sequence[Sequence[int]], *, batch_size: int = 32, normalize_embeddings: bool = True,
+                      truncate_dim: int | None = None, show_progress_bar: bool = False) -> np.ndarray:
+        """`encode` for inputs already tokenized (e.g. by `tokenize`, then cut with `truncate`): one row per
+        sequence, each at most `max_tokens` ids, embedded as they are."""
+        dim = self.checked_dim(truncate_dim)
+        _check_batch_size(batch_size)
+        pieces = [_Piece(owner, list(tokens), len(tokens)) for owner, tokens in enumerate(token_ids)]
+        too_long = [i for i, piece in enumerate(pieces) if len(piece.tokens) > self.max_tokens]
+        if too_long:
+            raise UserError(f"{len(too_long)} token sequence(s) longer than max_tokens {self.max_tokens} "
+                            f"(sequence {too_long[0]}); cut them with truncate()")
+        return self._pooled(pieces, len(pieces), dim, normalize_embeddings, batch_size, show_progress_bar)[0]
+
+    def truncate(self, tokens: Sequence[int], limit: int | None = None) -> list[int]:
+        """`tokens` (as `tokenize` gives them) cut to `limit` (at most, and by default, `max_tokens`) with
+        the special tokens kept, as `encode` cuts."""
+        limit = self.max_tokens if limit is None else min(limit, self.max_tokens)
+        return cut_tokens(tokens, limit, self._prefix, len(self._specials) - self._prefix)
+
+    def _pooled(self, pieces: list[_Piece], n_items: int, dim: int, normalize_embeddings: bool, batch_size: int,
+                show_progress_bar: bool) -> tuple[np.ndarray, list[int]]:
+        """One row per owner (pieces embedded, the model's Normalize, chunks averaged, `dim` kept, L2), and
+        each owner's token count before any cut."""
         vectors = self._embed(pieces, batch_size, show_progress_bar)
         if self.normalize:
             vectors = _l2(vectors)
-        rows = np.zeros((len(items), self.dimension), dtype=np.float32)
-        weights = np.zeros(len(items), dtype=np.float32)
+        rows = np.zeros((n_items, self.dimension), dtype=np.float32)
+        weights = np.zeros(n_items, dtype=np.float32)
+        token_counts = [0] * n_items
         for piece, vector in zip(pieces, vectors):
             rows[piece.owner] += len(piece.tokens) * vector
             weights[piece.owner] += len(piece.tokens)
+            token_counts[piece.owner] = piece.input_tokens
         rows /= np.maximum(weights, 1)[:, None]
         if self.normalize:
             rows = _l2(rows)
         rows = rows[:, :dim]
-        if normalize_embeddings:
-            rows = _l2(rows)
-        return rows[0] if single else rows
+        return (_l2(rows) if normalize_embeddings else rows), token_counts
 
-    def _checked_dim(self, truncate_dim: int | None) -> int:
+    def checked_dim(self, truncate_dim: int | None) -> int:
+        """The output width for `truncate_dim`; UserError (with the valid ones) unless the file declares it."""
         if truncate_dim is None or truncate_dim == self.dimension:
             return self.dimension
         if truncate_dim not in self.matryoshka_dims:
@@ -215,7 +269,6 @@ class Embedder:
     def _pieces(self, texts: list[str], mode: LongInputs) -> Iterator[_Piece]:
         """The sequences to decode; long inputs truncated, refused or chunked, special tokens kept."""
         tokenized = [self.tokenize(text) for text in texts]
-        self.last_token_counts = [len(tokens) for tokens in tokenized]
         too_long = [i for i, tokens in enumerate(tokenized) if len(tokens) > self.max_tokens]
         if too_long and mode is LongInputs.ERROR:
             first = too_long[0]
@@ -228,15 +281,15 @@ class Embedder:
         room = self.max_tokens - len(self._specials)
         for owner, tokens in enumerate(tokenized):
             if len(tokens) <= self.max_tokens:
-                yield _Piece(owner, tokens)
+                yield _Piece(owner, tokens, len(tokens))
                 continue
             content = tokens[len(prefix): len(tokens) - len(suffix)]
             if mode is LongInputs.TRUNCATE:
-                yield _Piece(owner, prefix + content[:room] + suffix)
+                yield _Piece(owner, self.truncate(tokens), len(tokens))
                 continue
             step = room - room // CHUNK_OVERLAP_FRACTION
             for start in range(0, len(content) - room + step, step):
-                yield _Piece(owner, prefix + content[start: start + room] + suffix)
+                yield _Piece(owner, prefix + content[start: start + room] + suffix, len(tokens))
 
     def _embed(self, pieces: list[_Piece], batch_size: int, show_progress_bar: bool) -> np.ndarray:
         """Pooled vectors, longest first, packed up to `batch_tokens` tokens and `batch_size` sequences per decode."""
@@ -244,6 +297,9 @@ class Embedder:
         from tqdm import tqdm
 
         vectors = np.zeros((len(pieces), self.dimension), dtype=np.float32)
+        # Private: the public Llama.embed tokenizes text itself, cuts at n_batch by dropping the end (and with
+        # it SEP/EOS), packs in input order and returns lists; here the pieces are our own token ids, packed
+        # longest first, read straight into numpy. Same calls as Llama.embed makes (llama.py in 0.3.36).
         groups = list(self._groups(pieces, batch_size))
         needed = max((sum(len(pieces[i].tokens) for i in group) for group in groups), default=0)
         contexts = self._contexts[:max(1, min(len(groups), len(self._contexts)))]
@@ -311,6 +367,11 @@ class Embedder:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self.close()
+
+
+def _check_batch_size(batch_size: int) -> None:
+    if not 1 <= batch_size <= MAX_SEQUENCES_PER_DECODE:
+        raise UserError(f"batch_size must lie in 1..{MAX_SEQUENCES_PER_DECODE}, got {batch_size}")
 
 
 class _Context:

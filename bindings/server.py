@@ -1,40 +1,65 @@
-"""An embeddings server over one Embedder, for clients written against OpenAI or ollama.
+"""An embeddings server for clients written against OpenAI or ollama, on Starlette and uvicorn.
 
 Routes: OpenAI `POST /v1/embeddings` (`input`, `dimensions`, `encoding_format` float|base64, usage)
 and `GET /v1/models`; ollama `POST /api/embed` (`input`, `truncate`, `dimensions`), the older
 `POST /api/embeddings` (`prompt`) and `GET /api/tags`; `GET /health`. Requests are checked before
-they reach llama.cpp (size, count, types) and answered 4xx with a message when wrong. One llama.cpp
-context serves every connection, one request at a time (contexts are not thread-safe).
+they reach llama.cpp (size, count, types) and answered 4xx with a message when wrong. Concurrent
+requests share llama.cpp decodes on one or more contexts (bindings/batching.py).
+
+Connections are bounded (`Limits`): a request head and body must arrive within `request_timeout_s`
+(uvicorn alone never times out a connection that trickles its head, see `_DeadlineH11Protocol`), idle
+keep-alive connections close after `keep_alive_s`, past `max_connections` requests get 503 at once,
+and on SIGTERM/SIGINT the server stops accepting, finishes the requests in flight and exits.
+Every request gets an id (the client's `X-Request-ID`, or a new one) that the log lines carry and
+the answer echoes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextvars
+import functools
 import json
 import logging
-import threading
+import re
+import socket
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import numpy as np
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from granite_gguf.bindings.embedder import Embedder, LongInputs
+from granite_gguf.bindings.batching import Batcher, Options, Overloaded
+from granite_gguf.bindings.embedder import Embedder, Embeddings, LongInputs
 from granite_gguf.errors import UserError
 
 log = logging.getLogger(__name__)
 
+REQUEST_ID_HEADER = "X-Request-ID"
+_CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")  # echoed into logs and headers: keep it tame
+_request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+
 
 @dataclass(frozen=True)
 class Limits:
-    """Bounds on one request, so a client cannot make the server allocate or compute without end."""
+    """Bounds on requests and connections, so clients cannot make the server allocate or wait without end."""
 
     max_body_bytes: int = 4 * 1024 * 1024
     max_inputs: int = 256
-    socket_timeout_s: float = 60.0  # a client that stops sending mid-request is dropped after this
+    request_timeout_s: float = 60.0  # head, then body, must arrive within this; a stalled client is dropped
+    keep_alive_s: int = 5  # an idle keep-alive connection is closed after this
+    max_connections: int = 1024  # open connections (and requests in progress) before new requests get 503
+    graceful_shutdown_s: int = 60  # on SIGTERM/SIGINT, requests in flight get this long to finish
 
 
 class RequestError(Exception):
@@ -47,45 +72,47 @@ class RequestError(Exception):
 
 
 class EmbeddingService:
-    """Validates request bodies and turns them into Embedder calls and API-shaped answers."""
+    """Validates request bodies and turns them into batched Embedder calls and API-shaped answers."""
 
-    def __init__(self, embedder: Embedder, model_name: str, long_inputs: LongInputs = LongInputs.TRUNCATE,
+    def __init__(self, batcher: Batcher, model_name: str, long_inputs: LongInputs = LongInputs.TRUNCATE,
                  limits: Limits = Limits()) -> None:
-        self.embedder = embedder
+        self.batcher = batcher
+        self.embedder: Embedder = batcher.embedders[0]  # for the file's facts; every worker loads the same file
         self.model_name = model_name
         self.long_inputs = long_inputs
         self.limits = limits
-        self._lock = threading.Lock()
 
-    def openai_embeddings(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def openai_embeddings(self, body: dict[str, Any]) -> dict[str, Any]:
         texts = self._texts(body.get("input"), "input")
         encoding = body.get("encoding_format", "float")
         if encoding not in ("float", "base64"):
             raise RequestError("encoding_format must be 'float' or 'base64'", param="encoding_format")
-        vectors, tokens = self._embed(texts, self._dimensions(body), self.long_inputs)
-        data = [{"object": "embedding", "index": i, "embedding": _encoded(v, encoding)} for i, v in enumerate(vectors)]
+        result = await self._embed(texts, Options(self._dimensions(body), self.long_inputs))
+        data = [{"object": "embedding", "index": i, "embedding": _encoded(v, encoding)}
+                for i, v in enumerate(result.vectors)]
+        tokens = sum(result.token_counts)
         usage = {"prompt_tokens": tokens, "total_tokens": tokens}
         return {"object": "list", "data": data, "model": self.model_name, "usage": usage}
 
-    def ollama_embed(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def ollama_embed(self, body: dict[str, Any]) -> dict[str, Any]:
         started = time.perf_counter_ns()
         texts = self._texts(body.get("input"), "input")
         truncate = body.get("truncate", True)
         if not isinstance(truncate, bool):
             raise RequestError("truncate must be true or false", param="truncate")
         long_inputs = self.long_inputs if truncate else LongInputs.ERROR
-        vectors, tokens = self._embed(texts, self._dimensions(body), long_inputs)
-        return {"model": body.get("model") or self.model_name, "embeddings": vectors.tolist(),
-                "total_duration": time.perf_counter_ns() - started, "load_duration": 0, "prompt_eval_count": tokens}
+        result = await self._embed(texts, Options(self._dimensions(body), long_inputs))
+        return {"model": body.get("model") or self.model_name, "embeddings": result.vectors.tolist(),
+                "total_duration": time.perf_counter_ns() - started, "load_duration": 0,
+                "prompt_eval_count": sum(result.token_counts)}
 
-    def ollama_embeddings(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def ollama_embeddings(self, body: dict[str, Any]) -> dict[str, Any]:
         """ollama's older endpoint: one `prompt`, the model's vector without extra normalization."""
         prompt = body.get("prompt")
         if not isinstance(prompt, str):
             raise RequestError("prompt must be a string", param="prompt")
-        with self._lock:
-            vector = self.embedder.encode([prompt], normalize_embeddings=False)[0]
-        return {"embedding": vector.tolist()}
+        result = await self._embed([prompt], Options(long_inputs=self.long_inputs, normalize=False))
+        return {"embedding": result.vectors[0].tolist()}
 
     def models(self) -> dict[str, Any]:
         return {"object": "list", "data": [{"id": self.model_name, "object": "model", "owned_by": "granite-gguf"}]}
@@ -116,13 +143,15 @@ class EmbeddingService:
             raise RequestError("dimensions must be a positive integer", param="dimensions")
         return value
 
-    def _embed(self, texts: list[str], dimensions: int | None, long_inputs: LongInputs) -> tuple[np.ndarray, int]:
-        with self._lock:
-            try:
-                vectors = self.embedder.encode(texts, truncate_dim=dimensions, long_inputs=long_inputs)
-            except UserError as exc:
-                raise RequestError(str(exc)) from None
-            return vectors, sum(self.embedder.last_token_counts)
+    async def _embed(self, texts: list[str], options: Options) -> Embeddings:
+        try:
+            future = self.batcher.submit(texts, options, _request_id.get())
+        except Overloaded as exc:
+            raise RequestError(f"server busy: {exc}", HTTPStatus.SERVICE_UNAVAILABLE) from None
+        try:
+            return await asyncio.wrap_future(future)
+        except UserError as exc:
+            raise RequestError(str(exc)) from None
 
 
 def _encoded(vector: np.ndarray, encoding: str) -> list[float] | str:
@@ -132,100 +161,175 @@ def _encoded(vector: np.ndarray, encoding: str) -> list[float] | str:
     return vector.tolist()
 
 
-class _Handler(BaseHTTPRequestHandler):
-    """HTTP/1.1 with keep-alive; every answer is JSON with a Content-Length."""
+def _json(status: HTTPStatus, body: dict[str, Any], close: bool = False) -> Response:
+    headers = {"Connection": "close"} if close else None  # uvicorn closes the connection after this answer
+    return Response(json.dumps(body, separators=(",", ":")), status, headers, media_type="application/json")
 
-    protocol_version = "HTTP/1.1"
-    server: _Server
 
-    def setup(self) -> None:
-        self.timeout = self.server.service.limits.socket_timeout_s  # type: ignore[misc]  # typeshed: a ClassVar; setup() reads it per instance
-        super().setup()
+def _error(path: str, error: RequestError, close: bool = False) -> Response:
+    message = str(error)
+    if path.startswith("/api/"):  # ollama's error shape
+        body: dict[str, Any] = {"error": message}
+    else:  # OpenAI's
+        kind = "invalid_request_error" if error.status < 500 else "server_error"
+        body = {"error": {"message": message, "type": kind, "param": error.param, "code": None}}
+    return _json(error.status, body, close)
 
-    def do_GET(self) -> None:  # noqa: N802 - the name http.server dispatches to
-        routes: dict[str, Callable[[], dict[str, Any]]] = {
-            "/health": lambda: {"status": "ok"}, "/v1/models": self.server.service.models,
-            "/api/tags": self.server.service.tags,
-        }
-        if self.path not in routes:
-            self._send_error(RequestError(f"no route GET {self.path}", HTTPStatus.NOT_FOUND))
-            return
-        self._send(HTTPStatus.OK, routes[self.path]())
 
-    def do_POST(self) -> None:  # noqa: N802
-        service = self.server.service
-        routes: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
-            "/v1/embeddings": service.openai_embeddings, "/embeddings": service.openai_embeddings,
-            "/api/embed": service.ollama_embed, "/api/embeddings": service.ollama_embeddings,
-        }
+class _Unread(RequestError):
+    """A RequestError raised before the body was read: the connection cannot be reused."""
+
+
+async def _json_body(request: Request, limits: Limits) -> dict[str, Any]:
+    """The body as a JSON object; size and arrival time bounded (RequestError with `close` set when unread)."""
+    length_header = request.headers.get("content-length")
+    if request.headers.get("transfer-encoding") or length_header is None:
+        raise _Unread("a Content-Length header is required", HTTPStatus.LENGTH_REQUIRED)
+    try:
+        length = int(length_header)
+    except ValueError:
+        raise _Unread("bad Content-Length") from None
+    if length < 0 or length > limits.max_body_bytes:
+        raise _Unread(f"request body of {length} bytes; at most {limits.max_body_bytes}",
+                      HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
+    try:
+        raw = await asyncio.wait_for(request.body(), limits.request_timeout_s)
+    except TimeoutError:
+        raise _Unread(f"request body not received within {limits.request_timeout_s:g} s",
+                      HTTPStatus.REQUEST_TIMEOUT) from None
+    try:
+        body = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RequestError(f"body is not JSON in UTF-8: {exc}") from None
+    if not isinstance(body, dict):
+        raise RequestError("body must be a JSON object")
+    return body
+
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def _logged(handler: Callable[[Request], Awaitable[dict[str, Any]]]) -> Endpoint:
+    """Wrap a route: request id, JSON answer or error answer, one log line per request."""
+
+    @functools.wraps(handler)
+    async def endpoint(request: Request) -> Response:
+        given = request.headers.get(REQUEST_ID_HEADER, "")
+        request_id = given if _CLIENT_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex[:16]
+        _request_id.set(request_id)
+        started = time.perf_counter()
         try:
-            if self.path not in routes:
-                raise RequestError(f"no route POST {self.path}", HTTPStatus.NOT_FOUND)
-            body = self._json_body(service.limits.max_body_bytes)
-            answer = routes[self.path](body)
+            response = _json(HTTPStatus.OK, await handler(request))
         except RequestError as exc:
-            self._send_error(exc)
-            return
+            response = _error(request.url.path, exc, close=isinstance(exc, _Unread))
         except Exception:  # a bug must not take the server down; the client gets a 500
-            log.exception("request to %s failed", self.path)
-            self._send_error(RequestError("internal error", HTTPStatus.INTERNAL_SERVER_ERROR))
-            return
-        self._send(HTTPStatus.OK, answer)
+            log.exception("[%s] %s %s failed", request_id, request.method, request.url.path)
+            response = _error(request.url.path, RequestError("internal error", HTTPStatus.INTERNAL_SERVER_ERROR))
+        response.headers[REQUEST_ID_HEADER] = request_id
+        log.info("[%s] %s %s %d %.1f ms", request_id, request.method, request.url.path, response.status_code,
+                 (time.perf_counter() - started) * 1000)
+        return response
 
-    def _json_body(self, limit: int) -> dict[str, Any]:
-        length_header = self.headers.get("Content-Length")
-        if self.headers.get("Transfer-Encoding") or length_header is None:
-            self.close_connection = True
-            raise RequestError("a Content-Length header is required", HTTPStatus.LENGTH_REQUIRED)
-        try:
-            length = int(length_header)
-        except ValueError:
-            self.close_connection = True
-            raise RequestError("bad Content-Length") from None
-        if length < 0 or length > limit:
-            self.close_connection = True  # the body is not read, so the connection cannot be reused
-            raise RequestError(f"request body of {length} bytes; at most {limit}", HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
-        raw = self.rfile.read(length)
-        try:
-            body = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise RequestError(f"body is not JSON in UTF-8: {exc}") from None
-        if not isinstance(body, dict):
-            raise RequestError("body must be a JSON object")
-        return body
-
-    def _send_error(self, error: RequestError) -> None:
-        message = str(error)
-        if self.path.startswith("/api/"):  # ollama's error shape
-            body: dict[str, Any] = {"error": message}
-        else:  # OpenAI's
-            kind = "invalid_request_error" if error.status < 500 else "server_error"
-            body = {"error": {"message": message, "type": kind, "param": error.param, "code": None}}
-        self._send(error.status, body)
-
-    def _send(self, status: HTTPStatus, body: dict[str, Any]) -> None:
-        data = json.dumps(body, separators=(",", ":")).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's signature
-        log.info("%s %s", self.address_string(), format % args)
+    return endpoint
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 512  # a burst of clients waits in the backlog instead of being refused
+def make_app(service: EmbeddingService) -> Starlette:
+    """The ASGI application: every route answers JSON, unknown ones a 404 in the API's error shape."""
 
-    def __init__(self, address: tuple[str, int], service: EmbeddingService) -> None:
-        self.service = service
-        super().__init__(address, _Handler)
+    def post(method: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]) -> Endpoint:
+        async def handler(request: Request) -> dict[str, Any]:
+            return await method(await _json_body(request, service.limits))
+        return _logged(handler)
+
+    def get(method: Callable[[], dict[str, Any]]) -> Endpoint:
+        async def handler(request: Request) -> dict[str, Any]:
+            return method()
+        return _logged(handler)
+
+    async def no_route(request: Request) -> dict[str, Any]:
+        raise RequestError(f"no route {request.method} {request.url.path}", HTTPStatus.NOT_FOUND)
+
+    routes = [
+        Route("/v1/embeddings", post(service.openai_embeddings), methods=["POST"]),
+        Route("/embeddings", post(service.openai_embeddings), methods=["POST"]),
+        Route("/api/embed", post(service.ollama_embed), methods=["POST"]),
+        Route("/api/embeddings", post(service.ollama_embeddings), methods=["POST"]),
+        Route("/health", get(lambda: {"status": "ok"}), methods=["GET"]),
+        Route("/v1/models", get(service.models), methods=["GET"]),
+        Route("/api/tags", get(service.tags), methods=["GET"]),
+        Route("/{path:path}", _logged(no_route), methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]),
+    ]
+    return Starlette(routes=routes)
 
 
-def make_server(service: EmbeddingService, host: str = "127.0.0.1", port: int = 8080) -> ThreadingHTTPServer:
-    """A bound server (port 0 picks a free one: read `server.server_address`); call `serve_forever()`."""
-    return _Server((host, port), service)
+class _DeadlineH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol plus a deadline for each request head.
+
+    uvicorn closes a keep-alive connection only if it sends nothing at all for `timeout_keep_alive`
+    after a response; a connection that never sends a request, or sends its head a byte at a time,
+    stays open for ever. Here a head must be complete `head_timeout_s` after the connection opens or
+    the previous response ends, or the connection is closed. `make_server` subclasses it per server
+    with its `head_timeout_s` (uvicorn builds protocols from a class).
+    """
+
+    head_timeout_s = Limits.request_timeout_s
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._head_deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_head_deadline()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_deadline()
+        super().connection_lost(exc)
+
+    def on_response_complete(self) -> None:
+        self._arm_head_deadline()  # before the parent, which may start a pipelined request at once
+        super().on_response_complete()
+
+    def handle_events(self) -> None:
+        super().handle_events()
+        if self.cycle is not None and not self.cycle.response_complete:
+            self._cancel_head_deadline()  # a request head arrived
+
+    def _arm_head_deadline(self) -> None:
+        self._cancel_head_deadline()
+        self._head_deadline = self.loop.call_later(self.head_timeout_s, self.timeout_keep_alive_handler)
+
+    def _cancel_head_deadline(self) -> None:
+        if self._head_deadline is not None:
+            self._head_deadline.cancel()
+            self._head_deadline = None
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening socket (port 0 picks a free one: read `getsockname()`); UserError if the address is taken."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        family, kind, proto, _, address = infos[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)  # a burst of clients waits in the backlog instead of being refused
+    except OSError as exc:
+        raise UserError(f"cannot listen on {host}:{port} ({exc.strerror})") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def make_server(service: EmbeddingService) -> uvicorn.Server:
+    """A uvicorn server for the service; run it with `server.run(sockets=[listen(host, port)])`."""
+    limits = service.limits
+
+    class Protocol(_DeadlineH11Protocol):
+        head_timeout_s = limits.request_timeout_s
+
+    config = uvicorn.Config(
+        make_app(service), http=Protocol,
+        loop="asyncio", lifespan="off", access_log=False, log_config=None, timeout_keep_alive=limits.keep_alive_s,
+        limit_concurrency=limits.max_connections, timeout_graceful_shutdown=limits.graceful_shutdown_s,
+    )
+    return uvicorn.Server(config)

@@ -2,7 +2,7 @@
 
 The header is read with a small bounded parser (not gguf-py's reader, which maps whole arrays at
 once): every count and length is checked against the bytes left in the file before anything is
-read or allocated. Then the modern-bert contract: required keys and their types, tokenizer arrays
+read or allocated. Then the contract of its architecture unit: required keys and their types, tokenizer arrays
 of equal length with unique texts (duplicates abort llama.cpp 0.3.36), special ids in range, each
 tensor's type, shape, offset and size within the data section. Limits and reasons: docs/security.md.
 """
@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType, Keys
 
 from granite_gguf.convert import keys
-from granite_gguf.convert.modern_bert import tensor_shapes
+from granite_gguf.convert.architecture import KeyKind, for_gguf, registered
 from granite_gguf.convert.tokenizer import MAX_VOCAB
 from granite_gguf.errors import UserError
 
@@ -40,16 +40,13 @@ SCALARS = {
 }
 INTEGER_TYPES = {GGUFValueType.UINT8, GGUFValueType.INT8, GGUFValueType.UINT16, GGUFValueType.INT16,
                  GGUFValueType.UINT32, GGUFValueType.INT32, GGUFValueType.UINT64, GGUFValueType.INT64}
-# modern-bert keys llama.cpp requires, and their value kind.
-REQUIRED_ARCH_KEYS = {
-    "context_length": "int", "embedding_length": "int", "block_count": "int", "feed_forward_length": "int",
-    "attention.head_count": "int", "attention.layer_norm_epsilon": "float", "pooling_type": "int",
-}
+MAX_SIZE = 1 << 24  # bound on a "size" key (context, widths, layer and head counts)
 TOKENIZER_ARRAYS = {
-    "tokenizer.ggml.token_type": GGUFValueType.INT32, "tokenizer.ggml.scores": GGUFValueType.FLOAT32,
-    "tokenizer.ggml.merges": GGUFValueType.STRING,
+    Keys.Tokenizer.TOKEN_TYPE: GGUFValueType.INT32, Keys.Tokenizer.SCORES: GGUFValueType.FLOAT32,
+    Keys.Tokenizer.MERGES: GGUFValueType.STRING,
 }
-SPECIAL_ID_KEYS = ("bos", "eos", "unknown", "seperator", "padding", "cls", "mask")
+SPECIAL_ID_KEYS = (Keys.Tokenizer.BOS_ID, Keys.Tokenizer.EOS_ID, Keys.Tokenizer.UNK_ID, Keys.Tokenizer.SEP_ID,
+                   Keys.Tokenizer.PAD_ID, keys.CLS_ID, Keys.Tokenizer.MASK_ID)
 
 
 class GGUFCheckError(UserError):
@@ -73,6 +70,10 @@ class CheckedFile:
     value_types: dict[str, GGUFValueType] = field(default_factory=dict)
     item_types: dict[str, GGUFValueType] = field(default_factory=dict)  # for arrays
     tensors: list[TensorInfo] = field(default_factory=list)
+    n_tensors: int = 0
+    tensor_infos_start: int = 0  # byte offsets of the tensor infos (after the keys)
+    tensor_infos_end: int = 0
+    data_start: int = 0  # byte offset of the tensor data section (offsets in TensorInfo are relative to it)
 
 
 class _Reader:
@@ -137,6 +138,15 @@ def read_header(path: Path) -> CheckedFile:
         raise GGUFCheckError(f"{path}: {exc}") from None
 
 
+def read_keys(handle: BinaryIO, size: int, path: Path) -> CheckedFile:
+    """Only the keys and values at the start of a GGUF stream of `size` bytes (no tensor infos), bounded
+    like `read_header`: for the first part of a file split in pieces, whose tensor data is elsewhere."""
+    try:
+        return _read_keys(_Reader(handle, size), path)
+    except GGUFCheckError as exc:
+        raise GGUFCheckError(f"{path}: {exc}") from None
+
+
 def check_gguf(path: Path) -> CheckedFile:
     """Read and validate `path`; raise GGUFCheckError with the first problem found."""
     checked = read_header(path)
@@ -149,6 +159,36 @@ def check_gguf(path: Path) -> CheckedFile:
 
 def _read_header(reader: _Reader, path: Path) -> CheckedFile:
     """Keys, values and tensor infos, each bounded by the bytes left; tensor data within the file."""
+    checked = _read_keys(reader, path)
+    n_tensors = checked.n_tensors
+    alignment = checked.metadata.get(Keys.General.ALIGNMENT, DEFAULT_ALIGNMENT)
+    if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
+        raise GGUFCheckError(f"{Keys.General.ALIGNMENT} {alignment!r} is not a power of two")
+    names: set[str] = set()
+    for index in range(n_tensors):
+        tensor = _tensor_info(reader, index)
+        if tensor.name in names:
+            raise GGUFCheckError(f"tensor {tensor.name!r} appears twice")
+        names.add(tensor.name)
+        checked.tensors.append(tensor)
+    checked.tensor_infos_end = reader.handle.tell()
+    data_start = checked.data_start = -(-checked.tensor_infos_end // alignment) * alignment
+    data_size = reader.size - data_start
+    end_of_previous = 0
+    for tensor in sorted(checked.tensors, key=lambda t: t.offset):
+        if tensor.offset % alignment:
+            raise GGUFCheckError(f"tensor {tensor.name}: offset {tensor.offset} is not aligned to {alignment}")
+        if tensor.offset < end_of_previous:
+            raise GGUFCheckError(f"tensor {tensor.name}: overlaps the tensor before it")
+        end_of_previous = tensor.offset + tensor.n_bytes
+        if end_of_previous > data_size:
+            raise GGUFCheckError(f"tensor {tensor.name}: data ends at byte {data_start + end_of_previous}, "
+                                 f"past the end of the file ({reader.size} bytes)")
+    return checked
+
+
+def _read_keys(reader: _Reader, path: Path) -> CheckedFile:
+    """Magic, version, counts, then every key and value, each bounded by the bytes left."""
     magic = reader.take(4, "magic") if reader.left() >= 4 else b""
     if magic != MAGIC:
         raise GGUFCheckError("not a GGUF file (bad magic)")
@@ -166,28 +206,8 @@ def _read_header(reader: _Reader, path: Path) -> CheckedFile:
         value_type = _value_type(reader.scalar("<I", key), key)
         checked.value_types[key] = value_type
         checked.metadata[key] = _value(reader, value_type, key, checked.item_types)
-    alignment = checked.metadata.get("general.alignment", DEFAULT_ALIGNMENT)
-    if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
-        raise GGUFCheckError(f"general.alignment {alignment!r} is not a power of two")
-    names: set[str] = set()
-    for index in range(n_tensors):
-        tensor = _tensor_info(reader, index)
-        if tensor.name in names:
-            raise GGUFCheckError(f"tensor {tensor.name!r} appears twice")
-        names.add(tensor.name)
-        checked.tensors.append(tensor)
-    data_start = -(-reader.handle.tell() // alignment) * alignment
-    data_size = reader.size - data_start
-    end_of_previous = 0
-    for tensor in sorted(checked.tensors, key=lambda t: t.offset):
-        if tensor.offset % alignment:
-            raise GGUFCheckError(f"tensor {tensor.name}: offset {tensor.offset} is not aligned to {alignment}")
-        if tensor.offset < end_of_previous:
-            raise GGUFCheckError(f"tensor {tensor.name}: overlaps the tensor before it")
-        end_of_previous = tensor.offset + tensor.n_bytes
-        if end_of_previous > data_size:
-            raise GGUFCheckError(f"tensor {tensor.name}: data ends at byte {data_start + end_of_previous}, "
-                                 f"past the end of the file ({reader.size} bytes)")
+    checked.tensor_infos_start = reader.handle.tell()
+    checked.n_tensors = n_tensors
     return checked
 
 
@@ -241,26 +261,18 @@ def _tensor_info(reader: _Reader, index: int) -> TensorInfo:
 
 def _check_model(checked: CheckedFile) -> None:
     meta = checked.metadata
-    arch = meta.get("general.architecture")
-    if arch != keys.ARCH:
-        raise GGUFCheckError(f"architecture {arch!r}; only {keys.ARCH} files are checked and run by granite-gguf")
-    hparams = {}
-    for name, kind in REQUIRED_ARCH_KEYS.items():
-        key = f"{arch}.{name}"
-        if key not in meta:
-            raise GGUFCheckError(f"required key {key} is missing")
-        is_int = checked.value_types[key] in INTEGER_TYPES
-        is_float = checked.value_types[key] in (GGUFValueType.FLOAT32, GGUFValueType.FLOAT64)
-        if (kind == "int" and not is_int) or (kind == "float" and not is_float):
-            raise GGUFCheckError(f"key {key} has type {checked.value_types[key].name}, expected {kind}")
-        hparams[name] = meta[key]
-    for name in ("context_length", "embedding_length", "block_count", "feed_forward_length", "attention.head_count"):
-        if not 0 < hparams[name] < 1 << 24:
-            raise GGUFCheckError(f"{arch}.{name} = {hparams[name]} is out of range")
-    if hparams["embedding_length"] % hparams["attention.head_count"]:
+    arch = meta.get(Keys.General.ARCHITECTURE)
+    architecture = for_gguf(arch)
+    if architecture is None:
+        names = ", ".join(unit.name for unit in registered())
+        raise GGUFCheckError(f"architecture {arch!r}; only {names} files are checked and run by granite-gguf")
+    for key, kind in architecture.required_keys.items():
+        _check_key(checked, key, kind)
+    dims = architecture.dimensions_from_metadata(meta)
+    if dims.hidden % dims.heads:
         raise GGUFCheckError("embedding_length is not a multiple of attention.head_count")
     n_vocab = _check_vocab(checked)
-    expected = tensor_shapes(hparams["embedding_length"], hparams["feed_forward_length"], hparams["block_count"], n_vocab)
+    expected = architecture.tensor_shapes(dims, n_vocab)
     found = {tensor.name: tensor for tensor in checked.tensors}
     for name, shape in expected.items():
         if name not in found:
@@ -270,23 +282,35 @@ def _check_model(checked: CheckedFile) -> None:
                                  f"{list(reversed(shape))}")
 
 
+def _check_key(checked: CheckedFile, key: str, kind: KeyKind) -> None:
+    """`key` is present and holds a value of `kind`."""
+    if key not in checked.metadata:
+        raise GGUFCheckError(f"required key {key} is missing")
+    value_type = checked.value_types[key]
+    is_float = value_type in (GGUFValueType.FLOAT32, GGUFValueType.FLOAT64)
+    if (kind == "float" and not is_float) or (kind != "float" and value_type not in INTEGER_TYPES):
+        raise GGUFCheckError(f"key {key} has type {value_type.name}, expected {'float' if kind == 'float' else 'int'}")
+    if kind == "size" and not 0 < checked.metadata[key] < MAX_SIZE:
+        raise GGUFCheckError(f"{key} = {checked.metadata[key]} is out of range")
+
+
 def _check_vocab(checked: CheckedFile) -> int:
     """Token arrays of one length, unique texts, special ids in range; returns the vocabulary size."""
     meta = checked.metadata
-    tokens = meta.get("tokenizer.ggml.tokens")
-    if checked.item_types.get("tokenizer.ggml.tokens") != GGUFValueType.STRING or not tokens:
-        raise GGUFCheckError("tokenizer.ggml.tokens is missing or not an array of strings")
+    tokens = meta.get(Keys.Tokenizer.LIST)
+    if checked.item_types.get(Keys.Tokenizer.LIST) != GGUFValueType.STRING or not tokens:
+        raise GGUFCheckError(f"{Keys.Tokenizer.LIST} is missing or not an array of strings")
     if len(tokens) > MAX_VOCAB:
         raise GGUFCheckError(f"vocabulary of {len(tokens)} tokens exceeds the limit {MAX_VOCAB}")
-    if not isinstance(meta.get("tokenizer.ggml.model"), str):
-        raise GGUFCheckError("tokenizer.ggml.model is missing")
+    if not isinstance(meta.get(Keys.Tokenizer.MODEL), str):
+        raise GGUFCheckError(f"{Keys.Tokenizer.MODEL} is missing")
     for key, item_type in TOKENIZER_ARRAYS.items():
         if key not in meta:
             continue
         if checked.item_types.get(key) != item_type:
             found = checked.item_types.get(key, checked.value_types[key])
             raise GGUFCheckError(f"{key} holds {found.name}, llama.cpp reads {item_type.name}")
-        if key != "tokenizer.ggml.merges" and len(meta[key]) != len(tokens):
+        if key != Keys.Tokenizer.MERGES and len(meta[key]) != len(tokens):
             raise GGUFCheckError(f"{key} has {len(meta[key])} entries, tokens has {len(tokens)}")
     if len(set(tokens)) != len(tokens):
         seen: set[str] = set()
@@ -294,10 +318,9 @@ def _check_vocab(checked: CheckedFile) -> int:
             if token in seen:
                 raise GGUFCheckError(f"token text {token!r} appears more than once (llama.cpp aborts on duplicates)")
             seen.add(token)
-    if meta["tokenizer.ggml.model"] == "gpt2" and "tokenizer.ggml.merges" not in meta:
-        raise GGUFCheckError("tokenizer.ggml.merges is missing for a BPE (gpt2) tokenizer")
-    for name in SPECIAL_ID_KEYS:
-        key = f"tokenizer.ggml.{name}_token_id"
+    if meta[Keys.Tokenizer.MODEL] == "gpt2" and Keys.Tokenizer.MERGES not in meta:
+        raise GGUFCheckError(f"{Keys.Tokenizer.MERGES} is missing for a BPE (gpt2) tokenizer")
+    for key in SPECIAL_ID_KEYS:
         if key in meta and not (isinstance(meta[key], int) and 0 <= meta[key] < len(tokens)):
             raise GGUFCheckError(f"{key} = {meta[key]!r} is outside the vocabulary (0..{len(tokens) - 1})")
     return len(tokens)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gguf import LlamaFileType, PoolingType
+from gguf import Keys, LlamaFileType, PoolingType
 
 from granite_gguf.convert import keys
 
@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from granite_gguf.convert.check import CheckedFile
 
 
-VOCAB_ARRAYS = ("tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.ggml.merges")
+VOCAB_ARRAYS = (Keys.Tokenizer.LIST, Keys.Tokenizer.TOKEN_TYPE, Keys.Tokenizer.MERGES)
 
 
 @dataclass
@@ -28,7 +28,7 @@ class GGUFSummary:
     tensor_elements: Counter[str] = field(default_factory=Counter)  # type name → parameters
 
     def arch_value(self, key: str, default: Any = None) -> Any:
-        return self.metadata.get(f"{self.metadata.get('general.architecture')}.{key}", default)
+        return self.metadata.get(f"{self.metadata.get(Keys.General.ARCHITECTURE)}.{key}", default)
 
     @property
     def pooling(self) -> str:
@@ -37,7 +37,7 @@ class GGUFSummary:
 
     @property
     def file_type(self) -> LlamaFileType | None:
-        value = self.metadata.get("general.file_type")
+        value = self.metadata.get(Keys.General.FILE_TYPE)
         return LlamaFileType(value) if value is not None else None
 
     @property

@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, Keys
 from tqdm import tqdm
 
 from granite_gguf.convert.check import CheckedFile, check_gguf, read_header
@@ -151,7 +151,7 @@ def written_type(header: CheckedFile) -> OutType | None:
     """The type or recipe a file was written as, read back from its file type and the type of its
     token embedding table (a recipe's table, or its fallback for these rows); None when no type in
     the table writes this file type."""
-    base = OutType.for_file_type(header.metadata.get("general.file_type"))
+    base = OutType.for_file_type(header.metadata.get(Keys.General.FILE_TYPE))
     if base is None:
         return None
     table = next((t.ggml_type for t in header.tensors if t.name == TOKEN_EMBEDDING), None)

@@ -8,6 +8,7 @@ convert too. Token-exactness is then *proved* by `granite-gguf verify`, not assu
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -57,6 +58,7 @@ class GGUFVocab:
     add_bos: bool
     add_eos: bool
     n_padding: int  # unused entries appended to reach config.vocab_size
+    dropped_merges: int = 0  # merges of pieces the BPE input never holds (see usable_merges)
 
 
 def detect_family(tokenizer: dict[str, Any]) -> TokenizerFamily:
@@ -129,6 +131,8 @@ def build_vocab(tokenizer: dict[str, Any], special_tokens_map: dict[str, Any], c
     _check_bounds(tokenizer, config)
     try:
         return _build_vocab(tokenizer, special_tokens_map if isinstance(special_tokens_map, dict) else {}, config)
+    except UserError:  # a ValueError too, but already says what is wrong
+        raise
     except (TypeError, AttributeError, KeyError, IndexError, ValueError) as exc:
         raise UserError(f"tokenizer.json: unexpected structure ({type(exc).__name__}: {exc})") from None
 
@@ -191,22 +195,28 @@ def _build_vocab(tokenizer: dict[str, Any], special_tokens_map: dict[str, Any], 
         taken.add(text)
         token_types.append(TokenType.UNUSED)
 
-    template_bos, template_eos = _template_specials(tokenizer.get("post_processor"))
+    template_bos, template_eos = template_specials(tokenizer.get("post_processor"))
     text_to_id = {text: i for i, text in enumerate(tokens)}
     special_ids = _special_ids(special_tokens_map, config, text_to_id, unk)
     if template_bos is not None:
         special_ids["bos"] = template_bos
     if template_eos is not None:
         special_ids["eos"] = template_eos
+    merges, dropped = usable_merges(model.get("merges") or [], bpe_input_can_hold(family))
+    if dropped:
+        log.warning("dropped %d of %d merges that can never apply (they join pieces the BPE input never holds, "
+                    "such as raw spaces after a normalizer that escapes every space to %s)", dropped,
+                    len(merges) + dropped, SPACE_ESCAPE)
     return GGUFVocab(
         family=family,
         tokens=tokens,
         token_types=[int(t) for t in token_types],
-        merges=_merges(model.get("merges") or []),
+        merges=merges,
         special_ids=special_ids,
         add_bos=template_bos is not None,
         add_eos=template_eos is not None,
         n_padding=target - n_tokens,
+        dropped_merges=dropped,
     )
 
 
@@ -237,17 +247,35 @@ def _make_unique(tokens: list[str], token_types: list[TokenType], added: dict[in
         log.warning("token text %r appears at ids %d and %d; id %d renamed to %r", text, other, token_id, loser, tokens[loser])
 
 
-def _merges(raw: list[Any]) -> list[str]:
+def bpe_input_can_hold(family: TokenizerFamily) -> Callable[[str], bool]:
+    """Whether a piece can occur in the text the BPE model is given, as far as the family's pipeline decides it.
+
+    Gemma-style: the normalizer turns every space into ▁ before BPE runs, so no piece holding a raw
+    space is ever built by merging (raw-space pieces are only matched whole, as added tokens).
+    Byte-level families: every merge is kept as written (a merge that holds a space is refused).
+    """
+    if family is TokenizerFamily.GEMMA3:
+        return lambda piece: " " not in piece
+    return lambda piece: True
+
+
+def usable_merges(raw: list[Any], can_hold: Callable[[str], bool]) -> tuple[list[str], int]:
+    """The merges as llama.cpp's "left right" strings, and how many were dropped because they can
+    never apply (a side that `can_hold` rules out). A merge that can apply and has a space after the
+    first character of its left side cannot be written (llama.cpp splits at that space): refused."""
     merges = []
     for index, merge in enumerate(raw):
         left, right = merge if isinstance(merge, list) else merge.split(" ", 1)
+        if not (can_hold(left) and can_hold(right)):
+            continue
         if " " in left[1:]:
-            raise UserError(f"unsupported tokenizer: merge #{index} {merge!r} has a space that llama.cpp would split on")
+            raise UserError(f"unsupported tokenizer: merge #{index} {merge!r} can apply and has a space that "
+                            "llama.cpp would split on")
         merges.append(f"{left} {right}")
-    return merges
+    return merges, len(raw) - len(merges)
 
 
-def _template_specials(post: Any) -> tuple[int | None, int | None]:
+def template_specials(post: Any) -> tuple[int | None, int | None]:
     """(id added before the text, id added after it) according to the post-processor."""
     if post is None:
         return None, None
@@ -256,7 +284,7 @@ def _template_specials(post: Any) -> tuple[int | None, int | None]:
         found = [s for s in post.get("processors", []) if s.get("type") != "ByteLevel"]
         if len(found) > 1:
             raise UserError("unsupported tokenizer: more than one post_processor that adds tokens")
-        return _template_specials(found[0]) if found else (None, None)
+        return template_specials(found[0]) if found else (None, None)
     if kind == "ByteLevel":
         return None, None
     if kind in ("BertProcessing", "RobertaProcessing"):
@@ -310,10 +338,11 @@ def write_vocab(writer: GGUFWriter, vocab: GGUFVocab) -> None:
     }
     for role, token_id in vocab.special_ids.items():
         if role == "cls":
-            writer.add_uint32("tokenizer.ggml.cls_token_id", token_id)
+            writer.add_uint32(keys.CLS_ID, token_id)
         else:
             setters[role](token_id)
     writer.add_add_bos_token(vocab.add_bos)
     writer.add_add_eos_token(vocab.add_eos)
     writer.add_add_sep_token(False)
     writer.add_string(keys.TOKENIZER_FAMILY, vocab.family.name)
+    writer.add_uint32(keys.DROPPED_MERGES, vocab.dropped_merges)

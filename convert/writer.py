@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from granite_gguf import __version__
 from granite_gguf.convert import keys
-from granite_gguf.convert.modern_bert import ModernBertSpec, map_tensor_names
+from granite_gguf.convert.architecture import Spec, for_config
 from granite_gguf.convert.source import Checkpoint
 from granite_gguf.convert.tokenizer import build_vocab, write_vocab
 from granite_gguf.convert.types import OutType, Writer
@@ -41,10 +41,10 @@ class TensorPlan:
         return int(np.prod(self.shape)) // block * type_size
 
 
-def plan_tensors(ckpt: Checkpoint, spec: ModernBertSpec, outtype: OutType) -> list[TensorPlan]:
+def plan_tensors(ckpt: Checkpoint, spec: Spec, outtype: OutType) -> list[TensorPlan]:
     """Choose each tensor's storage type: norms stay F32; a row that does not fit the block size falls back to F16."""
     plans = []
-    for gguf_name, hf_name in map_tensor_names(ckpt, spec).items():
+    for gguf_name, hf_name in spec.map_tensors(ckpt).items():
         shape = ckpt.tensors[hf_name].shape
         ggml_type = outtype.block_type if len(shape) == 2 else GGMLQuantizationType.F32
         block = GGML_QUANT_SIZES[ggml_type][0]
@@ -73,15 +73,16 @@ def convert(
     progress: bool = False,
     progress_label: str | None = None,
 ) -> Path:
-    """Write `ckpt` as a modern-bert GGUF at `out_path` (atomically). Returns the path. The progress
-    bar is labelled `progress_label`, by default the file name."""
+    """Write `ckpt` as a GGUF of its architecture at `out_path` (atomically). Returns the path. The
+    progress bar is labelled `progress_label`, by default the file name."""
     if outtype.writer is not Writer.GGUF_PY:
         raise UserError(f"{outtype.label} is made by llama.cpp's quantizer: use --quant {outtype.label}")
-    spec = ModernBertSpec.from_checkpoint(ckpt, matryoshka_dims)
+    architecture = for_config(ckpt.config)
+    spec = architecture.read_spec(ckpt, matryoshka_dims)
     vocab = build_vocab(ckpt.tokenizer, ckpt.special_tokens_map, ckpt.config)
     plans = plan_tensors(ckpt, spec, outtype)
     with atomic_output(out_path) as tmp_path:
-        writer = GGUFWriter(tmp_path, keys.ARCH)
+        writer = GGUFWriter(tmp_path, architecture.name)
         write_general(writer, ckpt, spec, outtype)
         spec.write_metadata(writer)
         write_vocab(writer, vocab)
@@ -111,7 +112,7 @@ def convert(
     return out_path
 
 
-def write_general(writer: GGUFWriter, ckpt: Checkpoint, spec: ModernBertSpec, outtype: OutType) -> None:
+def write_general(writer: GGUFWriter, ckpt: Checkpoint, spec: Spec, outtype: OutType) -> None:
     """`general.*` provenance: name, size, license, source, file type."""
     basename = ckpt.source.rstrip("/").rsplit("/", 1)[-1] or ckpt.root.name
     writer.add_name(basename)

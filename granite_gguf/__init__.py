@@ -1,3 +1,25 @@
-"""granite-gguf: IBM Granite Embedding R2 (ModernBERT) checkpoints to verified GGUF files."""
+"""granite-gguf: IBM Granite Embedding R2 (ModernBERT) checkpoints to verified GGUF files.
+
+`from granite_gguf import Embedder` is the Python API (docs/python-api.md). It is imported on first
+use, so `import granite_gguf` stays cheap (no numpy, no llama-cpp-python).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from granite_gguf.errors import UserError
+
+if TYPE_CHECKING:
+    from granite_gguf.bindings.embedder import Embedder
 
 __version__ = "0.1.0"
+__all__ = ["Embedder", "UserError", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Embedder":
+        from granite_gguf import bindings  # whose own __getattr__ imports the embedder
+
+        return bindings.Embedder
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

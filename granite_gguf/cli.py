@@ -1,4 +1,4 @@
-"""The `granite-gguf` command line: convert, verify, inspect, embed, serve, ollama packaging, fixture, demo.
+"""The `granite-gguf` command line: convert, verify, release, inspect, embed, serve, ollama packaging, fixture, demo.
 
 User errors print one line `error: …` and exit 2 (no traceback); verify exits 1 on a parity failure.
 """
@@ -65,6 +65,21 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--json", type=Path, help="also write the reports as JSON")
     verify.add_argument("--threshold", type=float, help="minimum cosine (default: per file type)")
     verify.set_defaults(run=run_verify)
+
+    release = commands.add_parser("release", help="convert the recommended set, verify each file, certify, install "
+                                                  "into the ollama store and push (exit 1 if any file fails)")
+    release.add_argument("source", help="checkpoint folder, hub repo id, or a Granite R2 model name "
+                                        "(e.g. granite-embedding-311m-multilingual-r2)")
+    release.add_argument("--outdir", type=Path, required=True, help="folder for the GGUF files and Modelfiles")
+    release.add_argument("--quant", help="types and recipes (default: the recommended set of the model, docs/quality.md)")
+    release.add_argument("--name", help="store the files as NS/MODEL:TYPE (default: the model's name)")
+    release.add_argument("--push", metavar="HOST:PORT/NS/MODEL", help="also push each file as HOST:PORT/NS/MODEL:TYPE")
+    release.add_argument("--insecure", action="store_true", help="push over plain http")
+    release.add_argument("--models-dir", type=Path, help="the ollama store (default: $OLLAMA_MODELS or ~/.ollama/models)")
+    release.add_argument("--full-probes", action="store_true",
+                         help="verify on the full probe set instead of the smaller gate set")
+    release.add_argument("--no-progress", action="store_true", help="no progress bars")
+    release.set_defaults(run=run_release)
 
     inspect = commands.add_parser("inspect", help="show a GGUF's metadata, tensor types and tokenizer")
     inspect.add_argument("gguf", type=Path)
@@ -155,29 +170,70 @@ def run_verify(args: argparse.Namespace) -> int:
     return 0 if all(r.passed for r in reports) else 1
 
 
-def run_inspect(args: argparse.Namespace) -> int:
-    from granite_gguf.convert.inspect import read_summary
+def run_release(args: argparse.Namespace) -> int:
+    from granite_gguf.convert.types import OutType
+    from granite_gguf.release import probe_set_line, release, summary_table
 
-    summary = read_summary(args.gguf)
+    results = release(args.source, args.outdir, outputs=OutType.parse_list(args.quant) if args.quant else None,
+                      name=args.name, push_to=args.push, insecure=args.insecure, models_dir=args.models_dir,
+                      probe_set="full" if args.full_probes else "gate", progress=not args.no_progress)
+    print(probe_set_line(results))
+    print(summary_table(results))
+    failed = [r.path.name for r in results if not r.passed]
+    for name in failed:
+        print(f"refused: {name} failed verification; not installed or pushed", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    from gguf import Keys
+
+    from granite_gguf.certificate import read_certificate
+    from granite_gguf.convert import keys
+    from granite_gguf.convert.check import read_header
+    from granite_gguf.convert.inspect import summarize
+    from granite_gguf.convert.keys import CERTIFICATE_PREFIX, DROPPED_MERGES
+
+    header = read_header(args.gguf)
+    summary = summarize(header)
+    certificate = read_certificate(header)
     if args.json:
         print(json.dumps({"metadata": summary.metadata, "tensor_types": summary.tensor_types,
-                          "tensor_bytes": summary.tensor_bytes}, indent=2, ensure_ascii=False))
+                          "tensor_bytes": summary.tensor_bytes,
+                          "certificate": certificate.as_dict() if certificate else None}, indent=2, ensure_ascii=False))
         return 0
     meta = summary.metadata
     print(f"file          {args.gguf} ({args.gguf.stat().st_size / 2**20:.1f} MiB)")
-    print(f"architecture  {meta.get('general.architecture')}   file type {summary.file_type_name}")
+    print(f"architecture  {meta.get(Keys.General.ARCHITECTURE)}   file type {summary.file_type_name}")
     print(f"pooling       {summary.pooling}   normalize {summary.normalize}   matryoshka {list(summary.matryoshka_dims) or 'none'}")
-    print(f"tokenizer     {meta.get('granite_gguf.tokenizer_family', '?')} (pre {meta.get('tokenizer.ggml.pre')}), "
-          f"add_bos {meta.get('tokenizer.ggml.add_bos_token')}, add_eos {meta.get('tokenizer.ggml.add_eos_token')}")
+    print(f"tokenizer     {meta.get(keys.TOKENIZER_FAMILY, '?')} (pre {meta.get(Keys.Tokenizer.PRE)}), "
+          f"add_bos {meta.get(Keys.Tokenizer.ADD_BOS)}, add_eos {meta.get(Keys.Tokenizer.ADD_EOS)}")
+    if DROPPED_MERGES in meta:
+        print(f"merges        {len(header.metadata.get(Keys.Tokenizer.MERGES, []))}, {meta[DROPPED_MERGES]} of the "
+              "tokenizer's left out (they can never apply)")
     print("tensor types  " + ", ".join(f"{name} ×{count} ({summary.tensor_bytes[name] / 2**20:.2f} MiB)"
                                         for name, count in summary.tensor_types.most_common()))
+    if certificate is None:
+        print("certificate   none (files from `granite-gguf release` carry one)")
+    else:
+        c = certificate
+        print(f"certificate   {c.result}: {c.label} against {c.reference} ({c.checkpoint})")
+        print(f"              {c.probe_set} probe set, {c.probe_texts} texts (sha256 {c.probe_sha256}), "
+              f"token limit {c.token_limit} ({c.texts_cut} cut)")
+        print(f"              token mismatches {c.token_mismatches}, cosine min {c.cosine_min:.7f}, "
+              f"mean {c.cosine_mean:.7f}, threshold {c.threshold}; granite-gguf {c.tool_version}")
+        print(f"              tensor data sha256 {c.tensor_sha256} (`granite-gguf check` compares)")
     print("metadata:")
     for key, value in meta.items():
-        print(f"  {key} = {value}")
+        if not key.startswith(CERTIFICATE_PREFIX):
+            print(f"  {key} = {value}")
     return 0
 
 
 def run_check(args: argparse.Namespace) -> int:
+    from gguf import Keys
+
+    from granite_gguf.certificate import data_matches, read_certificate
     from granite_gguf.convert.check import GGUFCheckError, check_gguf
 
     bad = 0
@@ -188,9 +244,15 @@ def run_check(args: argparse.Namespace) -> int:
             bad += 1
             print(f"INVALID {exc}")
             continue
-        vocab = len(checked.metadata["tokenizer.ggml.tokens"])
+        vocab = len(checked.metadata[Keys.Tokenizer.LIST])
+        certificate = read_certificate(checked)
+        if certificate is not None and not data_matches(checked, certificate):
+            bad += 1
+            print(f"INVALID {path}: tensor data changed since it was certified (sha256 is not {certificate.tensor_sha256})")
+            continue
+        note = f", certificate {certificate.result} (tensor data matches)" if certificate else ""
         print(f"ok      {path}: GGUF v{checked.version}, {len(checked.tensors)} tensors, {len(checked.metadata)} keys, "
-              f"{vocab} tokens")
+              f"{vocab} tokens{note}")
     return 1 if bad else 0
 
 

@@ -2,7 +2,7 @@
 
 Nothing is downloaded: tokenizers are trained offline on the CLDR display names that `babel` ships
 (dozens of scripts), weights come from a seeded generator. The weights are scaled so that parity
-checks are *sensitive* (shared/DESIGN.md §8): attention logits are large enough that a wrong RoPE
+checks are *sensitive* (docs/architecture.md, "Parity and sensitive fixtures"): attention logits are large enough that a wrong RoPE
 base, window or pattern changes the CLS vector, and the embedding table is small enough in norm that
 a wrong LayerNorm epsilon does too.
 """
@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from gguf import MODEL_TENSOR
 
+from granite_gguf.convert.modern_bert import Dimensions, layout
 from granite_gguf.convert.tokenizer import O200K_SPLIT_REGEX, SPACE_ESCAPE, TokenizerFamily
 from granite_gguf.corpus import cldr_sentences
 
@@ -50,10 +52,7 @@ FIXTURES: dict[str, FixtureShape] = {
     )
 }
 
-HIDDEN = 64
-HEADS = 2  # head dim 32, as in the 97m
-LAYERS = 4  # global, local, local, global
-INTERMEDIATE = 96
+TINY = Dimensions(hidden=64, intermediate=96, layers=4, heads=2)  # head dim 32, as in the 97m; global, local, local, global
 LOCAL_ATTENTION = 128
 GLOBAL_EVERY = 3
 ROPE_GLOBAL = 80_000.0
@@ -63,22 +62,35 @@ GEMMA_ALPHABET = 600  # characters kept whole; rarer ones fall back to <0xNN> by
 # Scales (standard deviations) that make the fixture sensitive; see the module docstring.
 EMBEDDING_STD = 0.004
 QKV_STD = 0.15
+# Other matrices: 1 / sqrt(row length), which keeps activations at unit scale.
+MATRIX_STD = {MODEL_TENSOR.TOKEN_EMBD: EMBEDDING_STD, MODEL_TENSOR.ATTN_QKV: QKV_STD}
 NORM_WEIGHT_SPREAD = 0.2
 
 
 def build_fixture(name: str, dest: Path) -> Path:
     """Write fixture `name` into `dest` (created atomically; an existing complete fixture is reused)."""
     shape = FIXTURES[name]
-    marker = dest / ".fixture.json"
     stamp = {"name": name, "version": FIXTURE_VERSION}
-    if marker.is_file() and json.loads(marker.read_text()) == stamp:
+    if is_built(dest, stamp):
         return dest
+    tokenizer, specials = train_tokenizer(shape)
+    n_tokens = tokenizer.get_vocab_size(with_added_tokens=True)
+    vocab_size = -(-n_tokens // 64) * 64 + 64  # padded like ModernBERT's 50368, plus spare rows
+    return write_checkpoint(dest, shape, tokenizer, specials, vocab_size, stamp)
+
+
+def is_built(dest: Path, stamp: dict[str, Any]) -> bool:
+    marker = dest / ".fixture.json"
+    return marker.is_file() and json.loads(marker.read_text()) == stamp
+
+
+def write_checkpoint(dest: Path, shape: FixtureShape, tokenizer: Any, specials: dict[str, str], vocab_size: int,
+                     stamp: dict[str, Any]) -> Path:
+    """A checkpoint of `shape` around `tokenizer` in `dest`, built beside it and renamed into place,
+    with `stamp` as its marker (see `is_built`)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=dest.parent))
+    work = Path(tempfile.mkdtemp(prefix=f".{shape.name}-", dir=dest.parent))
     try:
-        tokenizer, specials = train_tokenizer(shape)
-        n_tokens = tokenizer.get_vocab_size(with_added_tokens=True)
-        vocab_size = -(-n_tokens // 64) * 64 + 64  # padded like ModernBERT's 50368, plus spare rows
         (work / "tokenizer.json").write_text(tokenizer.to_str(pretty=True), encoding="utf-8")
         write_tokenizer_files(work, specials)
         write_config(work, shape, vocab_size, specials, tokenizer)
@@ -190,13 +202,14 @@ def write_tokenizer_files(folder: Path, specials: dict[str, str]) -> None:
     (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
 
 
-def write_config(folder: Path, shape: FixtureShape, vocab_size: int, specials: dict[str, str], tokenizer: Any) -> None:
+def write_config(folder: Path, shape: FixtureShape, vocab_size: int, specials: dict[str, str], tokenizer: Any,
+                 dims: Dimensions = TINY) -> None:
     ids = {role: tokenizer.token_to_id(text) for role, text in specials.items()}
-    layer_types = ["full_attention" if i % GLOBAL_EVERY == 0 else "sliding_attention" for i in range(LAYERS)]
+    layer_types = ["full_attention" if i % GLOBAL_EVERY == 0 else "sliding_attention" for i in range(dims.layers)]
     config: dict[str, Any] = {
         "architectures": ["ModernBertModel"], "model_type": "modernbert", "_name_or_path": shape.name,
-        "vocab_size": vocab_size, "hidden_size": HIDDEN, "num_hidden_layers": LAYERS, "num_attention_heads": HEADS,
-        "intermediate_size": INTERMEDIATE, "hidden_activation": shape.activation, "max_position_embeddings": shape.context_length,
+        "vocab_size": vocab_size, "hidden_size": dims.hidden, "num_hidden_layers": dims.layers,
+        "num_attention_heads": dims.heads, "intermediate_size": dims.intermediate, "hidden_activation": shape.activation, "max_position_embeddings": shape.context_length,
         "norm_eps": NORM_EPS, "norm_bias": False, "attention_bias": False, "mlp_bias": False, "local_attention": LOCAL_ATTENTION,
         "classifier_pooling": "cls", "pad_token_id": ids.get("pad"), "bos_token_id": ids.get("bos", ids.get("cls")),
         "eos_token_id": ids.get("eos", ids.get("sep")), "cls_token_id": ids.get("cls", ids.get("bos")),
@@ -212,7 +225,7 @@ def write_config(folder: Path, shape: FixtureShape, vocab_size: int, specials: d
     (folder / "config.json").write_text(json.dumps(config, indent=2))
 
 
-def write_sentence_transformers(folder: Path, shape: FixtureShape) -> None:
+def write_sentence_transformers(folder: Path, shape: FixtureShape, hidden: int = TINY.hidden) -> None:
     modules = [
         {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
         {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
@@ -222,7 +235,7 @@ def write_sentence_transformers(folder: Path, shape: FixtureShape) -> None:
         (folder / "2_Normalize").mkdir()
     (folder / "modules.json").write_text(json.dumps(modules, indent=2))
     (folder / "1_Pooling").mkdir()
-    pooling = {"word_embedding_dimension": HIDDEN, "pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False,
+    pooling = {"word_embedding_dimension": hidden, "pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False,
                "pooling_mode_max_tokens": False, "pooling_mode_mean_sqrt_len_tokens": False,
                "pooling_mode_weightedmean_tokens": False, "pooling_mode_lasttoken": False, "include_prompt": True}
     (folder / "1_Pooling" / "config.json").write_text(json.dumps(pooling, indent=2))
@@ -231,8 +244,8 @@ def write_sentence_transformers(folder: Path, shape: FixtureShape) -> None:
                                       "a test fixture built by granite_gguf.fixtures, not a useful model.\n")
 
 
-def write_weights(folder: Path, shape: FixtureShape, vocab_size: int) -> None:
-    """Seeded weights with the sensitivity scales above, saved as safetensors."""
+def write_weights(folder: Path, shape: FixtureShape, vocab_size: int, dims: Dimensions = TINY) -> None:
+    """Seeded weights with the sensitivity scales above, in state-dict order, saved as safetensors."""
     from safetensors.numpy import save_file
 
     rng = np.random.default_rng(shape.seed)
@@ -240,17 +253,11 @@ def write_weights(folder: Path, shape: FixtureShape, vocab_size: int) -> None:
     def normal(std: float, *dims: int) -> np.ndarray:
         return (rng.standard_normal(dims) * std).astype(np.float32)
 
-    def norm_weight() -> np.ndarray:
-        return (1.0 + rng.uniform(-NORM_WEIGHT_SPREAD, NORM_WEIGHT_SPREAD, HIDDEN)).astype(np.float32)
+    def norm_weight(n: int) -> np.ndarray:
+        return (1.0 + rng.uniform(-NORM_WEIGHT_SPREAD, NORM_WEIGHT_SPREAD, n)).astype(np.float32)
 
-    tensors = {"embeddings.tok_embeddings.weight": normal(EMBEDDING_STD, vocab_size, HIDDEN), "embeddings.norm.weight": norm_weight()}
-    for i in range(LAYERS):
-        if i:
-            tensors[f"layers.{i}.attn_norm.weight"] = norm_weight()
-        tensors[f"layers.{i}.attn.Wqkv.weight"] = normal(QKV_STD, 3 * HIDDEN, HIDDEN)
-        tensors[f"layers.{i}.attn.Wo.weight"] = normal(1 / np.sqrt(HIDDEN), HIDDEN, HIDDEN)
-        tensors[f"layers.{i}.mlp_norm.weight"] = norm_weight()
-        tensors[f"layers.{i}.mlp.Wi.weight"] = normal(1 / np.sqrt(HIDDEN), 2 * INTERMEDIATE, HIDDEN)
-        tensors[f"layers.{i}.mlp.Wo.weight"] = normal(1 / np.sqrt(INTERMEDIATE), HIDDEN, INTERMEDIATE)
-    tensors["final_norm.weight"] = norm_weight()
+    tensors = {
+        t.hf_name: norm_weight(*t.shape) if len(t.shape) == 1 else normal(MATRIX_STD.get(t.tensor, 1 / np.sqrt(t.shape[1])), *t.shape)
+        for t in layout(dims, vocab_size)
+    }
     save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})

@@ -1,4 +1,4 @@
-"""The Modelfiles shipped in modelfiles/granite-r2/, generated from the models' published facts (DESIGN.md §3).
+"""The Modelfiles shipped in modelfiles/granite-r2/, generated from the models' published facts (docs/architecture.md, "The models").
 
 Regenerate after changing the generator: `python -m granite_gguf.modelfiles.granite_r2`.
 """

@@ -1,6 +1,6 @@
 """ollama Modelfiles: the data model, the generator for embedding GGUFs, and a parser/checker for ollama's grammar.
 
-The grammar follows shared/DESIGN.md §7 and ollama's parser (parser/parser.go): instruction names are
+The grammar follows docs/architecture.md ("ollama") and ollama's parser (parser/parser.go): instruction names are
 case-insensitive, PARAMETER names are case-sensitive, `#` starts a comment only at the beginning of a line,
 a value runs to the end of its line unless it is inside "…" or \"\"\"…\"\"\", and single quotes are ordinary
 characters. Files are read as ollama reads them: UTF-8, or UTF-16 LE/BE when a byte-order mark says so.
@@ -15,6 +15,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from gguf import Keys
 
 from granite_gguf.convert import keys
 from granite_gguf.convert.inspect import GGUFSummary, read_summary
@@ -269,10 +271,10 @@ class ModelFacts:
             raise UserError(f"{summary.path}: no context_length in the GGUF metadata; cannot size num_ctx")
         version = meta.get(keys.CONVERTER_VERSION)
         return cls(
-            name=meta.get("general.name") or summary.path.stem,
+            name=meta.get(Keys.General.NAME) or summary.path.stem,
             context_length=int(context),
             file_type=file_type_label(summary),
-            license=meta.get("general.license"),
+            license=meta.get(Keys.General.LICENSE),
             pooling=summary.pooling,
             converter=f"granite-gguf {version}" if version else "unknown",
         )

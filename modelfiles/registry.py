@@ -1,4 +1,4 @@
-"""`granite-gguf push` and `pull`: an ollama store entry to and from a Docker distribution registry (shared/DESIGN.md §7).
+"""`granite-gguf push` and `pull`: an ollama store entry to and from a Docker distribution registry (docs/architecture.md, "ollama").
 
 Push is the standard upload flow: `HEAD` each blob, upload the missing ones (`POST …/blobs/uploads/`, then one
 monolithic `PUT <Location>?digest=…`), then `PUT` the store's manifest bytes unchanged. Pull follows ollama's pull
@@ -136,6 +136,8 @@ def _manifest_entries(manifest: bytes, target: str) -> list[dict[str, Any]]:
             blob_file_name(entry["digest"])
             if not isinstance(entry["size"], int) or entry["size"] < 0:
                 raise ValueError(f"bad size {entry['size']!r}")
+    except UserError:  # a ValueError too, but already says what is wrong
+        raise
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise UserError(f"{target}: not a Docker v2 manifest ({exc})") from None
     if media_type != MANIFEST_MEDIA_TYPE:

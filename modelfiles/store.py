@@ -1,4 +1,4 @@
-"""The ollama model store (shared/DESIGN.md §7): sha256-named blobs and Docker v2 manifests, as `ollama create` writes them.
+"""The ollama model store (docs/architecture.md, "ollama"): sha256-named blobs and Docker v2 manifests, as `ollama create` writes them.
 
 Layout under the models folder: `blobs/sha256-<hex>` and `manifests/<host>/<namespace>/<model>/<tag>`.
 Blobs go first and the manifest last, each file atomically, because ollama prunes blobs that no
@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
+
+from gguf import Keys
 
 from granite_gguf.convert.check import check_gguf
 from granite_gguf.convert.inspect import GGUFSummary, summarize
@@ -173,12 +175,12 @@ def _refuse_unsupported(modelfile: Modelfile, source: Path) -> None:
 
 def _config(summary: GGUFSummary, layers: list[dict[str, Any]]) -> dict[str, Any]:
     """ollama's ConfigV2 in its field order; architecture/os are the Docker image's platform, fixed by ollama."""
-    family = summary.metadata.get("general.architecture", "")
+    family = summary.metadata.get(Keys.General.ARCHITECTURE, "")
     return {
         "model_format": "gguf",
         "model_family": family,
         "model_families": [family],
-        "model_type": summary.metadata.get("general.size_label", ""),
+        "model_type": summary.metadata.get(Keys.General.SIZE_LABEL, ""),
         "file_type": file_type_label(summary).upper(),
         "architecture": "amd64",
         "os": "linux",

@@ -116,12 +116,12 @@ def measure(cmd: list[str], env: dict[str, str], log: Path) -> Run:
 
 def gpt2_vocab_copy(checkpoint: Path, vocab_gguf: Path, dest: Path) -> Path:
     """`checkpoint` with GPT-2's tokenizer (from a vocab-only GGUF); every other file is a symlink."""
-    from gguf import GGUFReader
+    from gguf import GGUFReader, Keys
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
 
     reader = GGUFReader(vocab_gguf)
-    tokens = reader.fields["tokenizer.ggml.tokens"].contents()
-    merges = [tuple(merge.split(" ", 1)) for merge in reader.fields["tokenizer.ggml.merges"].contents()]
+    tokens = reader.fields[Keys.Tokenizer.LIST].contents()
+    merges = [tuple(merge.split(" ", 1)) for merge in reader.fields[Keys.Tokenizer.MERGES].contents()]
     tokenizer = Tokenizer(models.BPE(vocab={text: i for i, text in enumerate(tokens)}, merges=merges))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()

@@ -24,10 +24,10 @@ from typing import Any
 
 import numpy as np
 
+from granite_gguf.convert.modern_bert import Dimensions, layout
 from granite_gguf.convert.tokenizer import BYTE_PIECES
 from granite_gguf.fixtures import (
     FIXTURES,
-    GLOBAL_EVERY,
     FixtureShape,
     train_tokenizer,
     write_config,
@@ -44,17 +44,16 @@ class FullShape:
     """Real Granite R2 dimensions plus the tiny fixture whose tokenizer family and config style it reuses."""
 
     fixture: FixtureShape
-    hidden: int
-    layers: int
-    heads: int
-    intermediate: int  # per GLU half: Wi has 2 * intermediate rows
+    dims: Dimensions
     vocab: int
     shards: int
 
 
 SHAPES: dict[str, FullShape] = {
-    "311m": FullShape(dataclasses.replace(FIXTURES["tiny-gemma3"], name="full-311m"), 768, 22, 12, 1152, 262_144, 2),
-    "97m": FullShape(dataclasses.replace(FIXTURES["tiny-o200k"], name="full-97m"), 384, 12, 12, 1536, 180_000, 1),
+    "311m": FullShape(dataclasses.replace(FIXTURES["tiny-gemma3"], name="full-311m"),
+                      Dimensions(hidden=768, intermediate=1152, layers=22, heads=12), 262_144, 2),
+    "97m": FullShape(dataclasses.replace(FIXTURES["tiny-o200k"], name="full-97m"),
+                     Dimensions(hidden=384, intermediate=1536, layers=12, heads=12), 180_000, 1),
 }
 
 
@@ -66,14 +65,8 @@ def build(shape: FullShape, dest: Path) -> None:
     tokenizer, specials = grown_tokenizer(shape)
     (dest / "tokenizer.json").write_text(tokenizer.to_str(pretty=True), encoding="utf-8")
     write_tokenizer_files(dest, specials)
-    write_config(dest, shape.fixture, shape.vocab, specials, tokenizer)
-    _update_json(dest / "config.json", {
-        "hidden_size": shape.hidden, "num_hidden_layers": shape.layers, "num_attention_heads": shape.heads,
-        "intermediate_size": shape.intermediate, "vocab_size": shape.vocab,
-        "layer_types": ["full_attention" if i % GLOBAL_EVERY == 0 else "sliding_attention" for i in range(shape.layers)],
-    })
-    write_sentence_transformers(dest, shape.fixture)
-    _update_json(dest / "1_Pooling" / "config.json", {"word_embedding_dimension": shape.hidden})
+    write_config(dest, shape.fixture, shape.vocab, specials, tokenizer, shape.dims)
+    write_sentence_transformers(dest, shape.fixture, shape.dims.hidden)
     write_weights(dest, shape)
 
 
@@ -97,25 +90,9 @@ def grown_tokenizer(shape: FullShape) -> tuple[Any, dict[str, str]]:
     return Tokenizer.from_str(json.dumps(data)), specials
 
 
-def tensor_shapes(shape: FullShape) -> dict[str, tuple[int, ...]]:
-    """HF tensor name → shape, in state-dict order (as ModernBertModel saves them)."""
-    h = shape.hidden
-    shapes: dict[str, tuple[int, ...]] = {"embeddings.tok_embeddings.weight": (shape.vocab, h), "embeddings.norm.weight": (h,)}
-    for i in range(shape.layers):
-        if i:
-            shapes[f"layers.{i}.attn_norm.weight"] = (h,)
-        shapes[f"layers.{i}.attn.Wqkv.weight"] = (3 * h, h)
-        shapes[f"layers.{i}.attn.Wo.weight"] = (h, h)
-        shapes[f"layers.{i}.mlp_norm.weight"] = (h,)
-        shapes[f"layers.{i}.mlp.Wi.weight"] = (2 * shape.intermediate, h)
-        shapes[f"layers.{i}.mlp.Wo.weight"] = (h, shape.intermediate)
-    shapes["final_norm.weight"] = (h,)
-    return shapes
-
-
 def write_weights(folder: Path, shape: FullShape) -> None:
     """Split the tensors into `shape.shards` files of about equal size (in state-dict order) and stream each."""
-    shapes = tensor_shapes(shape)
+    shapes = {t.hf_name: t.shape for t in layout(shape.dims, shape.vocab)}  # state-dict order
     total = sum(4 * int(np.prod(s)) for s in shapes.values())
     groups: list[dict[str, tuple[int, ...]]] = [{} for _ in range(shape.shards)]
     done = 0
@@ -162,12 +139,6 @@ def _tensor_chunks(dims: tuple[int, ...], rng: np.random.Generator) -> Iterator[
     for first in range(0, rows, step):
         count = min(step, rows - first)
         yield (rng.standard_normal((count, cols), dtype=np.float32) * np.float32(WEIGHT_STD)).astype("<f4")
-
-
-def _update_json(path: Path, changes: dict[str, Any]) -> None:
-    data = json.loads(path.read_text())
-    data.update(changes)
-    path.write_text(json.dumps(data, indent=2))
 
 
 def main(argv: list[str] | None = None) -> int:

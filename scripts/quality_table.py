@@ -2,7 +2,9 @@
 
     .venv/bin/python scripts/quality_table.py CHECKPOINT [--texts N] [--types f16,q8_0,...] [--workdir DIR]
 
-Writes the set with `convert_set`, runs the fp32 PyTorch reference once, then per file measures: size,
+Writes the set with `convert_set`, runs the fp32 PyTorch reference once, then per file measures (with
+verify's own `measure`, one run over the probes and the retrieval texts; retrieval metrics and the
+Pareto front from granite_gguf.quality): size,
 bytes per parameter, effective GGML types (share of parameters), cosine min / mean / 1st percentile and
 NMSE against the reference on the probe set (all probes, or N evenly spaced ones), and agreement on a
 multilingual retrieval probe: 200 passages of CLDR text, 50 queries that are a short span of one
@@ -23,7 +25,6 @@ import shlex
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,22 +34,21 @@ from granite_gguf.bindings.embedder import Embedder, usable_threads
 from granite_gguf.convert.quantize import convert_set
 from granite_gguf.convert.source import open_checkpoint
 from granite_gguf.convert.types import OutType
-from granite_gguf.corpus import cldr_sentences
 from granite_gguf.probes import probe_texts
-from granite_gguf.verify import Reference, default_threshold, run_reference
+from granite_gguf.quality import (
+    N_PASSAGES,
+    QUERY_EVERY,
+    RetrievalProbe,
+    effective_types,
+    pareto_front,
+    random_ndcg,
+    retrieval_agreement,
+    retrieval_probe,
+)
+from granite_gguf.verify import Reference, default_threshold, measure, run_reference
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_TYPES = ",".join(["f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0", *(t.label for t in OutType if t.is_recipe)])
-N_PASSAGES = 200
-QUERY_EVERY = 4  # a query from every 4th passage: 50 queries
-RUNS_PER_PASSAGE = 3  # consecutive CLDR runs per passage (about 200 characters)
-K = 10
-
-
-@dataclass
-class RetrievalProbe:
-    passages: list[str]
-    queries: list[str]
 
 
 @dataclass
@@ -57,7 +57,7 @@ class Row:
     file: str
     size: int
     parameters: int
-    types: dict[str, float]  # GGML type → share of parameters
+    types: str  # effective GGML types, share of parameters
     cosine_min: float
     cosine_mean: float
     cosine_p1: float
@@ -81,81 +81,21 @@ def sample_probes(n: int | None) -> list[str]:
     return [texts[i] for i in np.unique(np.linspace(0, len(texts) - 1, n).round().astype(int))]
 
 
-def retrieval_probe() -> RetrievalProbe:
-    """Passages: runs of CLDR names spread over all locales; queries: the first three names of the
-    middle run of every 4th passage (so each query has one source passage, in its own language)."""
-    runs = cldr_sentences()
-    starts = [k * (len(runs) - RUNS_PER_PASSAGE) // N_PASSAGES for k in range(N_PASSAGES)]
-    passages = [" ".join(runs[i : i + RUNS_PER_PASSAGE]) for i in starts]
-    queries = [", ".join(runs[i + 1].split(", ")[:3]) for i in starts[::QUERY_EVERY]]
-    return RetrievalProbe(passages, queries)
-
-
-def ndcg_at_k(relevance: np.ndarray, ranking: Sequence[int], k: int = K) -> float:
-    """nDCG@k of `ranking` (passage indices, best first) with graded `relevance` per passage."""
-    discounts = 1.0 / np.log2(np.arange(2, k + 2))
-    dcg = float(np.sum(relevance[np.asarray(ranking[:k])] * discounts[: len(ranking[:k])]))
-    ideal = float(np.sum(np.sort(relevance)[::-1][:k] * discounts))
-    return dcg / ideal if ideal > 0 else 1.0
-
-
-def top_k_overlap(a: Sequence[int], b: Sequence[int], k: int = K) -> float:
-    """Share of the first k of `a` that are among the first k of `b`."""
-    return len(set(a[:k]) & set(b[:k])) / k
-
-
-def retrieval_agreement(reference_scores: np.ndarray, scores: np.ndarray, k: int = K) -> tuple[float, float]:
-    """Mean top-k overlap and mean nDCG@k of the rankings by `scores` (queries × passages), with the
-    reference scores as graded relevance (clipped at 0)."""
-    reference_rankings = np.argsort(-reference_scores, axis=1, kind="stable")
-    rankings = np.argsort(-scores, axis=1, kind="stable")
-    relevance = np.clip(reference_scores, 0.0, None)
-    overlap = np.mean([top_k_overlap(r, o, k) for r, o in zip(rankings, reference_rankings)])
-    ndcg = np.mean([ndcg_at_k(rel, r, k) for rel, r in zip(relevance, rankings)])
-    return float(overlap), float(ndcg)
-
-
-def random_ndcg(reference_scores: np.ndarray, k: int = K, seed: int = 0) -> float:
-    """nDCG@k of random rankings: the floor the retrieval column should be read against."""
-    rng = np.random.default_rng(seed)
-    relevance = np.clip(reference_scores, 0.0, None)
-    return float(np.mean([ndcg_at_k(rel, rng.permutation(len(rel)), k) for rel in relevance]))
-
-
-def mark_pareto(rows: list[Row]) -> None:
-    """A row is on the front when no other row is at most as large and at least as good, one strictly."""
-    for row in rows:
-        row.pareto = not any(
-            o.size <= row.size and o.cosine_mean >= row.cosine_mean and (o.size, o.cosine_mean) != (row.size, row.cosine_mean)
-            for o in rows
-        )
-
-
-def measure(label: str, path: Path, reference: Reference, n_probes: int) -> Row:
-    with Embedder(path, max_tokens=reference.longest) as embedder:
-        mismatches = sum(embedder.tokenize(text) != ids for text, ids in zip(reference.texts, reference.token_ids))
-        vectors = embedder.encode(reference.texts)
+def row(label: str, path: Path, reference: Reference, n_probes: int, retrieval: RetrievalProbe) -> Row:
+    """verify's measurement of the file (probes and retrieval texts in one run), and the retrieval agreement."""
+    with Embedder(path, max_tokens=reference.needed) as embedder:
+        metrics = measure(embedder, reference)
+        threshold = default_threshold(embedder.header)
     summary = embedder.summary
     parameters = sum(summary.tensor_elements.values())
-    reference_vectors = reference.vectors
-    ref, ours = reference_vectors[:n_probes], vectors[:n_probes]
-    cosines = np.sum(ref * ours, axis=1)
-    nmse = float(np.mean(np.sum((ref - ours) ** 2, axis=1)) / np.mean(np.sum(ref**2, axis=1)))
-    overlap, ndcg = retrieval_agreement(*_retrieval_scores(reference_vectors, vectors, n_probes))
+    probes = metrics.head(n_probes)
+    overlap, ndcg = retrieval_agreement(retrieval.scores(reference.vectors[n_probes:]), retrieval.scores(metrics.vectors[n_probes:]))
     return Row(
         label=label, file=path.name, size=path.stat().st_size, parameters=parameters,
-        types={t: n / parameters for t, n in summary.tensor_elements.most_common()},
-        cosine_min=float(cosines.min()), cosine_mean=float(cosines.mean()),
-        cosine_p1=float(np.percentile(cosines, 1)), nmse=nmse, overlap=overlap, ndcg=ndcg,
-        token_mismatches=mismatches, threshold=default_threshold(embedder.header),
+        types=effective_types(summary),
+        cosine_min=probes.cosine_min, cosine_mean=probes.cosine_mean, cosine_p1=probes.cosine_p1, nmse=probes.nmse,
+        overlap=overlap, ndcg=ndcg, token_mismatches=len(metrics.mismatches), threshold=threshold,
     )
-
-
-def _retrieval_scores(reference: np.ndarray, vectors: np.ndarray, n_probes: int) -> tuple[np.ndarray, np.ndarray]:
-    """(reference, file) cosines of queries × passages; the vectors are probes, passages, queries."""
-    passages = slice(n_probes, n_probes + N_PASSAGES)
-    queries = slice(n_probes + N_PASSAGES, None)
-    return reference[queries] @ reference[passages].T, vectors[queries] @ vectors[passages].T
 
 
 def machine() -> str:
@@ -191,9 +131,8 @@ def markdown(name: str, rows: list[Row], *, n_probes: int, floor: float, seconds
         "|" + "---|" * (header.count("|") - 1),
     ]
     for r in rows:
-        types = " · ".join(f"{t} {share:.0%}" if share >= 0.005 else f"{t} <1%" for t, share in r.types.items())
         lines.append(
-            f"| {r.label} | {r.file} | {r.size:,} | {r.size / r.parameters:.3f} | {types} | {r.cosine_min:.5f} "
+            f"| {r.label} | {r.file} | {r.size:,} | {r.size / r.parameters:.3f} | {r.types} | {r.cosine_min:.5f} "
             f"| {r.cosine_mean:.6f} | {r.cosine_p1:.5f} | {r.nmse:.2e} | {r.overlap:.3f} | {r.ndcg:.4f} "
             f"| {r.token_mismatches} | {r.threshold} {'pass' if r.passes else '**FAIL**'} | {'★' if r.pareto else ''} |"
         )
@@ -251,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     probes = sample_probes(args.texts)
     retrieval = retrieval_probe()
-    texts = probes + retrieval.passages + retrieval.queries
+    texts = probes + retrieval.texts
     with tempfile.TemporaryDirectory(prefix="quality-") as tmp:
         workdir = args.workdir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
@@ -260,11 +199,12 @@ def main(argv: list[str] | None = None) -> int:
         reference = run_reference(args.checkpoint, texts)
         rows = []
         for result in files:
-            rows.append(measure(result.output.label, result.path, reference, len(probes)))
+            rows.append(row(result.output.label, result.path, reference, len(probes), retrieval))
             print(f"{result.output.label}: cosine min {rows[-1].cosine_min:.5f}, nDCG@10 {rows[-1].ndcg:.4f}", flush=True)
     rows.sort(key=lambda r: -r.size)
-    mark_pareto(rows)
-    floor = random_ndcg(_retrieval_scores(reference.vectors, reference.vectors, len(probes))[0])
+    for r, on_front in zip(rows, pareto_front([(r.size, r.cosine_mean) for r in rows])):
+        r.pareto = on_front
+    floor = random_ndcg(retrieval.scores(reference.vectors[len(probes):]))
     picture = args.doc.parent / f"quality-{name}.png"
     plot(rows, name, picture)
     section = markdown(name, rows, n_probes=len(probes), floor=floor, seconds=time.monotonic() - started, plot=picture)

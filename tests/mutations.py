@@ -1,7 +1,7 @@
 """Planted conversion bugs: copies of a fixture checkpoint with one fact changed.
 
 Converting a mutated copy gives exactly the GGUF a converter with that bug would write; `verify`
-against the *original* checkpoint must then fail (shared/DESIGN.md §8).
+against the *original* checkpoint must then fail (docs/architecture.md, "Parity and sensitive fixtures").
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Modelfiles: ollama's grammar (shared/DESIGN.md §7) on hand-written files, the generator, the shipped files, `modelfile`."""
+"""Modelfiles: ollama's grammar (docs/architecture.md, "ollama") on hand-written files, the generator, the shipped files, `modelfile`."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The ollama model store: layout, manifest and config per shared/DESIGN.md §7, digests, name safety, idempotence."""
+"""The ollama model store: layout, manifest and config per docs/architecture.md ("ollama"), digests, name safety, idempotence."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Quantized types and embedding-aware recipes meet their measured thresholds (docs/quality.md), and
-the retrieval metrics of scripts/quality_table.py behave."""
+the retrieval metrics of granite_gguf.quality behave."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from granite_gguf.convert.source import open_checkpoint
 from granite_gguf.convert.types import OutType
 from granite_gguf.errors import UserError
 from granite_gguf.verify import compare
-from scripts.quality_table import Row, mark_pareto, ndcg_at_k, retrieval_agreement, top_k_overlap
+from granite_gguf.quality import ndcg_at_k, pareto_front, retrieval_agreement, top_k_overlap
 from tests.conftest import Workspace
 
 FAMILY = "tiny-gemma3"  # mirrors the 311m, whose token embedding table is 2/3 of its parameters
@@ -71,7 +71,6 @@ def test_retrieval_agreement_and_pareto() -> None:
     assert retrieval_agreement(scores, scores) == pytest.approx((1.0, 1.0))
     overlap, ndcg = retrieval_agreement(scores, scores + np.random.default_rng(2).normal(0, 0.1, scores.shape))
     assert 0 < overlap < 1 and 0 < ndcg < 1
-    rows = [Row(label, "", size, 1, {}, 0, mean, 0, 0, 0, 0) for label, size, mean in
-            (("big", 100, 0.999), ("dominated", 90, 0.98), ("small", 80, 0.99), ("tiny", 50, 0.9))]
-    mark_pareto(rows)
-    assert [r.label for r in rows if r.pareto] == ["big", "small", "tiny"]
+    points = {"big": (100, 0.999), "dominated": (90, 0.98), "small": (80, 0.99), "tiny": (50, 0.9), "twin": (80, 0.99)}
+    front = pareto_front(list(points.values()))
+    assert [label for label, on in zip(points, front) if on] == ["big", "small", "tiny", "twin"]

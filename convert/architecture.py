@@ -1,0 +1,75 @@
+"""What convert/ and the checker need from an architecture unit, and the list of units.
+
+An architecture unit (convert/modern_bert.py is the one there is) plays the part of ollama's
+convert/ `ModelConverter`: the metadata it writes (KV), the tensors it emits and their names. The
+writer picks the unit by config.json's `architectures`, the checker by `general.architecture`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+from gguf import MODEL_ARCH, MODEL_ARCH_NAMES, GGUFWriter
+
+from granite_gguf.errors import UserError
+
+if TYPE_CHECKING:
+    from granite_gguf.convert.source import Checkpoint
+
+KeyKind = Literal["size", "int", "float"]  # "size": a positive integer below 2**24
+
+
+class Spec(Protocol):
+    """One checkpoint's hyper-parameters, as the unit read them."""
+
+    def write_metadata(self, writer: GGUFWriter) -> None: ...
+
+    def map_tensors(self, ckpt: Checkpoint) -> dict[str, str]:
+        """GGUF name → checkpoint name of every tensor the file holds, in file order."""
+        ...
+
+    def parameter_count(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """One encoder family: how to read its checkpoints and what a GGUF of it must hold."""
+
+    arch: MODEL_ARCH
+    hf_model_type: str  # config.json `model_type`
+    hf_architectures: tuple[str, ...]  # config.json `architectures` it converts
+    read_spec: Callable[[Checkpoint, tuple[int, ...] | None], Spec]
+    required_keys: Mapping[str, KeyKind]  # GGUF keys llama.cpp's loader needs
+    dimensions_from_metadata: Callable[[Mapping[str, Any]], Any]
+    tensor_shapes: Callable[[Any, int], dict[str, tuple[int, ...]]]  # (dimensions, vocab) → GGUF name → numpy shape
+
+    @property
+    def name(self) -> str:
+        """`general.architecture`, from gguf-py."""
+        return MODEL_ARCH_NAMES[self.arch]
+
+
+def registered() -> tuple[Architecture, ...]:
+    """Every unit; adding an encoder adds its module here. Imported late: the units import this module."""
+    from granite_gguf.convert.modern_bert import MODERN_BERT
+
+    return (MODERN_BERT,)
+
+
+def for_config(config: Mapping[str, Any]) -> Architecture:
+    """The unit that converts a checkpoint with this config.json, or a UserError naming what is supported."""
+    architectures = config.get("architectures")
+    names = [str(a) for a in architectures] if isinstance(architectures, list) else []
+    for unit in registered():
+        if config.get("model_type") == unit.hf_model_type and any(name in unit.hf_architectures for name in names):
+            return unit
+    named = ", ".join(names) or str(config.get("model_type") or "unknown")
+    supported = ", ".join(name for unit in registered() for name in unit.hf_architectures)
+    raise UserError(f"config.json: unsupported architecture {named}; only {supported} convert")
+
+
+def for_gguf(name: object) -> Architecture | None:
+    """The unit whose files have `general.architecture` = `name`."""
+    return next((unit for unit in registered() if unit.name == name), None)

@@ -1,0 +1,266 @@
+"""Load benchmark: closed-loop HTTP clients on loopback against embedding servers on the same GGUF.
+
+Servers, each started here in its own process, one after another on the same machine and file:
+  ours          `granite-gguf serve` (dynamic batching, its default workers); `ours:N` with `--workers N`
+  ours-serial   `granite-gguf serve --workers 1 --batch-inputs 1`: each request alone on one context,
+                the behaviour of the lock-serialized server this one replaced
+  old           with `--old-commit REV`: `granite-gguf serve` of that commit (the hand-written
+                http.server one), run from a `git archive` of it
+  llama-server  llama.cpp's own server (scripts/build-llama-server.sh) with `--parallel` slots
+Scenarios: `short` (64 clients, queries of 5-30 tokens) and `passages` (8 clients, 512-token passages).
+Each client sends one text per request to /v1/embeddings and sends the next as soon as the answer is
+in; every answer is checked against the Embedder's vector for that text. Servers take turns round by
+round; requests/s and latency percentiles are medians over rounds.
+
+    .venv/bin/python scripts/bench_server.py /tmp/granite-gguf-bench/full97m-f16.gguf --old-commit d259862
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+MIN_COSINE = 0.999  # an f16 file packed differently by each server
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    clients: int
+    tokens: tuple[int, int]  # token count range of the texts (special tokens included)
+    pool: int  # distinct texts
+
+
+SCENARIOS = {"short": Scenario("short", 64, (5, 30), 1024), "passages": Scenario("passages", 8, (512, 512), 64)}
+
+
+@dataclass
+class Result:
+    server: str
+    scenario: str
+    requests_per_s: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    wrong: int
+    min_cosine: float
+
+
+def texts_of(embedder: object, scenario: Scenario, seed: int = 0) -> list[str]:
+    """Windows of the probe set cut to a token count drawn from the scenario's range."""
+    from granite_gguf.probes import probe_texts
+
+    corpus = " ".join(text.replace("\n", " ") for text in probe_texts())
+    rng = random.Random(seed)
+    texts = []
+    while len(texts) < scenario.pool:
+        wanted = rng.randint(*scenario.tokens)
+        start = rng.randrange(len(corpus) - 20000)
+        low, high = 1, 20000  # characters: the longest window with at most `wanted` tokens
+        while low < high:
+            middle = (low + high + 1) // 2
+            if len(embedder.tokenize(corpus[start:start + middle])) <= wanted:  # type: ignore[attr-defined]
+                low = middle
+            else:
+                high = middle - 1
+        text = corpus[start:start + low]
+        if len(embedder.tokenize(text)) >= max(scenario.tokens[0], wanted - 8):  # type: ignore[attr-defined]
+            texts.append(text)
+    return texts
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def old_tree(commit: str, dest: Path) -> Path:
+    """An importable `granite_gguf` of `commit`: its package folders put together as pyproject maps them."""
+    archive = dest / "old.tar"
+    subprocess.run(["git", "-C", str(REPO), "archive", "-o", str(archive), commit], check=True)
+    source = dest / "src"
+    with tarfile.open(archive) as tar:
+        tar.extractall(source, filter="data")
+    mapping = tomllib.loads((source / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+    root = dest / "pkg"
+    for package, folder in sorted(mapping.items()):  # parents before children
+        shutil.copytree(source / folder, root / package.replace(".", "/"), dirs_exist_ok=True)
+    return root
+
+
+def server_command(kind: str, gguf: Path, port: int, threads: int, parallel: int, llama_server: Path) -> list[str]:
+    serve = [sys.executable, "-m", "granite_gguf.cli", "serve", str(gguf), "--port", str(port), "--max-tokens", "512",
+             "--threads", str(threads)]
+    if kind.startswith("ours:"):
+        return [*serve, "--workers", kind.removeprefix("ours:")]
+    if kind == "ours":
+        return serve
+    if kind == "ours-serial":
+        return [*serve, "--workers", "1", "--batch-inputs", "1"]
+    if kind == "old":
+        return serve
+    if kind == "llama-server":  # 512 tokens per slot; batches of at most 1,024 tokens, as the Embedder packs
+        return [str(llama_server), "-m", str(gguf), "--embedding", "--host", "127.0.0.1", "--port", str(port),
+                "-c", str(512 * parallel), "-b", "1024", "-ub", "1024", "-np", str(parallel), "-t", str(threads),
+                "-fa", "on", "--threads-http", str(max(64, parallel) + 8)]
+    raise ValueError(kind)
+
+
+@dataclass
+class Running:
+    process: subprocess.Popen[bytes]
+    url: str
+
+
+def start(command: list[str], url: str, env: dict[str, str], log: Path) -> Running:
+    import requests
+
+    with log.open("ab") as sink:
+        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{command[0]} exited:\n{log.read_text()[-3000:]}")
+        try:
+            if requests.get(url + "/health", timeout=2).status_code == 200:
+                return Running(process, url)
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.2)
+    process.kill()
+    raise RuntimeError(f"{command} did not start")
+
+
+async def load(url: str, scenario: Scenario, texts: list[str], expected: np.ndarray, warmup_s: float,
+               measure_s: float) -> tuple[int, list[float], int, int, float]:
+    """Closed loop: `scenario.clients` clients each send, wait, check, repeat. Counts only the window."""
+    import httpx
+
+    begin = time.perf_counter() + warmup_s
+    end = begin + measure_s
+    latencies: list[float] = []
+    counts = {"errors": 0, "wrong": 0}
+    worst = [1.0]
+    limits = httpx.Limits(max_connections=scenario.clients, max_keepalive_connections=scenario.clients)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=300) as client:
+        async def one_client(offset: int) -> None:
+            i = offset
+            while (started := time.perf_counter()) < end:
+                index = i % len(texts)
+                i += scenario.clients
+                try:
+                    response = await client.post("/v1/embeddings", json={"input": texts[index], "model": "m"})
+                    ok = response.status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                finished = time.perf_counter()
+                if started < begin or finished > end:
+                    continue
+                if not ok:
+                    counts["errors"] += 1
+                    continue
+                vector = np.asarray(response.json()["data"][0]["embedding"], dtype=np.float32)
+                cosine = float(vector @ expected[index] / max(np.linalg.norm(vector), 1e-12))
+                worst[0] = min(worst[0], cosine)
+                counts["wrong"] += cosine < MIN_COSINE
+                latencies.append(finished - started)
+
+        await asyncio.gather(*(one_client(c) for c in range(scenario.clients)))
+    return len(latencies), latencies, counts["errors"], counts["wrong"], worst[0]
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) * 1000 if values else float("nan")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from granite_gguf.bindings.embedder import Embedder, usable_threads
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("gguf", type=Path)
+    parser.add_argument("--servers", nargs="+", default=["ours", "ours:1", "ours-serial", "old", "llama-server"])
+    parser.add_argument("--scenarios", nargs="+", choices=SCENARIOS, default=list(SCENARIOS))
+    parser.add_argument("--old-commit", help="a commit whose `serve` is the `old` server (without it, no `old`)")
+    parser.add_argument("--parallel", type=int, default=64, help="llama-server --parallel slots")
+    parser.add_argument("--threads", type=int, default=usable_threads())
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--seconds", type=float, default=15.0, help="measured seconds per scenario and round")
+    parser.add_argument("--llama-server", type=Path, default=Path(sys.prefix) / "bin" / "llama-server")
+    parser.add_argument("--markdown", type=Path, help="append the table to this file")
+    args = parser.parse_args(argv)
+    servers = [s for s in args.servers if s != "old" or args.old_commit]
+
+    with Embedder(args.gguf, max_tokens=512) as embedder:
+        pools = {name: texts_of(embedder, SCENARIOS[name]) for name in args.scenarios}
+        expected = {name: embedder.encode(texts, batch_size=1) for name, texts in pools.items()}
+        lengths = {name: [len(embedder.tokenize(t)) for t in texts] for name, texts in pools.items()}
+    for name in args.scenarios:
+        print(f"{name}: {SCENARIOS[name].clients} clients, {len(pools[name])} texts of "
+              f"{min(lengths[name])}-{max(lengths[name])} tokens", flush=True)
+
+    results: dict[tuple[str, str], list[Result]] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-server-") as tmp:
+        env = dict(os.environ)
+        old_env = dict(env, PYTHONPATH=str(old_tree(args.old_commit, Path(tmp)))) if args.old_commit else env
+        log = Path(tmp) / "servers.log"
+        for round_index in range(args.rounds):
+            order = servers[round_index % len(servers):] + servers[:round_index % len(servers)]
+            for kind in order:
+                port = free_port()
+                command = server_command(kind, args.gguf, port, args.threads, args.parallel, args.llama_server)
+                running = start(command, f"http://127.0.0.1:{port}", old_env if kind == "old" else env, log)
+                try:
+                    for name in args.scenarios:
+                        count, latencies, errors, wrong, worst = asyncio.run(
+                            load(running.url, SCENARIOS[name], pools[name], expected[name], args.warmup,
+                                 args.seconds))
+                        result = Result(kind, name, count / args.seconds, percentile(latencies, 50),
+                                        percentile(latencies, 99), errors, wrong, worst)
+                        results.setdefault((kind, name), []).append(result)
+                        print(f"round {round_index + 1} {kind:12s} {name:8s} {result.requests_per_s:7.1f} req/s  "
+                              f"p50 {result.p50_ms:7.1f} ms  p99 {result.p99_ms:7.1f} ms  errors {errors}  "
+                              f"wrong {wrong}  min cosine {worst:.6f}", flush=True)
+                finally:
+                    running.process.terminate()
+                    running.process.wait(timeout=60)
+
+    lines = [f"file `{args.gguf.name}`, {args.threads} threads per server, {args.rounds} rounds of {args.seconds:g} s "
+             f"(after {args.warmup:g} s warm-up); llama-server --parallel {args.parallel}", "",
+             "| scenario | server | req/s (median) | per round | p50 ms | p99 ms | errors | wrong | min cosine |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name in args.scenarios:
+        for kind in servers:
+            runs = results[(kind, name)]
+            rates = [r.requests_per_s for r in runs]
+            lines.append(f"| {name} | {kind} | {statistics.median(rates):.1f} | "
+                         f"{', '.join(f'{r:.1f}' for r in rates)} | {statistics.median(r.p50_ms for r in runs):.1f} | "
+                         f"{statistics.median(r.p99_ms for r in runs):.1f} | {sum(r.errors for r in runs)} | "
+                         f"{sum(r.wrong for r in runs)} | {min(r.min_cosine for r in runs):.6f} |")
+    table = "\n".join(lines)
+    print("\n" + table)
+    if args.markdown:
+        with args.markdown.open("a") as out:
+            out.write(table + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""The Batcher on real llama.cpp contexts: shared calls, rows routed back, failures and slow requests isolated."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import pytest
+
+from granite_gguf.bindings.batching import Batcher, Options, Overloaded
+from granite_gguf.bindings.embedder import Embedder, LongInputs
+from granite_gguf.errors import UserError
+from tests.conftest import Workspace
+
+pytestmark = pytest.mark.slow
+
+COSINE = 0.99999  # f32 file, packed differently from the one-by-one reference
+MAX_TOKENS = 512
+LONG = "Lorem ipsum dolor sit amet, 42 Grüße. " * 60  # over MAX_TOKENS
+
+
+@pytest.fixture(scope="module")
+def gguf(workspace: Workspace) -> Path:
+    return workspace.gguf("tiny-gemma3")
+
+
+@pytest.fixture(scope="module")
+def reference(gguf: Path) -> Iterator[Embedder]:
+    with Embedder(gguf, max_tokens=MAX_TOKENS) as embedder:
+        yield embedder
+
+
+def requests_texts(count: int) -> list[list[str]]:
+    return [[f"request {i}, text {j}: " + "word " * (3 + 7 * ((i + j) % 5)) for j in range(1 + i % 3)]
+            for i in range(count)]
+
+
+def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.min(np.sum(a * b, axis=1)))
+
+
+def blocker(count: int = 64) -> list[str]:
+    """A request that keeps a worker busy for a while (long inputs, each a decode of its own)."""
+    return [f"{i} " + "slow request " * 200 for i in range(count)]
+
+
+def test_queued_requests_share_calls_and_get_their_own_rows(gguf: Path, reference: Embedder) -> None:
+    jobs = requests_texts(40)
+    embedder = Embedder(gguf, max_tokens=MAX_TOKENS)
+    with mock.patch.object(embedder, "embed", wraps=embedder.embed) as spy:
+        batcher = Batcher([embedder])
+        try:
+            first = batcher.submit(blocker())
+            futures = [batcher.submit(texts, label=f"r{i}") for i, texts in enumerate(jobs)]
+            results = [future.result(timeout=120) for future in futures]
+            first.result(timeout=120)
+        finally:
+            batcher.close()
+    # the 40 requests queued behind the first one went into at most two shared calls
+    assert spy.call_count <= 3, spy.call_count
+    for texts, result in zip(jobs, results):
+        assert result.vectors.shape == (len(texts), reference.dimension)
+        assert min_cosine(result.vectors, reference.encode(texts, batch_size=1)) >= COSINE
+        assert result.token_counts == [len(reference.tokenize(text)) for text in texts]
+
+
+def test_a_failing_request_does_not_touch_the_others_in_its_batch(gguf: Path, reference: Embedder) -> None:
+    strict = Options(long_inputs=LongInputs.ERROR)
+    jobs = requests_texts(12)
+    jobs[5] = ["fine", LONG]  # refused under long_inputs=error, and only this request
+    batcher = Batcher([Embedder(gguf, max_tokens=MAX_TOKENS)])
+    try:
+        first = batcher.submit(blocker())
+        futures = [batcher.submit(texts, strict) for texts in jobs]
+        other_dim = batcher.submit(["Matryoshka"], Options(truncate_dim=20))  # not a dimension of the file
+        for i, (texts, future) in enumerate(zip(jobs, futures)):
+            if i == 5:
+                with pytest.raises(UserError, match="longer than max_tokens"):
+                    future.result(timeout=120)
+                continue
+            assert min_cosine(future.result(timeout=120).vectors, reference.encode(texts, batch_size=1)) >= COSINE
+        with pytest.raises(UserError, match="not a Matryoshka dimension"):
+            other_dim.result(timeout=120)
+        first.result(timeout=120)
+        after = batcher.submit(["still working"]).result(timeout=120)
+        assert min_cosine(after.vectors, reference.encode(["still working"])) >= COSINE
+    finally:
+        batcher.close()
+
+
+def test_options_are_kept_per_request(gguf: Path, reference: Embedder, workspace: Workspace) -> None:
+    batcher = Batcher([Embedder(gguf, max_tokens=MAX_TOKENS)])
+    try:
+        first = batcher.submit(blocker())
+        plain = batcher.submit(["a b c"])
+        raw = batcher.submit(["a b c"], Options(normalize=False))
+        cut = batcher.submit([LONG, "x"])
+        first.result(timeout=120)
+        assert min_cosine(plain.result(timeout=120).vectors, reference.encode(["a b c"])) >= COSINE
+        unnormalized = raw.result(timeout=120).vectors
+        np.testing.assert_allclose(unnormalized, reference.encode(["a b c"], normalize_embeddings=False), atol=1e-5)
+        assert cut.result(timeout=120).truncated == [True, False]
+    finally:
+        batcher.close()
+
+
+def test_two_workers_short_requests_pass_a_slow_one(gguf: Path) -> None:
+    batcher = Batcher([Embedder(gguf, max_tokens=MAX_TOKENS, n_threads=1) for _ in range(2)])
+    try:
+        slow = batcher.submit(blocker(256))
+        time.sleep(0.05)  # let one worker take it
+        short = [batcher.submit(texts) for texts in requests_texts(20)]
+        for future in short:
+            future.result(timeout=120)
+        assert not slow.done(), "the short requests waited for the slow one"
+        assert len(slow.result(timeout=300).vectors) == 256
+    finally:
+        batcher.close()
+
+
+def test_a_full_queue_refuses_instead_of_growing(gguf: Path) -> None:
+    batcher = Batcher([Embedder(gguf, max_tokens=MAX_TOKENS)], max_queued_inputs=10)
+    try:
+        busy = batcher.submit(blocker(128))
+        time.sleep(0.05)  # the worker has taken it; the queue is empty again
+        queued = batcher.submit(["x"] * 8)
+        with pytest.raises(Overloaded, match="at most 10"):
+            batcher.submit(["y"] * 3)
+        busy.result(timeout=300)
+        assert len(queued.result(timeout=120).vectors) == 8
+    finally:
+        batcher.close()
