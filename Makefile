@@ -9,6 +9,8 @@ test:
 	bash scripts/install-test-services.sh
 	bash scripts/install.sh test
 	bash scripts/build-llama-server.sh
+	.venv/bin/ruff check .
+	.venv/bin/python scripts/typecheck.py
 	.venv/bin/python -m pytest -q
 
 lint:

@@ -13,6 +13,8 @@ from granite_gguf.bindings.corpus_job import DEFAULT_BATCH_ROWS
 from granite_gguf.bindings.embedder import LongInputs
 from granite_gguf.bindings.server import Limits
 
+LOCAL_RAY = "local"  # `embed-corpus --ray` without an address: start a local cluster
+
 
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     embed = commands.add_parser("embed", help="print the vectors of texts as JSON lines")
@@ -51,7 +53,13 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
                                                                                    f"{DEFAULT_BATCH_ROWS})")
     corpus.add_argument("--max-tokens", type=int, help="tokens per input, longer ones truncated (default: the "
                                                        "model's, at most 8192)")
-    corpus.add_argument("--threads", type=int, help="CPU threads (default: the CPUs this process may use)")
+    corpus.add_argument("--threads", type=int, help="CPU threads (default: the CPUs this process may use; with "
+                                                    "--ray: threads per actor, default 1)")
+    corpus.add_argument("--ray", nargs="?", const=LOCAL_RAY, metavar="ADDRESS",
+                        help="run on Ray Data: a local cluster started here, or the cluster at ADDRESS (auto, "
+                             "HEAD:6379, from a node of it); input Parquet (file or folder) or JSONL with an id field")
+    corpus.add_argument("--actors", type=int, help="with --ray: embedding actors (default: one per GPU, else one "
+                                                   "per --threads CPUs, one CPU left for Ray Data's reads/writes)")
     corpus.add_argument("--no-progress", action="store_true", help="no progress bar")
     corpus.set_defaults(run=run_embed_corpus)
 
@@ -123,9 +131,27 @@ def run_serve(args: argparse.Namespace) -> int:
 def run_embed_corpus(args: argparse.Namespace) -> int:
     from granite_gguf.bindings.corpus_job import run_job
 
+    if args.ray is not None:
+        return run_embed_corpus_on_ray(args)
+    if args.actors is not None:
+        from granite_gguf.errors import UserError
+
+        raise UserError("--actors needs --ray")
     summary = run_job(args.input, args.model, args.out, text_field=args.text_field, id_field=args.id_field,
                       dim=args.dim, batch_rows=args.batch_rows, max_tokens=args.max_tokens, threads=args.threads,
                       progress=not args.no_progress)
     resumed = f" ({summary.resumed} found done by an earlier run)" if summary.resumed else ""
     print(f"wrote {summary.rows} rows in {summary.shards} shard(s) to {summary.out}{resumed}")
+    return 0
+
+
+def run_embed_corpus_on_ray(args: argparse.Namespace) -> int:
+    from granite_gguf.bindings.ray_job import run_ray_job
+
+    rows, plan = run_ray_job(args.input, args.model, args.out, text_field=args.text_field, id_field=args.id_field,
+                             dim=args.dim, batch_rows=args.batch_rows, max_tokens=args.max_tokens,
+                             address=None if args.ray == LOCAL_RAY else args.ray, actors=args.actors,
+                             threads_per_actor=args.threads or 1, progress=not args.no_progress)
+    print(f"wrote {rows} rows to {args.out} (Ray Data, {plan.actors} actor(s) of {plan.threads_per_actor} "
+          f"thread(s){', GPU' if plan.gpus_per_actor else ''})")
     return 0

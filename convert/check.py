@@ -12,7 +12,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import IO, Any
 
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType, Keys
 
@@ -79,7 +79,7 @@ class CheckedFile:
 class _Reader:
     """Little-endian reads that never go past the end of the file."""
 
-    def __init__(self, handle: BinaryIO, size: int) -> None:
+    def __init__(self, handle: IO[bytes], size: int) -> None:
         self.handle, self.size = handle, size
 
     def left(self) -> int:
@@ -138,7 +138,7 @@ def read_header(path: Path) -> CheckedFile:
         raise GGUFCheckError(f"{path}: {exc}") from None
 
 
-def read_keys(handle: BinaryIO, size: int, path: Path) -> CheckedFile:
+def read_keys(handle: IO[bytes], size: int, path: Path) -> CheckedFile:
     """Only the keys and values at the start of a GGUF stream of `size` bytes (no tensor infos), bounded
     like `read_header`: for the first part of a file split in pieces, whose tensor data is elsewhere."""
     try:

@@ -15,7 +15,7 @@ import shutil
 import struct
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from gguf import GGUFValueType, Keys
 
@@ -64,7 +64,7 @@ def read_certificate(header: CheckedFile) -> Certificate | None:
     values = {f.name: header.metadata.get(Certificate.key(f.name)) for f in fields(Certificate)}
     if any(value is None for value in values.values()):
         return None
-    return Certificate(**values)
+    return Certificate(**cast(dict[str, Any], values))
 
 
 def tensor_data_sha256(header: CheckedFile) -> str:

@@ -48,7 +48,7 @@ def retrieval_probe() -> RetrievalProbe:
     return RetrievalProbe(passages, queries)
 
 
-def ndcg_at_k(relevance: np.ndarray, ranking: Sequence[int], k: int = K) -> float:
+def ndcg_at_k(relevance: np.ndarray, ranking: Sequence[int] | np.ndarray, k: int = K) -> float:
     """nDCG@k of `ranking` (passage indices, best first) with graded `relevance` per passage."""
     discounts = 1.0 / np.log2(np.arange(2, k + 2))
     dcg = float(np.sum(relevance[np.asarray(ranking[:k])] * discounts[: len(ranking[:k])]))

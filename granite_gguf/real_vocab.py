@@ -108,9 +108,9 @@ def gemma_tokenizer(vocab: SentencePieceVocab) -> Any:
         vocab_scores[vocab.pieces.index("<0x09>")] = ("\t", 0.0)
     # GemmaSentencePieceExtractor.extract: merges of the piece→id map, ranked by the scores
     piece_ids = {piece: index for index, piece in enumerate(vocab.pieces)}
-    if "\t" not in piece_ids:
-        piece_ids["\t"] = piece_ids.get("<0x09>")
-    merges = generate_merges(piece_ids, vocab_scores)
+    if "\t" not in piece_ids and "<0x09>" in piece_ids:
+        piece_ids["\t"] = piece_ids["<0x09>"]
+    merges = generate_merges(piece_ids, dict(vocab_scores))
     bpe_vocab = {piece: index for index, (piece, _) in enumerate(vocab_scores)}
     tokenizer = Tokenizer(BPE(bpe_vocab, merges, unk_token="<unk>", fuse_unk=True, byte_fallback=True, dropout=None))
     added = [(index, piece, kind == CONTROL or piece in ALWAYS_SPECIAL)

@@ -141,7 +141,7 @@ def certify(label: str, path: Path, reference: Reference, probe_set: str) -> Rel
     with Embedder(path, max_tokens=reference.needed) as embedder:
         threshold = default_threshold(embedder.header)
         metrics = measure(embedder, reference)
-        report = report_of(reference, metrics, path, embedder.summary.file_type, threshold)
+        report = report_of(reference, metrics, path, embedder.summary.file_type_name, threshold)
         header = embedder.header
     certificate = new_certificate(
         label=label, reference=reference.source, checkpoint=reference.checkpoint_id, probe_set=probe_set,

@@ -19,6 +19,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -143,7 +144,7 @@ class Metrics:
 
     def head(self, n: int) -> Metrics:
         """The measurements of the first `n` texts only."""
-        return Metrics([i for i in self.mismatches if i < n], [e for e in self.mismatch_examples if e["index"] < n],
+        return Metrics([i for i in self.mismatches if i < n], [e for e in self.mismatch_examples if cast(int, e["index"]) < n],
                        [i for i in self.truncated if i < n], self.cosines[:n], self.squared_errors[:n],
                        self.reference_norms[:n], self.vectors[:n], self.file_limit)
 

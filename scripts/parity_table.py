@@ -18,7 +18,8 @@ from granite_gguf.convert.source import open_checkpoint
 from granite_gguf.convert.types import OutType, Writer
 from granite_gguf.convert.writer import convert
 from granite_gguf.fixtures import FIXTURES, build_fixture
-from granite_gguf.real_vocab import SHAPE as REAL_VOCAB, build_real_vocab_checkpoint
+from granite_gguf.real_vocab import SHAPE as REAL_VOCAB
+from granite_gguf.real_vocab import build_real_vocab_checkpoint
 from granite_gguf.verify import compare, run_reference
 
 
@@ -51,7 +52,7 @@ def main() -> None:
         "Reference: sentence-transformers fp32 on CPU; GGUF: llama-cpp-python 0.3.36 (scripts/cpu-flags.sh build), inputs packed up to 1,024 tokens per decode,",
         "flash attention on (the Embedder's default). Cosine is per text between L2-normalized vectors.",
         "",
-        "All weights are seeded noise (the fixtures' sensitive scales, shared/DESIGN.md §8). The tokenizers of the tiny-*",
+        "All weights are seeded noise (the fixtures' sensitive scales, docs/architecture.md, Parity and sensitive fixtures). The tokenizers of the tiny-*",
         "rows are trained stand-ins; `real-gemma3` has the **real Gemma 3 vocabulary** (262,144 pieces, the 311m",
         "multilingual R2's tokenizer family) built as transformers' GemmaConverter does (granite_gguf/real_vocab.py).",
         "",

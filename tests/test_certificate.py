@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,10 +10,17 @@ import numpy as np
 import pytest
 
 from granite_gguf.bindings.embedder import Embedder
-from granite_gguf.certificate import Certificate, data_matches, new_certificate, read_certificate, tensor_data_sha256, write_certificate
+from granite_gguf.certificate import (
+    Certificate,
+    data_matches,
+    new_certificate,
+    read_certificate,
+    tensor_data_sha256,
+    write_certificate,
+)
 from granite_gguf.convert.check import check_gguf, read_header
 from granite_gguf.convert.keys import CERTIFICATE_PREFIX
-from tests.conftest import Workspace
+from tests.conftest import Workspace, run_cli_process
 
 pytestmark = pytest.mark.slow  # builds a fixture and runs it through llama.cpp
 
@@ -27,10 +32,6 @@ def certificate_for(path: Path, **changes: object) -> Certificate:
                   tensor_sha256=tensor_data_sha256(read_header(path)))
     values.update(changes)
     return new_certificate(**values)
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "granite_gguf.cli", *args], capture_output=True, text=True)
 
 
 @pytest.fixture
@@ -73,18 +74,18 @@ def test_a_second_certificate_replaces_the_first(certified: tuple[Path, Path]) -
 
 def test_inspect_shows_it_and_check_flags_changed_tensor_bytes(certified: tuple[Path, Path]) -> None:
     original, copy = certified
-    shown = run_cli("inspect", str(copy))
+    shown = run_cli_process("inspect", str(copy))
     assert shown.returncode == 0, shown.stderr
     assert "certificate   PASS: q8_0 against tiny-gemma3" in shown.stdout
     assert "cosine min 0.9986508, mean 0.9997140, threshold 0.998" in shown.stdout
-    assert "certificate   none" in run_cli("inspect", str(original)).stdout
-    assert run_cli("inspect", str(copy), "--json").stdout.count('"tensor_sha256"') == 1
-    ok = run_cli("check", str(copy))
+    assert "certificate   none" in run_cli_process("inspect", str(original)).stdout
+    assert run_cli_process("inspect", str(copy), "--json").stdout.count('"tensor_sha256"') == 1
+    ok = run_cli_process("check", str(copy))
     assert ok.returncode == 0 and "certificate PASS (tensor data matches)" in ok.stdout
     header = read_header(copy)
     data = bytearray(copy.read_bytes())
     data[header.data_start + 1000] ^= 0x01  # one bit of one weight
     copy.write_bytes(bytes(data))
-    flagged = run_cli("check", str(copy))
+    flagged = run_cli_process("check", str(copy))
     assert flagged.returncode == 1
     assert f"INVALID {copy}: tensor data changed since it was certified" in flagged.stdout

@@ -13,8 +13,8 @@ from granite_gguf.convert.quantize import convert_set
 from granite_gguf.convert.source import open_checkpoint
 from granite_gguf.convert.types import OutType
 from granite_gguf.errors import UserError
-from granite_gguf.verify import compare
 from granite_gguf.quality import ndcg_at_k, pareto_front, retrieval_agreement, top_k_overlap
+from granite_gguf.verify import compare
 from tests.conftest import Workspace
 
 FAMILY = "tiny-gemma3"  # mirrors the 311m, whose token embedding table is 2/3 of its parameters

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from granite_gguf import cli, release as release_module
+from granite_gguf import cli
+from granite_gguf import release as release_module
 from granite_gguf.certificate import read_certificate
 from granite_gguf.convert.check import read_header
 from granite_gguf.convert.quantize import QuantizedFile
