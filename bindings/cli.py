@@ -21,6 +21,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     embed.add_argument("gguf", type=Path)
     embed.add_argument("texts", nargs="+", help="texts to embed; '-' reads one text per line from stdin")
     embed.add_argument("--dim", type=int, help="Matryoshka dimension (one the GGUF declares)")
+    embed.add_argument("--verbose", action="store_true", help="say on stderr what llama.cpp repacked and the context size")
     embed.set_defaults(run=run_embed)
 
     serve = commands.add_parser("serve", help="OpenAI- and ollama-compatible embeddings server")
@@ -29,8 +30,8 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--model-name", help="the name clients see (default: the file name without .gguf)")
     serve.add_argument("--workers", type=int,
-                       help="llama.cpp contexts, each with its share of --threads (default: one per thread, the "
-                            "fastest measured on CPU, docs/performance.md)")
+                       help="llama.cpp contexts, each with its share of --threads (default: the Embedder's "
+                            "default_layout, one per thread, the fastest measured on CPU, docs/performance.md)")
     serve.add_argument("--batch-inputs", type=int, default=DEFAULT_MAX_BATCH_INPUTS,
                        help=f"inputs of concurrent requests packed into one shared call (default "
                             f"{DEFAULT_MAX_BATCH_INPUTS}; 1 runs each request on its own)")
@@ -78,6 +79,8 @@ def run_embed(args: argparse.Namespace) -> int:
     with Embedder(args.gguf, n_threads=args.threads, max_tokens=args.max_tokens,
                   unsafe_skip_check=args.unsafe_skip_check) as embedder:
         vectors = embedder.encode(texts, truncate_dim=args.dim, long_inputs=args.long_inputs)
+        if args.verbose:
+            print(f"{args.gguf.name}: {embedder.describe()}", file=sys.stderr)
     for vector in vectors:
         print(json.dumps([round(float(x), 7) for x in vector]))
     return 0
@@ -85,12 +88,12 @@ def run_embed(args: argparse.Namespace) -> int:
 
 def run_serve(args: argparse.Namespace) -> int:
     from granite_gguf.bindings.batching import Batcher
-    from granite_gguf.bindings.embedder import Embedder, usable_threads
+    from granite_gguf.bindings.embedder import Embedder, default_layout, usable_threads
     from granite_gguf.bindings.server import EmbeddingService, listen, make_server
     from granite_gguf.errors import UserError
 
     total_threads = args.threads or usable_threads()
-    workers = total_threads if args.workers is None else args.workers
+    workers = default_layout(total_threads).workers if args.workers is None else args.workers
     if workers < 1 or args.batch_inputs < 1 or args.request_timeout <= 0:
         raise UserError("--workers, --batch-inputs and --request-timeout must be positive")
     sock = listen(args.host, args.port)
@@ -99,7 +102,7 @@ def run_serve(args: argparse.Namespace) -> int:
     try:
         for _ in range(workers):
             embedders.append(Embedder(args.gguf, n_threads=threads, max_tokens=args.max_tokens,
-                                      unsafe_skip_check=args.unsafe_skip_check))
+                                      unsafe_skip_check=args.unsafe_skip_check, workers=1))
     except BaseException:
         for embedder in embedders:
             embedder.close()

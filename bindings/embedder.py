@@ -5,17 +5,25 @@ so every input is cut to `max_tokens` (or refused, or split, per `long_inputs`) 
 llama.cpp, and the context is created with a micro-batch that holds the longest allowed input.
 Short inputs are sorted by length and packed several per decode up to a token budget: llama.cpp
 computes attention over the whole micro-batch, so the budget is small (measured, docs/performance.md).
+The context is sized to the inputs at hand (grown on demand, within `micro_batch_size`'s rule) rather
+than to the maximum context, so a one-sentence call reserves small compute buffers.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
+import re
+import threading
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import numpy as np
 
@@ -26,9 +34,6 @@ from granite_gguf.errors import UserError
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_TOKENS = 8192  # the Granite R2 sentence-transformers max_seq_length
-# llama.cpp 0.3.36 (llama-cpp-python's) aborts at context creation (GGML_ASSERT in build_pooling) for
-# a MEAN-pooled modern-bert with n_ubatch > 2048; measured, see docs/parity.md.
-MEAN_POOLING_MAX_TOKENS = 2048
 # Tokens per decode when packing short inputs, and sequences per decode (llama.cpp allows 256).
 DEFAULT_BATCH_TOKENS = 1024
 MAX_SEQUENCES_PER_DECODE = 64
@@ -77,6 +82,42 @@ def usable_threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+@dataclass(frozen=True)
+class Layout:
+    """How the Embedder spreads a call over CPUs: `workers` llama.cpp contexts on one loaded model, each
+    decoding its own micro-batches in a thread (llama.cpp releases the GIL) with `threads` threads."""
+
+    workers: int
+    threads: int
+
+
+def default_layout(cpus: int | None = None) -> Layout:
+    """The worker layout used when none is given (the Embedder, the server, the corpus job): one
+    single-threaded context per usable CPU. Measured on 2 CPUs (docs/performance.md): 2 x 1 beats
+    1 x 2 by about 15 % on the 97m q4_0 file, as llama.cpp's per-op thread barriers cost more than
+    the work one small micro-batch gives a second thread. Not measured beyond 2 CPUs."""
+    cpus = cpus or usable_threads()
+    return Layout(workers=max(1, cpus), threads=1)
+
+
+def micro_batch_size(tokens: int) -> int:
+    """The context size (n_ctx = n_batch = n_ubatch) for `tokens`, rounded up to a multiple of its n_seq_max.
+
+    llama.cpp 0.3.36 reserves the worst-case graph with n_tokens rounded up to a multiple of n_seq_max
+    but n_outputs = min(n_ubatch, n_batch) not rounded (src/llama-context.cpp:2528-2531 in graph_reserve,
+    :629 and :670 in sched_reserve). MEAN pooling multiplies the n_outputs rows of the last layer
+    (src/models/modern-bert.cpp:138-139) by an [n_tokens x n_seqs] mean matrix (src/llama-graph.cpp:2521,
+    :3745), so a size that is not a multiple of n_seq_max fails GGML_ASSERT(ggml_can_mul_mat(a, b)) and
+    aborts the process. llama-cpp-python sets n_seq_max = min(n_batch, 256) for embeddings (llama.py:408):
+    hence "above 256 (not 2,048), a multiple of 256" for its own contexts; the Embedder makes its own with
+    n_seq_max = min(size, MAX_SEQUENCES_PER_DECODE), so a multiple of 64 (`context_params`).
+    """
+    if tokens < 1:
+        raise ValueError(f"tokens must be positive, got {tokens}")
+    step = min(tokens, MAX_SEQUENCES_PER_DECODE)
+    return -(-tokens // step) * step
+
+
 def clean_text(text: str) -> bytes:
     """UTF-8 for llama.cpp: lone surrogates become U+FFFD instead of an exception or a '?'."""
     return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace").encode("utf-8")
@@ -87,7 +128,8 @@ class Embedder:
 
     def __init__(self, path: str | os.PathLike[str], *, n_threads: int | None = None, gpu_layers: int = 0,
                  max_tokens: int | None = None, batch_tokens: int = DEFAULT_BATCH_TOKENS,
-                 flash_attn: bool = True, unsafe_skip_check: bool = False) -> None:
+                 flash_attn: bool = True, unsafe_skip_check: bool = False, workers: int | None = None) -> None:
+        """`n_threads` CPUs in all, split between `workers` contexts (default: `default_layout`)."""
         import llama_cpp
 
         self.path = Path(path)
@@ -99,29 +141,35 @@ class Embedder:
         if summary.pooling not in ("CLS", "MEAN", "LAST"):
             raise UserError(f"{self.path}: pooling {summary.pooling} gives no sentence vector; not an embedding model")
         context = int(summary.arch_value("context_length", DEFAULT_MAX_TOKENS))
-        limit = MEAN_POOLING_MAX_TOKENS if summary.pooling == "MEAN" else context
         wanted = max_tokens or DEFAULT_MAX_TOKENS
         if wanted < 1:
             raise UserError(f"max_tokens must be positive, got {max_tokens}")
-        self.max_tokens = min(context, wanted, limit)
+        self.max_tokens = min(context, wanted)
         if max_tokens and self.max_tokens < max_tokens:
-            log.warning("max_tokens %d lowered to %d (context %d, %s pooling)", max_tokens, self.max_tokens,
-                        context, summary.pooling)
+            log.warning("max_tokens %d lowered to the model's context %d", max_tokens, self.max_tokens)
         if batch_tokens < 1:
             raise UserError(f"batch_tokens must be positive, got {batch_tokens}")
-        self.batch_tokens = min(batch_tokens, limit)
+        self.batch_tokens = min(batch_tokens, context)
         self.header = header  # what was read and checked, for callers that need tensor-level facts
         self.summary = summary
         self.pooling = summary.pooling
         self.normalize = summary.normalize  # the model's own Normalize module
         self.matryoshka_dims = summary.matryoshka_dims
-        micro_batch = max(self.max_tokens, self.batch_tokens)
-        threads = n_threads or usable_threads()
-        self._llama = llama_cpp.Llama(
-            model_path=str(self.path), embedding=True, n_ctx=micro_batch, n_batch=micro_batch, n_ubatch=micro_batch,
-            n_seq_max=MAX_SEQUENCES_PER_DECODE, n_threads=threads, n_threads_batch=threads, n_gpu_layers=gpu_layers,
-            flash_attn=flash_attn, verbose=False,
-        )
+        cpus = n_threads or usable_threads()
+        if workers is not None and workers < 1:
+            raise UserError(f"workers must be positive, got {workers}")
+        self.layout = Layout(workers, max(1, cpus // workers)) if workers else default_layout(cpus)
+        threads = self.layout.threads
+        # The smallest context llama-cpp-python's rule allows; `_Context.reserve` grows it to what inputs need.
+        with _llama_load_log() as load_log:
+            self._llama = llama_cpp.Llama(
+                model_path=str(self.path), embedding=True, n_ctx=MAX_SEQUENCES_PER_DECODE,
+                n_batch=MAX_SEQUENCES_PER_DECODE, n_ubatch=MAX_SEQUENCES_PER_DECODE, n_threads=threads,
+                n_threads_batch=threads, n_gpu_layers=gpu_layers, flash_attn=flash_attn, verbose=False,
+            )
+        self.repacked = Repacked.from_log(load_log)
+        self._contexts = [_Context(self._llama, self._llama._ctx, self._llama._batch, MAX_SEQUENCES_PER_DECODE)]
+        self._contexts += [_Context(self._llama) for _ in range(self.layout.workers - 1)]
         # Private: llama-cpp-python 0.3.36's Llama has no public accessor for the vocab's add-BOS flag.
         vocab = self._llama._model.vocab
         self._prefix = 1 if llama_cpp.llama_vocab_get_add_bos(vocab) else 0
@@ -249,36 +297,69 @@ class Embedder:
         from tqdm import tqdm
 
         vectors = np.zeros((len(pieces), self.dimension), dtype=np.float32)
-        order = sorted(range(len(pieces)), key=lambda i: -len(pieces[i].tokens))
-        order = [i for i in order if pieces[i].tokens]  # only a file without special tokens gives none
         # Private: the public Llama.embed tokenizes text itself, cuts at n_batch by dropping the end (and with
         # it SEP/EOS), packs in input order and returns lists; here the pieces are our own token ids, packed
         # longest first, read straight into numpy. Same calls as Llama.embed makes (llama.py in 0.3.36).
-        ctx, batch = self._llama._ctx, self._llama._batch
-        with tqdm(total=len(order), unit="seq", disable=not show_progress_bar) as progress:
-            start = 0
-            while start < len(order):
-                group = [order[start]]
-                used = len(pieces[order[start]].tokens)
-                for index in order[start + 1:]:
-                    size = len(pieces[index].tokens)
-                    if len(group) == batch_size or used + size > self.batch_tokens:
-                        break
-                    group.append(index)
-                    used += size
-                batch.reset()
+        groups = list(self._groups(pieces, batch_size))
+        needed = max((sum(len(pieces[i].tokens) for i in group) for group in groups), default=0)
+        contexts = self._contexts[:max(1, min(len(groups), len(self._contexts)))]
+        for context in contexts:
+            context.reserve(needed)
+        pending = iter(groups)
+        lock = threading.Lock()
+
+        def work(context: _Context) -> None:
+            """Decode groups until none is left (each worker takes the next one when done)."""
+            while True:
+                with lock:
+                    group = next(pending, None)
+                if group is None:
+                    return
+                context.batch.reset()
                 for seq_id, index in enumerate(group):
-                    batch.add_sequence(pieces[index].tokens, seq_id, True)
-                ctx.kv_cache_clear()  # a no-op for encoders (no memory); kept for files that have one
-                ctx.decode(batch)
+                    context.batch.add_sequence(pieces[index].tokens, seq_id, True)
+                context.ctx.kv_cache_clear()  # a no-op for encoders (no memory); kept for files that have one
+                context.ctx.decode(context.batch)
                 for seq_id, index in enumerate(group):
-                    pointer = llama_cpp.llama_get_embeddings_seq(ctx.ctx, seq_id)
+                    pointer = llama_cpp.llama_get_embeddings_seq(context.ctx.ctx, seq_id)
                     vectors[index] = np.ctypeslib.as_array(pointer, shape=(self.dimension,))
-                start += len(group)
-                progress.update(len(group))
+                with lock:
+                    progress.update(len(group))
+
+        with tqdm(total=sum(map(len, groups)), unit="seq", disable=not show_progress_bar) as progress:
+            if len(contexts) == 1:
+                work(contexts[0])
+            else:
+                with ThreadPoolExecutor(len(contexts)) as pool:
+                    list(pool.map(work, contexts))  # list() re-raises a worker's exception
         return vectors
 
+    def _groups(self, pieces: list[_Piece], batch_size: int) -> Iterator[list[int]]:
+        """Piece indexes per decode: longest first, up to `batch_tokens` tokens and `batch_size` sequences."""
+        order = sorted(range(len(pieces)), key=lambda i: -len(pieces[i].tokens))
+        order = [i for i in order if pieces[i].tokens]  # only a file without special tokens gives none
+        start = 0
+        while start < len(order):
+            group = [order[start]]
+            used = len(pieces[order[start]].tokens)
+            for index in order[start + 1:]:
+                size = len(pieces[index].tokens)
+                if len(group) == batch_size or used + size > self.batch_tokens:
+                    break
+                group.append(index)
+                used += size
+            yield group
+            start += len(group)
+
+    def describe(self) -> str:
+        """One line for verbose output: repacking, the context's size now, threads."""
+        capacity = max(context.capacity for context in self._contexts)
+        return (f"{self.repacked.describe()}; {self.layout.workers} worker(s) x {self.layout.threads} thread(s); "
+                f"context {capacity} tokens")
+
     def close(self) -> None:
+        for context in self._contexts:
+            context.close()
         self._llama.close()
 
     def __enter__(self) -> Embedder:
@@ -291,6 +372,82 @@ class Embedder:
 def _check_batch_size(batch_size: int) -> None:
     if not 1 <= batch_size <= MAX_SEQUENCES_PER_DECODE:
         raise UserError(f"batch_size must lie in 1..{MAX_SEQUENCES_PER_DECODE}, got {batch_size}")
+
+
+class _Context:
+    """One llama.cpp context on the Embedder's model and its batch, grown to what a decode needs."""
+
+    def __init__(self, llama: Any, ctx: Any = None, batch: Any = None, capacity: int = 0) -> None:
+        self.llama, self.ctx, self.batch, self.capacity = llama, ctx, batch, capacity
+
+    def reserve(self, tokens: int) -> None:
+        """Hold `tokens` per decode: a new context, sized by `micro_batch_size`, if this one is smaller."""
+        from llama_cpp._internals import LlamaBatch, LlamaContext
+
+        if tokens <= self.capacity:
+            return
+        size = micro_batch_size(tokens)
+        self.close()
+        self.ctx = LlamaContext(model=self.llama._model, params=context_params(self.llama, size), verbose=False)
+        self.batch = LlamaBatch(n_tokens=size, embd=0, n_seq_max=1, verbose=False)
+        self.capacity = size
+
+    def close(self) -> None:
+        if self.ctx is not None and self.ctx is not self.llama._ctx:  # the Llama closes its own
+            self.ctx.close()
+            self.batch.close()
+
+
+def context_params(llama: Any, size: int) -> Any:  # llama_cpp.llama_context_params
+    """The Llama's own context parameters with n_ctx = n_batch = n_ubatch = `size` (see `micro_batch_size`)."""
+    params = type(llama.context_params).from_buffer_copy(llama.context_params)
+    params.n_ctx = params.n_batch = params.n_ubatch = size
+    params.n_seq_max = min(size, MAX_SEQUENCES_PER_DECODE)
+    return params
+
+
+@dataclass(frozen=True)
+class Repacked:
+    """What llama.cpp's CPU backend repacked at load time (its CPU_REPACK buffer): the 4-bit blocks it
+    rearranges for its wide-vector GEMM kernels (Q4_0, IQ4_NL, Q4_K, …), the fast path on x86."""
+
+    tensors: int
+    mib: float
+
+    @classmethod
+    def from_log(cls, lines: list[str]) -> Repacked:
+        """Counted from the load log: one debug line per repacked tensor (ggml-cpu/repack.cpp:4917) and
+        the buffer's size line (src/llama-model.cpp:1930)."""
+        sizes = [float(m[1]) for line in lines if (m := _REPACK_BUFFER.search(line))]
+        return cls(sum(1 for line in lines if _REPACK_TENSOR.search(line)), sum(sizes))
+
+    def describe(self) -> str:
+        if not self.tensors:
+            return "repacked: none (no CPU_REPACK buffer: the blocks run on the generic kernels)"
+        return f"repacked: {self.tensors} tensors, {self.mib:.1f} MiB (CPU_REPACK)"
+
+
+_REPACK_TENSOR = re.compile(r"repack: repack tensor ")
+_REPACK_BUFFER = re.compile(r"CPU_REPACK model buffer size =\s*([0-9.]+) MiB")
+
+
+@contextmanager
+def _llama_load_log() -> Iterator[list[str]]:
+    """llama.cpp's log lines while a model loads (kept in a list), then llama-cpp-python's callback again."""
+    import llama_cpp
+    import llama_cpp._logger
+
+    lines: list[str] = []
+
+    @llama_cpp.llama_log_callback
+    def on_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+        lines.append(text.decode(errors="replace"))
+
+    llama_cpp.llama_log_set(on_log, ctypes.c_void_p(0))
+    try:
+        yield lines
+    finally:
+        llama_cpp.llama_log_set(llama_cpp._logger.llama_log_callback, ctypes.c_void_p(0))
 
 
 def _l2(rows: np.ndarray) -> np.ndarray:

@@ -93,6 +93,25 @@ class _Reader:
     def scalar(self, fmt: str, what: str) -> Any:
         return struct.unpack(fmt, self.take(struct.calcsize(fmt), what))[0]
 
+    def strings(self, count: int, what: str) -> list[str]:
+        """`count` strings in a row, bounded as `string` bounds one; the position is counted here rather
+        than asked of the file per string (a 200k-token vocabulary: about 4x faster, the Embedder's start)."""
+        read, unpack, left, items = self.handle.read, struct.unpack, self.left(), []
+        for index in range(count):
+            if left < 8:
+                raise GGUFCheckError(f"{what}[{index}]: 8 bytes needed, {left} left in the file")
+            (length,) = unpack("<Q", read(8))
+            if length > MAX_STRING_BYTES:
+                raise GGUFCheckError(f"{what}[{index}]: string of {length} bytes (limit {MAX_STRING_BYTES})")
+            if length > left - 8:
+                raise GGUFCheckError(f"{what}[{index}]: {length} bytes needed, {left - 8} left in the file")
+            left -= 8 + length
+            try:
+                items.append(read(length).decode("utf-8"))
+            except UnicodeDecodeError:
+                raise GGUFCheckError(f"{what}[{index}]: string is not UTF-8") from None
+        return items
+
     def string(self, what: str, limit: int = MAX_STRING_BYTES) -> str:
         length = self.scalar("<Q", what)
         if length > limit:
@@ -212,7 +231,7 @@ def _value(reader: _Reader, value_type: GGUFValueType, key: str, item_types: dic
     if count > MAX_ARRAY_ITEMS or count * smallest > reader.left():
         raise GGUFCheckError(f"key {key!r}: array of {count} items does not fit the file")
     if item_type == GGUFValueType.STRING:
-        return [reader.string(f"{key}[{i}]") for i in range(count)]
+        return reader.strings(count, key)
     fmt = SCALARS[item_type]
     return list(struct.unpack(f"<{count}{fmt[1]}", reader.take(count * struct.calcsize(fmt), key)))
 

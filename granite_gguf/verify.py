@@ -23,7 +23,7 @@ from typing import cast
 
 import numpy as np
 
-from granite_gguf.bindings.embedder import MEAN_POOLING_MAX_TOKENS, Embedder, cut_tokens
+from granite_gguf.bindings.embedder import Embedder, cut_tokens
 from granite_gguf.convert.check import CheckedFile
 from granite_gguf.convert.inspect import summarize
 from granite_gguf.convert.modern_bert import ModernBertSpec
@@ -75,15 +75,13 @@ def texts_digest(texts: Sequence[str]) -> str:
 
 def token_limit(ckpt: Checkpoint, max_tokens: int | None = None) -> int:
     """The longest input both sides take: the context the GGUF gets, the sentence-transformers
-    `max_seq_length`, the Embedder's cap for MEAN pooling, and `max_tokens` if given."""
+    `max_seq_length`, and `max_tokens` if given."""
     limits = [ModernBertSpec.from_checkpoint(ckpt).context_length]
     st_config = ckpt.root / "sentence_bert_config.json"
     if st_config.is_file():
         max_seq_length = json.loads(st_config.read_text()).get("max_seq_length")
         if isinstance(max_seq_length, int) and max_seq_length > 0:
             limits.append(max_seq_length)
-    if ckpt.pooling and ckpt.pooling.get("pooling_mode_mean_tokens"):
-        limits.append(MEAN_POOLING_MAX_TOKENS)
     if max_tokens is not None:
         limits.append(max_tokens)
     return min(limits)

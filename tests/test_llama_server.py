@@ -86,7 +86,7 @@ def server(request: pytest.FixtureRequest, workspace, tmp_path_factory: pytest.T
     family = request.param
     gguf = workspace.gguf(family, "f32")
     embedder = Embedder(gguf)
-    # Inputs up to the Embedder's own limit (the file's context; 2,048 for MEAN pooling), and the
+    # Inputs up to the Embedder's own limit (the file's context, at most 8,192), and the
     # server sized the same way: a non-causal model must get each input in one micro-batch.
     n = embedder.max_tokens
     texts = SHORT_TEXTS + [long_text(0, 2_500), long_text(5_000, 6_000)]
