@@ -90,8 +90,10 @@ def start_ray(address: str | None, actors: int | None, threads_per_actor: int) -
 
     # A local cluster's logical CPUs are scheduling tokens: the machine's, or enough for the actors asked for.
     local_cpus = max(os.cpu_count() or 1, (actors or 1) * threads_per_actor + IO_CPUS)
-    local = {} if address else {"num_cpus": local_cpus, "_node_ip_address": "127.0.0.1"}
-    ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False, **local)
+    local_only = address is None
+    ray.init(address=address, num_cpus=local_cpus if local_only else None,
+             _node_ip_address="127.0.0.1" if local_only else None,
+             include_dashboard=False, log_to_driver=False, configure_logging=False)
 
 
 def run_ray_job(input_path: Path, model: Path, out: Path, *, text_field: str = "text", id_field: str = "id",
