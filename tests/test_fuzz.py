@@ -7,10 +7,12 @@ default); scripts/fuzz.sh runs 10,000 each. Crashes found become examples in REG
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 import os
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from granite_gguf.bindings.batching import Batcher
 from granite_gguf.bindings.embedder import Embedder
 from granite_gguf.bindings.server import EmbeddingService, RequestError
 from granite_gguf.convert.check import GGUFCheckError, check_gguf
@@ -157,10 +160,14 @@ def test_ollama_name(tmp_path_factory: pytest.TempPathFactory, pieces: list[str]
 
 
 @pytest.fixture(scope="module")
-def service(fixture_dir: Path, good_gguf: bytes, tmp_path_factory: pytest.TempPathFactory) -> EmbeddingService:
+def service(fixture_dir: Path, good_gguf: bytes, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddingService]:
     path = tmp_path_factory.mktemp("fuzz-serve") / "m.gguf"
     path.write_bytes(good_gguf)
-    return EmbeddingService(Embedder(path, max_tokens=256), "m")
+    batcher = Batcher([Embedder(path, max_tokens=256)])
+    try:
+        yield EmbeddingService(batcher, "m")
+    finally:
+        batcher.close()
 
 
 @FUZZ
@@ -172,7 +179,7 @@ def service(fixture_dir: Path, good_gguf: bytes, tmp_path_factory: pytest.TempPa
 def test_server_request_bodies(service: EmbeddingService, body: dict[str, Any], route: int) -> None:
     handler = [service.openai_embeddings, service.ollama_embed, service.ollama_embeddings][route]
     try:
-        answer = handler(body)
+        answer = asyncio.run(handler(body))
     except RequestError as exc:
         assert 400 <= exc.status < 500 and str(exc)
         return
