@@ -9,9 +9,8 @@ import sys
 from pathlib import Path
 
 from granite_gguf.bindings.batching import DEFAULT_MAX_BATCH_INPUTS
-from granite_gguf.bindings.corpus_job import DEFAULT_BATCH_ROWS
+from granite_gguf.bindings.defaults import DEFAULT_BATCH_ROWS, Limits
 from granite_gguf.bindings.embedder import LongInputs
-from granite_gguf.bindings.server import Limits
 
 LOCAL_RAY = "local"  # `embed-corpus --ray` without an address: start a local cluster
 

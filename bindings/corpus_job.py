@@ -22,11 +22,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from granite_gguf.bindings.defaults import DEFAULT_BATCH_ROWS
 from granite_gguf.bindings.embedder import Embedder
 from granite_gguf.errors import UserError
 from granite_gguf.files import atomic_output
 
-DEFAULT_BATCH_ROWS = 1024
 MANIFEST = "_job.json"
 SHARD_GLOB = "part-*.parquet"
 # Output columns, named once (the single-process job and the Ray job write the same schema).

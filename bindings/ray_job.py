@@ -27,7 +27,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.dataset
 
-from granite_gguf.bindings.corpus_job import DEFAULT_BATCH_ROWS, InputFormat, embed_table, text_of
+from granite_gguf.bindings.corpus_job import InputFormat, embed_table, text_of
+from granite_gguf.bindings.defaults import DEFAULT_BATCH_ROWS
 from granite_gguf.errors import UserError
 
 IO_CPUS = 1  # logical CPUs kept free for Ray Data's list, read and write tasks

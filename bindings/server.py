@@ -27,7 +27,6 @@ import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
@@ -40,6 +39,7 @@ from starlette.routing import Route
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from granite_gguf.bindings.batching import Batcher, Options, Overloaded
+from granite_gguf.bindings.defaults import Limits
 from granite_gguf.bindings.embedder import Embedder, Embeddings, LongInputs
 from granite_gguf.errors import UserError
 
@@ -48,18 +48,6 @@ log = logging.getLogger(__name__)
 REQUEST_ID_HEADER = "X-Request-ID"
 _CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")  # echoed into logs and headers: keep it tame
 _request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Bounds on requests and connections, so clients cannot make the server allocate or wait without end."""
-
-    max_body_bytes: int = 4 * 1024 * 1024
-    max_inputs: int = 256
-    request_timeout_s: float = 60.0  # head, then body, must arrive within this; a stalled client is dropped
-    keep_alive_s: int = 5  # an idle keep-alive connection is closed after this
-    max_connections: int = 1024  # open connections (and requests in progress) before new requests get 503
-    graceful_shutdown_s: int = 60  # on SIGTERM/SIGINT, requests in flight get this long to finish
 
 
 class RequestError(Exception):
