@@ -52,12 +52,12 @@ class OutType(Enum):
     Q3_K_S = ("q3_k_s", F.MOSTLY_Q3_K_S, Q.Q3_K, None, Writer.LLAMA_CPP, None)
     Q3_K_M = ("q3_k_m", F.MOSTLY_Q3_K_M, Q.Q3_K, None, Writer.LLAMA_CPP, None)
     Q3_K_L = ("q3_k_l", F.MOSTLY_Q3_K_L, Q.Q3_K, None, Writer.LLAMA_CPP, None)
-    Q4_K_S = ("q4_k_s", F.MOSTLY_Q4_K_S, Q.Q4_K, None, Writer.LLAMA_CPP, None)
+    Q4_K_S = ("q4_k_s", F.MOSTLY_Q4_K_S, Q.Q4_K, None, Writer.LLAMA_CPP, 0.922)
     Q4_K_M = ("q4_k_m", F.MOSTLY_Q4_K_M, Q.Q4_K, None, Writer.LLAMA_CPP, 0.954)
     Q5_K_S = ("q5_k_s", F.MOSTLY_Q5_K_S, Q.Q5_K, None, Writer.LLAMA_CPP, None)
     Q5_K_M = ("q5_k_m", F.MOSTLY_Q5_K_M, Q.Q5_K, None, Writer.LLAMA_CPP, 0.956)
     Q6_K = ("q6_k", F.MOSTLY_Q6_K, Q.Q6_K, None, Writer.LLAMA_CPP, 0.998)
-    IQ4_NL = ("iq4_nl", F.MOSTLY_IQ4_NL, Q.IQ4_NL, None, Writer.LLAMA_CPP, None)
+    IQ4_NL = ("iq4_nl", F.MOSTLY_IQ4_NL, Q.IQ4_NL, None, Writer.LLAMA_CPP, 0.771)
     IQ4_XS = ("iq4_xs", F.MOSTLY_IQ4_XS, Q.IQ4_XS, None, Writer.LLAMA_CPP, None)
     # Embedding-aware recipes. llama.cpp already stores the table of a model without an output tensor
     # as Q6_K in every type below Q8_0 (Q8_0 where rows of 384 or 64 do not fit Q6_K). Presets: a
@@ -67,6 +67,12 @@ class OutType(Enum):
     Q8_0_EMB_Q4_K = ("q8_0+emb_q4_k", F.MOSTLY_Q8_0, Q.Q8_0, Q.Q4_K, Writer.LLAMA_CPP, 0.972)
     Q6_K_EMB_Q4_K = ("q6_k+emb_q4_k", F.MOSTLY_Q6_K, Q.Q6_K, Q.Q4_K, Writer.LLAMA_CPP, 0.972)
     Q4_0_EMB_Q4_0 = ("q4_0+emb_q4_0", F.MOSTLY_Q4_0, Q.Q4_0, Q.Q4_0, Writer.LLAMA_CPP, 0.674)
+    # Speed recipes: blocks that llama.cpp repacks at load for AVX2/AVX-512 (Q4_0, IQ4_NL; the fastest
+    # GGUF files on CPU, docs/performance.md) with a precise Q8_0 table (a lookup: no arithmetic, so
+    # no speed cost). Where the rows do not fit Q6_K (the 97m, the fixtures) the stock type already
+    # writes this file, so a stock file reads back as the recipe (`written_type`) with the same gate.
+    IQ4_NL_EMB_Q8_0 = ("iq4_nl+emb_q8_0", F.MOSTLY_IQ4_NL, Q.IQ4_NL, Q.Q8_0, Writer.LLAMA_CPP, 0.771)
+    Q4_0_EMB_Q8_0 = ("q4_0+emb_q8_0", F.MOSTLY_Q4_0, Q.Q4_0, Q.Q8_0, Writer.LLAMA_CPP, 0.770)
 
     def __init__(self, label: str, file_type: LlamaFileType, block_type: GGMLQuantizationType,
                  table_type: GGMLQuantizationType | None, writer: Writer, min_cosine: float | None) -> None:

@@ -4,7 +4,7 @@ The retrieval probe: 200 passages of CLDR text and 50 queries that are a short s
 each. Every passage is ranked per query by cosine with the reference vectors and with the file's;
 the file's ranking is scored by top-10 overlap and nDCG@10 (graded relevance: the reference cosine,
 clipped at 0). Used by scripts/quality_table.py (docs/quality.md), whose Pareto front of (size,
-cosine mean) names the recipes `release` recommends.
+docs/s, cosine mean) names the recipes `release` recommends.
 """
 
 from __future__ import annotations
@@ -79,11 +79,13 @@ def random_ndcg(reference_scores: np.ndarray, k: int = K, seed: int = 0) -> floa
     return float(np.mean([ndcg_at_k(rel, rng.permutation(len(rel)), k) for rel in relevance]))
 
 
-def pareto_front(points: Sequence[tuple[float, float]]) -> list[bool]:
-    """For each (size, quality): True when no other point is at most as large and at least as good,
-    one of them strictly."""
-    return [not any(s <= size and q >= quality and (s, q) != (size, quality) for s, q in points)
-            for size, quality in points]
+def pareto_front(points: Sequence[tuple[float, ...]]) -> list[bool]:
+    """For each (size, quality, ...): True when no other point is at most as large and at least as good
+    in every quality, one of them strictly."""
+    def dominates(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+        return a != b and a[0] <= b[0] and all(x >= y for x, y in zip(a[1:], b[1:]))
+
+    return [not any(dominates(other, point) for other in points) for point in points]
 
 
 def type_shares(summary: GGUFSummary) -> dict[str, float]:

@@ -18,99 +18,21 @@ peak RSS from wait4).
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import os
-import platform
 import statistics
 import time
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
 from pathlib import Path
 
 from granite_gguf.bindings.embedder import DEFAULT_BATCH_TOKENS
+from granite_gguf.throughput import PYTORCH_BATCH_TOKENS, Bench, Kind, Runner, export_onnx, machine, make_documents
 
 
 @dataclass
 class Case:
-    name: str  # "pytorch-fp32" or "gguf-q8_0"
+    name: str  # "pytorch-fp32" or "gguf-q8_0 2x1"
     tokens: int
     docs_per_s: list[float]
-
-
-def make_documents(checkpoint: Path, tokens: int, count: int) -> list[str]:
-    """`count` texts of about `tokens` tokens (special tokens included), cut from the probe set."""
-    from tokenizers import Tokenizer
-
-    from granite_gguf.probes import probe_texts
-
-    tokenizer = Tokenizer.from_file(str(checkpoint / "tokenizer.json"))
-    ids = tokenizer.encode(" ".join(probe_texts()), add_special_tokens=False).ids
-    content = tokens - 2
-    while len(ids) < content * count:
-        ids = ids + ids
-    return [tokenizer.decode(ids[i * content:(i + 1) * content]) for i in range(count)]
-
-
-def pytorch_worker(connection: Connection, checkpoint: str, threads: int, _: int) -> None:
-    import torch
-    from sentence_transformers import SentenceTransformer
-
-    torch.set_num_threads(threads)
-    model = SentenceTransformer(checkpoint, device="cpu", local_files_only=True)
-    model.max_seq_length = 8192
-    connection.send("ready")
-    while (job := connection.recv()) is not None:
-        docs, batch_size = job
-        with torch.inference_mode():
-            started = time.perf_counter()
-            model.encode(docs, batch_size=batch_size, normalize_embeddings=True)
-        connection.send(time.perf_counter() - started)
-
-
-def onnx_worker(connection: Connection, onnx_file: str, threads: int, _: int) -> None:
-    """ONNX Runtime on the exported encoder; CLS pooling and L2 as the checkpoint's sentence-transformers."""
-    import numpy as np
-    import onnxruntime
-    from tokenizers import Tokenizer
-
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads
-    session = onnxruntime.InferenceSession(onnx_file, options, providers=["CPUExecutionProvider"])
-    tokenizer = Tokenizer.from_file(str(Path(onnx_file).parent / "tokenizer.json"))
-    connection.send("ready")
-    while (job := connection.recv()) is not None:
-        docs, batch_size = job
-        started = time.perf_counter()
-        for start in range(0, len(docs), batch_size):
-            tokenizer.enable_padding()
-            encodings = tokenizer.encode_batch(docs[start:start + batch_size])
-            ids = np.array([e.ids for e in encodings], dtype=np.int64)
-            mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
-            hidden = session.run(None, {"input_ids": ids, "attention_mask": mask})[0][:, 0]
-            _ = hidden / np.linalg.norm(hidden, axis=1, keepdims=True)  # the L2 step sentence-transformers does
-        connection.send(time.perf_counter() - started)
-
-
-def export_onnx(checkpoint: Path, folder: Path) -> tuple[Path, Path]:
-    """fp32 ONNX of the checkpoint's encoder (torch.onnx.export) and its dynamic int8 quantization."""
-    import shutil
-
-    fp32, int8 = folder / f"{checkpoint.name}-fp32.onnx", folder / f"{checkpoint.name}-int8.onnx"
-    shutil.copy(checkpoint / "tokenizer.json", folder / "tokenizer.json")
-    if not fp32.exists():
-        import torch
-        from transformers import AutoModel
-
-        model = AutoModel.from_pretrained(str(checkpoint), attn_implementation="eager").eval()
-        example = (torch.ones(2, 16, dtype=torch.long), torch.ones(2, 16, dtype=torch.long))
-        axes = {"input_ids": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"}}
-        torch.onnx.export(model, example, str(fp32), input_names=["input_ids", "attention_mask"],
-                          output_names=["last_hidden_state"], dynamic_axes=axes, opset_version=17, dynamo=False)
-    if not int8.exists():
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-
-        quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8)
-    return fp32, int8
 
 
 def cold_start(checkpoint: Path, ggufs: dict[str, Path], rounds: int, threads: int) -> list[str]:
@@ -150,19 +72,6 @@ def cold_start(checkpoint: Path, ggufs: dict[str, Path], rounds: int, threads: i
     return lines
 
 
-def gguf_worker(connection: Connection, gguf: str, threads: int, batch_tokens: int, workers: int | None = None) -> None:
-    from granite_gguf.bindings.embedder import Embedder
-
-    embedder = Embedder(gguf, n_threads=threads, batch_tokens=batch_tokens, workers=workers)
-    connection.send("ready")
-    while (job := connection.recv()) is not None:
-        docs, _ = job
-        started = time.perf_counter()
-        embedder.encode(docs)
-        connection.send(time.perf_counter() - started)
-    embedder.close()
-
-
 def ensure_gguf(checkpoint: Path, outtype: str, folder: Path) -> Path:
     """The checkpoint as `outtype` in `folder` (gguf-py's writer or llama.cpp's quantizer), made once."""
     from granite_gguf.convert.quantize import convert_set
@@ -181,12 +90,6 @@ def ensure_gguf(checkpoint: Path, outtype: str, folder: Path) -> Path:
         return path
     [result] = convert_set(open_checkpoint(str(checkpoint)), folder, [output], model_name=checkpoint.name)
     return result.path
-
-
-def machine() -> str:
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor())
-    return f"{model}, {len(os.sched_getaffinity(0))} usable CPUs, {platform.python_version()}"
 
 
 def main() -> None:
@@ -217,47 +120,34 @@ def main() -> None:
                 out.write(table + "\n\n")
         return
 
-    context = mp.get_context("spawn")
-    workers: dict[str, tuple[mp.process.BaseProcess, Connection]] = {}
-    targets: dict[str, tuple] = {"pytorch-fp32": (pytorch_worker, str(args.checkpoint), 0)}
+    runners = [Runner("pytorch-fp32", Kind.PYTORCH, str(args.checkpoint), args.threads)]
     if args.onnx:
         fp32, int8 = export_onnx(args.checkpoint, args.gguf_dir)
-        targets["onnxruntime-fp32"] = (onnx_worker, str(fp32), 0)
-        targets["onnxruntime-int8"] = (onnx_worker, str(int8), 0)
+        runners += [Runner("onnxruntime-fp32", Kind.ONNX, str(fp32), args.threads),
+                    Runner("onnxruntime-int8", Kind.ONNX, str(int8), args.threads)]
     layouts = [tuple(int(n) for n in layout.split("x")) for layout in args.layouts] or [None]
     for outtype in args.types:
         gguf = str(ensure_gguf(args.checkpoint, outtype, args.gguf_dir))
         for budget in args.batch_tokens:
             for layout in layouts:
-                suffix = "" if args.batch_tokens == [DEFAULT_BATCH_TOKENS] else f"@{budget}"
-                suffix += f" {layout[0]}x{layout[1]}" if layout else ""
-                targets[f"gguf-{outtype}{suffix}"] = (gguf_worker, gguf, budget, layout)
-    for name, (function, model, budget, *layout) in targets.items():
-        parent_end, child_end = context.Pipe()
-        threads, extra = args.threads, ()
-        if layout and layout[0]:
-            threads, extra = layout[0][0] * layout[0][1], (layout[0][0],)
-        process = context.Process(target=function, args=(child_end, model, threads, budget, *extra), daemon=True)
-        process.start()
-        assert parent_end.recv() == "ready"
-        workers[name] = (process, parent_end)
+                name = f"gguf-{outtype}" + ("" if args.batch_tokens == [DEFAULT_BATCH_TOKENS] else f"@{budget}")
+                if layout:
+                    runners.append(Runner(f"{name} {layout[0]}x{layout[1]}", Kind.GGUF, gguf, layout[0] * layout[1],
+                                          workers=layout[0], batch_tokens=budget))
+                else:
+                    runners.append(Runner(name, Kind.GGUF, gguf, args.threads, batch_tokens=budget))
 
     cases: list[Case] = []
-    for tokens in args.tokens:
-        count = max(2, args.docs * 512 // tokens)
-        docs = make_documents(args.checkpoint, tokens, count)
-        batch_size = max(1, 4096 // tokens)  # PyTorch: 8 documents of 512 tokens per forward pass
-        round_cases = {name: Case(name, tokens, []) for name in workers}
-        for round_index in range(args.rounds):
-            for name, (_, connection) in workers.items():
-                connection.send((docs, batch_size))
-                seconds = connection.recv()
-                round_cases[name].docs_per_s.append(count / seconds)
-                print(f"{tokens:>5} tokens  round {round_index + 1}  {name:<20} {count / seconds:8.4g} docs/s", flush=True)
-        cases += round_cases.values()
-    for process, connection in workers.values():
-        connection.send(None)
-        process.join(timeout=60)
+    with Bench(runners) as bench:
+        for tokens in args.tokens:
+            count = max(2, args.docs * 512 // tokens)
+            docs = make_documents(args.checkpoint, tokens, count)
+
+            def report(round_index: int, name: str, seconds: float, tokens: int = tokens, count: int = count) -> None:
+                print(f"{tokens:>5} tokens  round {round_index}  {name:<24} {count / seconds:8.4g} docs/s", flush=True)
+
+            seconds = bench.rounds(docs, max(1, PYTORCH_BATCH_TOKENS // tokens), args.rounds, report)
+            cases += [Case(name, tokens, [count / s for s in values]) for name, values in seconds.items()]
 
     lines = [f"checkpoint `{args.checkpoint.name}`, {args.threads} threads, {args.rounds} rounds; machine: {machine()}", "",
              "| tokens/doc | runner | docs/s per round | median docs/s | ratio vs PyTorch fp32 |", "|---|---|---|---|---|"]

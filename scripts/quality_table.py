@@ -11,17 +11,21 @@ multilingual retrieval probe: 200 passages of CLDR text, 50 queries that are a s
 passage each; every passage is ranked per query by cosine with the reference vectors and with the
 file's, and the file's ranking is scored by top-10 overlap and nDCG@10 (graded relevance: the
 reference cosine, clipped at 0). Rows on the Pareto front of (size, cosine mean) are marked.
-The section for the checkpoint in docs/quality.md is replaced (or appended), and a plot of quality
-against size is written to docs/quality-<checkpoint>.png.
+Speed, in the same run (granite_gguf.throughput: one process per runner, rounds interleaved, medians):
+docs/s on documents of 512 tokens and tokens/s on short texts (retrieval texts) for every file with
+the Embedder's default worker layout, next to PyTorch fp32 (sentence-transformers) and ONNX Runtime
+int8 (dynamic quantization of the same checkpoint's export). Rows on the Pareto front of (size, docs/s,
+cosine mean) are marked. The section for the checkpoint in docs/quality.md is replaced (or appended),
+and a plot of quality and speed against size is written to docs/quality-<checkpoint>.png.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import platform
 import re
 import shlex
+import statistics
 import sys
 import tempfile
 import time
@@ -30,8 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-from granite_gguf.bindings.embedder import Embedder, usable_threads
-from granite_gguf.convert.quantize import convert_set
+from granite_gguf.bindings.embedder import Embedder, default_layout
+from granite_gguf.convert.quantize import convert_set, written_type
 from granite_gguf.convert.source import open_checkpoint
 from granite_gguf.convert.types import OutType
 from granite_gguf.probes import probe_texts
@@ -45,10 +49,24 @@ from granite_gguf.quality import (
     retrieval_agreement,
     retrieval_probe,
 )
-from granite_gguf.verify import Reference, default_threshold, measure, run_reference
+from granite_gguf.throughput import (
+    DOC_TOKENS,
+    PYTORCH_BATCH_TOKENS,
+    SHORT_BATCH,
+    Bench,
+    Kind,
+    Runner,
+    count_tokens,
+    export_onnx,
+    machine,
+    make_documents,
+)
+from granite_gguf.verify import Reference, measure, run_reference
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_TYPES = ",".join(["f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0", *(t.label for t in OutType if t.is_recipe)])
+DEFAULT_TYPES = ",".join(["f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_k_s", "q4_0", "iq4_nl",
+                          *(t.label for t in OutType if t.is_recipe)])
+REFERENCES = ("pytorch-fp32", "onnxruntime-int8")  # the runners every file's speed is compared with
 
 
 @dataclass
@@ -65,17 +83,21 @@ class Row:
     overlap: float
     ndcg: float
     token_mismatches: int = 0  # texts whose llama.cpp ids differ from HF's
-    threshold: float = 0.0  # verify's default minimum cosine for this file
+    threshold: float | None = None  # verify's default minimum cosine for this file (None: the type has no gate yet)
+    docs_per_s: float = 0.0  # median, documents of DOC_TOKENS tokens
+    tokens_per_s: float = 0.0  # median, short texts
     pareto: bool = False
 
     @property
-    def passes(self) -> bool:
-        return self.token_mismatches == 0 and self.cosine_min >= self.threshold
+    def gate(self) -> str:
+        if self.threshold is None:
+            return "no gate"
+        passes = self.token_mismatches == 0 and self.cosine_min >= self.threshold
+        return f"{self.threshold} {'pass' if passes else '**FAIL**'}"
 
 
-def sample_probes(n: int | None) -> list[str]:
-    """All probe texts, or `n` evenly spaced ones (the first and the last, the longest, included)."""
-    texts = probe_texts()
+def evenly_spaced(texts: list[str] | tuple[str, ...], n: int | None) -> list[str]:
+    """All `texts`, or `n` evenly spaced ones (the first and the last included)."""
     if n is None or n >= len(texts):
         return list(texts)
     return [texts[i] for i in np.unique(np.linspace(0, len(texts) - 1, n).round().astype(int))]
@@ -85,7 +107,8 @@ def row(label: str, path: Path, reference: Reference, n_probes: int, retrieval: 
     """verify's measurement of the file (probes and retrieval texts in one run), and the retrieval agreement."""
     with Embedder(path, max_tokens=reference.needed) as embedder:
         metrics = measure(embedder, reference)
-        threshold = default_threshold(embedder.header)
+        output = written_type(embedder.header)
+        threshold = output.min_cosine if output else None
     summary = embedder.summary
     parameters = sum(summary.tensor_elements.values())
     probes = metrics.head(n_probes)
@@ -98,16 +121,31 @@ def row(label: str, path: Path, reference: Reference, n_probes: int, retrieval: 
     )
 
 
-def machine() -> str:
-    model = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {usable_threads()} threads used (of {os.cpu_count()} logical CPUs)"
+@dataclass(frozen=True)
+class Speed:
+    docs_per_s: float  # median over rounds, documents of DOC_TOKENS tokens
+    tokens_per_s: float  # median over rounds, short texts
+
+
+def measure_speed(checkpoint: Path, files: dict[str, Path], onnx_dir: Path, *, docs: int, short: list[str],
+                  rounds: int) -> dict[str, Speed]:
+    """Every file (the Embedder's default layout) and the REFERENCES, timed in one run, rounds interleaved."""
+    threads = default_layout().workers * default_layout().threads
+    _, int8 = export_onnx(checkpoint, onnx_dir)
+    runners = [Runner("pytorch-fp32", Kind.PYTORCH, str(checkpoint), threads),
+               Runner("onnxruntime-int8", Kind.ONNX, str(int8), threads)]
+    runners += [Runner(label, Kind.GGUF, str(path), threads) for label, path in files.items()]
+    documents = make_documents(checkpoint, DOC_TOKENS, docs)
+    short_tokens = count_tokens(checkpoint, short)
+
+    def report(round_index: int, name: str, seconds: float) -> None:
+        print(f"speed round {round_index}  {name:<20} {seconds:7.2f} s", flush=True)
+
+    with Bench(runners) as bench:
+        long = bench.rounds(documents, PYTORCH_BATCH_TOKENS // DOC_TOKENS, rounds, report)
+        brief = bench.rounds(short, SHORT_BATCH, rounds, report)
+    return {name: Speed(docs / statistics.median(long[name]), short_tokens / statistics.median(brief[name]))
+            for name in long}
 
 
 def command_line() -> str:
@@ -115,9 +153,18 @@ def command_line() -> str:
     return f"{python} {shlex.join(sys.argv)}"
 
 
-def markdown(name: str, rows: list[Row], *, n_probes: int, floor: float, seconds: float, plot: Path) -> str:
+def markdown(name: str, rows: list[Row], references: dict[str, Speed], *, n_probes: int, n_short: int, n_docs: int,
+             rounds: int, floor: float, seconds: float, plot: Path) -> str:
     header = ("| type | file | size (bytes) | bytes/param | effective types (share of parameters) | cos min | cos mean "
-              "| cos p1 | NMSE | top-10 overlap | nDCG@10 | token mismatches | verify threshold | Pareto |")
+              f"| cos p1 | NMSE | top-10 overlap | nDCG@10 | docs/s ({DOC_TOKENS} tok) | tokens/s (short) "
+              "| token mismatches | verify threshold | Pareto |")
+    pytorch = references["pytorch-fp32"]
+
+    def speed(docs_per_s: float, tokens_per_s: float) -> str:
+        return (f"{docs_per_s:.3g} ({docs_per_s / pytorch.docs_per_s:.2f}×) "
+                f"| {tokens_per_s:,.0f} ({tokens_per_s / pytorch.tokens_per_s:.2f}×)")
+
+    onnx = references["onnxruntime-int8"]
     lines = [
         f"<!-- quality-table:{name} -->",
         f"### {name}",
@@ -125,7 +172,13 @@ def markdown(name: str, rows: list[Row], *, n_probes: int, floor: float, seconds
         f"Command: `{command_line()}`  ",
         f"Machine: {machine()}; took {seconds:.0f} s.  ",
         (f"Probe texts: {n_probes}; retrieval probe: {N_PASSAGES} passages, {N_PASSAGES // QUERY_EVERY} queries "
-         f"(nDCG@10 of a random ranking: {floor:.3f})."),
+         f"(nDCG@10 of a random ranking: {floor:.3f}).  "),
+        (f"Speed (same run, one process per runner, {rounds} interleaved rounds, medians; × = ratio to PyTorch fp32): "
+         f"{n_docs} documents of {DOC_TOKENS} tokens and {n_short} short texts, GGUF files with the Embedder's "
+         f"default layout ({default_layout().workers}x{default_layout().threads}). PyTorch fp32 (sentence-transformers): "
+         f"{pytorch.docs_per_s:.3g} docs/s, {pytorch.tokens_per_s:,.0f} tokens/s; ONNX Runtime int8: "
+         f"{speed(onnx.docs_per_s, onnx.tokens_per_s).replace(' | ', ', ')}. Pareto: ★ = on the front of "
+         "(size, docs/s, cosine mean)."),
         "",
         header,
         "|" + "---|" * (header.count("|") - 1),
@@ -134,9 +187,10 @@ def markdown(name: str, rows: list[Row], *, n_probes: int, floor: float, seconds
         lines.append(
             f"| {r.label} | {r.file} | {r.size:,} | {r.size / r.parameters:.3f} | {r.types} | {r.cosine_min:.5f} "
             f"| {r.cosine_mean:.6f} | {r.cosine_p1:.5f} | {r.nmse:.2e} | {r.overlap:.3f} | {r.ndcg:.4f} "
-            f"| {r.token_mismatches} | {r.threshold} {'pass' if r.passes else '**FAIL**'} | {'★' if r.pareto else ''} |"
+            f"| {speed(r.docs_per_s, r.tokens_per_s)} "
+            f"| {r.token_mismatches} | {r.gate} | {'★' if r.pareto else ''} |"
         )
-    lines += ["", f"![quality against size, {name}]({plot.name})", f"<!-- /quality-table:{name} -->"]
+    lines += ["", f"![quality and speed against size, {name}]({plot.name})", f"<!-- /quality-table:{name} -->"]
     return "\n".join(lines)
 
 
@@ -148,18 +202,21 @@ def write_section(doc: Path, name: str, section: str) -> None:
     doc.write_text(text.rstrip("\n") + "\n")
 
 
-def plot(rows: list[Row], name: str, dest: Path) -> None:
+def plot(rows: list[Row], references: dict[str, Speed], name: str, dest: Path) -> None:
+    """Cosine mean, docs/s and nDCG@10 against file size; the Pareto front (size, docs/s, cosine mean) in orange."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 1, figsize=(8, 7), sharex=True)
+    panels = (("cosine_mean", "cosine mean vs fp32"), ("docs_per_s", f"docs/s, {DOC_TOKENS} tokens"),
+              ("ndcg", "nDCG@10 vs fp32 ranking"))
+    fig, axes = plt.subplots(len(panels), 1, figsize=(8, 10), sharex=True)
     sizes = np.array([r.size / 2**20 for r in rows])
-    for ax, field, title in ((axes[0], "cosine_mean", "cosine mean vs fp32"), (axes[1], "ndcg", "nDCG@10 vs fp32 ranking")):
+    front = [i for i in np.argsort(sizes) if rows[i].pareto]
+    for ax, (field, title) in zip(axes, panels):
         values = np.array([getattr(r, field) for r in rows])
-        front = [i for i in np.argsort(sizes) if rows[i].pareto]
-        ax.plot(sizes[front], values[front], "-", color="tab:orange", zorder=1, label="Pareto front (size, cosine mean)")
+        ax.plot(sizes[front], values[front], "-", color="tab:orange", zorder=1, label="Pareto front (size, docs/s, cosine mean)")
         ax.scatter(sizes, values, c=["tab:orange" if r.pareto else "tab:blue" for r in rows], zorder=2)
         same: dict[tuple[float, float], list[str]] = {}  # identical files (fallbacks) share one label
         for x, y, r in zip(sizes, values, rows):
@@ -169,9 +226,13 @@ def plot(rows: list[Row], name: str, dest: Path) -> None:
         ax.set_ylabel(title)
         ax.grid(True, alpha=0.3)
         ax.margins(x=0.15)
+    speed_axis = axes[1]
+    for (runner, speed), style in zip(references.items(), ("--", ":")):
+        speed_axis.axhline(speed.docs_per_s, linestyle=style, color="gray", label=f"{runner}: {speed.docs_per_s:.3g} docs/s")
+    speed_axis.legend(loc="best", fontsize=8)
     axes[0].legend(loc="lower right", fontsize=8)
-    axes[1].set_xlabel("file size (MiB)")
-    fig.suptitle(f"{name}: quality against file size")
+    axes[-1].set_xlabel("file size (MiB)")
+    fig.suptitle(f"{name}: quality and speed against file size")
     fig.tight_layout()
     fig.savefig(dest, dpi=110)
     plt.close(fig)
@@ -184,11 +245,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--types", default=DEFAULT_TYPES, help=f"types and recipes (default: {DEFAULT_TYPES})")
     parser.add_argument("--workdir", type=Path, default=None, help="keep the GGUF files here (default: a temporary folder)")
     parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "quality.md")
+    parser.add_argument("--speed-docs", type=int, default=16, help=f"documents of {DOC_TOKENS} tokens per speed round")
+    parser.add_argument("--speed-short", type=int, default=128, help="short texts (from the retrieval probe) per speed round")
+    parser.add_argument("--speed-rounds", type=int, default=3)
     args = parser.parse_args(argv)
     outputs = OutType.parse_list(args.types)
     name = Path(args.checkpoint.rstrip("/")).name
     started = time.monotonic()
-    probes = sample_probes(args.texts)
+    probes = evenly_spaced(probe_texts(), args.texts)  # the longest probe is the last
     retrieval = retrieval_probe()
     texts = probes + retrieval.texts
     with tempfile.TemporaryDirectory(prefix="quality-") as tmp:
@@ -201,13 +265,20 @@ def main(argv: list[str] | None = None) -> int:
         for result in files:
             rows.append(row(result.output.label, result.path, reference, len(probes), retrieval))
             print(f"{result.output.label}: cosine min {rows[-1].cosine_min:.5f}, nDCG@10 {rows[-1].ndcg:.4f}", flush=True)
+        short = evenly_spaced(retrieval.texts, args.speed_short)
+        speeds = measure_speed(Path(args.checkpoint), {r.output.label: r.path for r in files}, workdir,
+                               docs=args.speed_docs, short=short, rounds=args.speed_rounds)
+    for r in rows:
+        r.docs_per_s, r.tokens_per_s = speeds[r.label].docs_per_s, speeds[r.label].tokens_per_s
+    references = {runner: speeds[runner] for runner in REFERENCES}
     rows.sort(key=lambda r: -r.size)
-    for r, on_front in zip(rows, pareto_front([(r.size, r.cosine_mean) for r in rows])):
+    for r, on_front in zip(rows, pareto_front([(r.size, r.docs_per_s, r.cosine_mean) for r in rows])):
         r.pareto = on_front
     floor = random_ndcg(retrieval.scores(reference.vectors[len(probes):]))
     picture = args.doc.parent / f"quality-{name}.png"
-    plot(rows, name, picture)
-    section = markdown(name, rows, n_probes=len(probes), floor=floor, seconds=time.monotonic() - started, plot=picture)
+    plot(rows, references, name, picture)
+    section = markdown(name, rows, references, n_probes=len(probes), n_short=len(short), n_docs=args.speed_docs,
+                       rounds=args.speed_rounds, floor=floor, seconds=time.monotonic() - started, plot=picture)
     write_section(args.doc, name, section)
     print(section)
     return 0

@@ -18,7 +18,7 @@ from granite_gguf.verify import compare
 from tests.conftest import Workspace
 
 FAMILY = "tiny-gemma3"  # mirrors the 311m, whose token embedding table is 2/3 of its parameters
-LABELS = ["q6_k", "q5_k_m", "q4_k_m", "q4_0", "q8_0+emb_q4_k", "q4_0+emb_q4_0"]
+LABELS = ["q6_k", "q5_k_m", "q4_k_m", "q4_k_s", "q4_0", "iq4_nl", "q8_0+emb_q4_k", "q4_0+emb_q4_0", "iq4_nl+emb_q8_0"]
 
 
 @pytest.mark.slow
@@ -74,3 +74,8 @@ def test_retrieval_agreement_and_pareto() -> None:
     points = {"big": (100, 0.999), "dominated": (90, 0.98), "small": (80, 0.99), "tiny": (50, 0.9), "twin": (80, 0.99)}
     front = pareto_front(list(points.values()))
     assert [label for label, on in zip(points, front) if on] == ["big", "small", "tiny", "twin"]
+    # (size, docs/s, cosine): a larger, slower file survives only by being more precise
+    files = {"f16": (200, 3.0, 1.0), "q8_0": (110, 2.0, 0.9999), "q4_0": (96, 4.0, 0.999),
+             "slow_q4": (96, 3.0, 0.999), "big_fast": (150, 4.0, 0.998)}
+    front = pareto_front(list(files.values()))
+    assert [label for label, on in zip(files, front) if on] == ["f16", "q8_0", "q4_0"]

@@ -81,6 +81,9 @@ def header(file_type: int | None, table: GGMLQuantizationType | None, row: int =
     (LlamaFileType.MOSTLY_Q8_0, Q.Q5_0, 256, OutType.Q8_0),  # rows of 256 fit Q4_K: Q5_0 is no recipe
     (LlamaFileType.MOSTLY_Q4_0, Q.Q4_0, 64, OutType.Q4_0_EMB_Q4_0),
     (LlamaFileType.MOSTLY_Q4_0, Q.Q6_K, 256, OutType.Q4_0),
+    (LlamaFileType.MOSTLY_Q4_0, Q.Q8_0, 64, OutType.Q4_0_EMB_Q8_0),  # also what stock q4_0 writes for rows of 64
+    (LlamaFileType.MOSTLY_IQ4_NL, Q.Q8_0, 256, OutType.IQ4_NL_EMB_Q8_0),
+    (LlamaFileType.MOSTLY_IQ4_NL, Q.Q6_K, 256, OutType.IQ4_NL),
     (LlamaFileType.MOSTLY_F16, None, 64, OutType.F16),
     (LlamaFileType.MOSTLY_IQ2_XXS, Q.Q8_0, 64, None),
 ])
@@ -95,7 +98,7 @@ def test_verify_gate_and_ollama_label_come_from_the_table() -> None:
     assert default_threshold(header(LlamaFileType.ALL_F32, Q.F32)) == 0.99999
     assert file_type_label(summarize(recipe)) == "q8_0"
     assert file_type_label(summarize(header(LlamaFileType.MOSTLY_Q4_K_M, Q.Q6_K))) == "q4_k_m"
-    with pytest.raises(UserError, match="no parity threshold for file type MOSTLY_Q4_K_S; pass --threshold"):
-        default_threshold(header(LlamaFileType.MOSTLY_Q4_K_S, Q.Q6_K))
+    with pytest.raises(UserError, match="no parity threshold for file type MOSTLY_Q3_K_M; pass --threshold"):
+        default_threshold(header(LlamaFileType.MOSTLY_Q3_K_M, Q.Q6_K))
     with pytest.raises(UserError, match="file type unknown is not one granite-gguf writes"):
         file_type_label(summarize(header(None, Q.F16)))
