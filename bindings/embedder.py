@@ -292,7 +292,14 @@ class Embedder:
                 yield _Piece(owner, prefix + content[start: start + room] + suffix, len(tokens))
 
     def _embed(self, pieces: list[_Piece], batch_size: int, show_progress_bar: bool) -> np.ndarray:
-        """Pooled vectors, longest first, packed up to `batch_tokens` tokens and `batch_size` sequences per decode."""
+        """Pooled vectors, longest first, packed up to `batch_tokens` tokens and `batch_size` sequences per decode.
+
+        A piece longer than `batch_tokens` is decoded alone, on the first context only, with every
+        thread of the layout: llama.cpp 0.3.36 gives each context an output buffer of n_vocab floats
+        per token of its largest batch, even for embeddings (src/llama-context.cpp, output_reserve:
+        `has_logits = true`, cleared, so resident), 5.9 GB for 8,192 tokens of a 180,000-token
+        vocabulary. One large context instead of one per worker keeps that cost to one buffer.
+        """
         import llama_cpp
         from tqdm import tqdm
 
@@ -301,38 +308,65 @@ class Embedder:
         # it SEP/EOS), packs in input order and returns lists; here the pieces are our own token ids, packed
         # longest first, read straight into numpy. Same calls as Llama.embed makes (llama.py in 0.3.36).
         groups = list(self._groups(pieces, batch_size))
-        needed = max((sum(len(pieces[i].tokens) for i in group) for group in groups), default=0)
-        contexts = self._contexts[:max(1, min(len(groups), len(self._contexts)))]
-        for context in contexts:
-            context.reserve(needed)
-        pending = iter(groups)
+        sizes = [sum(len(pieces[i].tokens) for i in group) for group in groups]
+        long = [group for group, size in zip(groups, sizes) if size > self.batch_tokens]
+        short = [group for group, size in zip(groups, sizes) if size <= self.batch_tokens]
         lock = threading.Lock()
 
-        def work(context: _Context) -> None:
-            """Decode groups until none is left (each worker takes the next one when done)."""
-            while True:
-                with lock:
-                    group = next(pending, None)
-                if group is None:
-                    return
-                context.batch.reset()
-                for seq_id, index in enumerate(group):
-                    context.batch.add_sequence(pieces[index].tokens, seq_id, True)
-                context.ctx.kv_cache_clear()  # a no-op for encoders (no memory); kept for files that have one
-                context.ctx.decode(context.batch)
-                for seq_id, index in enumerate(group):
-                    pointer = llama_cpp.llama_get_embeddings_seq(context.ctx.ctx, seq_id)
-                    vectors[index] = np.ctypeslib.as_array(pointer, shape=(self.dimension,))
-                with lock:
-                    progress.update(len(group))
+        def decode(context: _Context, group: list[int]) -> None:
+            context.batch.reset()
+            for seq_id, index in enumerate(group):
+                context.batch.add_sequence(pieces[index].tokens, seq_id, True)
+            context.ctx.kv_cache_clear()  # a no-op for encoders (no memory); kept for files that have one
+            context.ctx.decode(context.batch)
+            for seq_id, index in enumerate(group):
+                pointer = llama_cpp.llama_get_embeddings_seq(context.ctx.ctx, seq_id)
+                vectors[index] = np.ctypeslib.as_array(pointer, shape=(self.dimension,))
+            with lock:
+                progress.update(len(group))
 
         with tqdm(total=sum(map(len, groups)), unit="seq", disable=not show_progress_bar) as progress:
-            if len(contexts) == 1:
-                work(contexts[0])
-            else:
-                with ThreadPoolExecutor(len(contexts)) as pool:
-                    list(pool.map(work, contexts))  # list() re-raises a worker's exception
+            if long:
+                first = self._contexts[0]
+                first.reserve(max(sizes))
+                with self._every_thread(first):
+                    for group in long:
+                        decode(first, group)
+            if short:
+                contexts = self._contexts[:min(len(short), len(self._contexts))]
+                for context in contexts:
+                    context.reserve(max(size for size in sizes if size <= self.batch_tokens))
+                pending = iter(short)
+
+                def work(context: _Context) -> None:
+                    """Decode groups until none is left (each worker takes the next one when done)."""
+                    while True:
+                        with lock:
+                            group = next(pending, None)
+                        if group is None:
+                            return
+                        decode(context, group)
+
+                if len(contexts) == 1:
+                    work(contexts[0])
+                else:
+                    with ThreadPoolExecutor(len(contexts)) as pool:
+                        list(pool.map(work, contexts))  # list() re-raises a worker's exception
         return vectors
+
+    @contextmanager
+    def _every_thread(self, context: _Context) -> Iterator[None]:
+        """`context` decodes with all the layout's threads (workers x threads), then with its own again."""
+        import llama_cpp
+
+        every = self.layout.workers * self.layout.threads
+        if every != self.layout.threads:
+            llama_cpp.llama_set_n_threads(context.ctx.ctx, every, every)
+        try:
+            yield
+        finally:
+            if every != self.layout.threads:
+                llama_cpp.llama_set_n_threads(context.ctx.ctx, self.layout.threads, self.layout.threads)
 
     def _groups(self, pieces: list[_Piece], batch_size: int) -> Iterator[list[int]]:
         """Piece indexes per decode: longest first, up to `batch_tokens` tokens and `batch_size` sequences."""

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +32,18 @@ class Case:
     name: str  # "pytorch-fp32" or "gguf-q8_0 2x1"
     tokens: int
     docs_per_s: list[float]
+
+
+# Runs one command and prints its wall time, peak RSS and exit code. Linux keeps the larger of the
+# parent's and the child's high-water RSS across fork and exec, so the command must be started by a
+# small process: this benchmark's own (which may have converted files in memory) would inflate it.
+LAUNCHER = """import os, sys, time
+started = time.perf_counter()
+pid = os.posix_spawn(sys.argv[1], sys.argv[1:], os.environ,
+                     file_actions=[(os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0)])
+_, status, usage = os.wait4(pid, 0)
+print(time.perf_counter() - started, usage.ru_maxrss, os.waitstatus_to_exitcode(status))
+"""
 
 
 def cold_start(checkpoint: Path, ggufs: dict[str, Path], rounds: int, threads: int) -> list[str]:
@@ -52,16 +63,14 @@ def cold_start(checkpoint: Path, ggufs: dict[str, Path], rounds: int, threads: i
     peaks: dict[str, list[float]] = {name: [] for name in commands}
     for round_index in range(rounds):
         for name, command in commands.items():
-            started = time.perf_counter()
-            process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
-            _, status, usage = os.wait4(process.pid, 0)
-            wall = time.perf_counter() - started
-            process.returncode = os.waitstatus_to_exitcode(status)
-            if process.returncode:
-                raise SystemExit(f"{name}: exit {process.returncode}")
+            measured = subprocess.run([sys.executable, "-c", LAUNCHER, *command], capture_output=True, text=True, check=True)
+            wall_text, rss_kib, exit_code = measured.stdout.split()
+            if int(exit_code):
+                raise SystemExit(f"{name}: exit {exit_code}")
+            wall, peak = float(wall_text), int(rss_kib) / 1024
             walls[name].append(wall)
-            peaks[name].append(usage.ru_maxrss / 1024)
-            print(f"cold start round {round_index + 1}  {name:<40} {wall:6.2f} s  {usage.ru_maxrss / 1024:6.0f} MiB", flush=True)
+            peaks[name].append(peak)
+            print(f"cold start round {round_index + 1}  {name:<40} {wall:6.2f} s  {peak:6.0f} MiB", flush=True)
     reference = statistics.median(walls["sentence-transformers one-shot"])
     lines = [f"cold start, one sentence, whole process, {rounds} rounds; machine: {machine()}", "",
              "| command | wall s per round | median wall s | vs one-shot | median peak RSS MiB |", "|---|---|---|---|---|"]

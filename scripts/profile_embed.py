@@ -22,6 +22,8 @@ from pathlib import Path
 
 import requests
 
+from granite_gguf.throughput import make_documents
+
 FAMILIES = [  # (family, pattern on "symbol  (dso)"), first match wins
     ("flash attention", re.compile(r"flash_attn")),
     ("matrix products", re.compile(r"mul_mat|sgemm|tinyBLAS|gemm|gemv|vec_dot|tiled")),
@@ -40,9 +42,6 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--server", type=Path, default=Path(sys.prefix) / "bin" / "llama-server")
     args = parser.parse_args()
-    sys.path.insert(0, str(Path(__file__).parent))
-    from bench_embed import make_documents
-
     docs = make_documents(args.checkpoint, args.tokens, args.docs)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -84,8 +84,7 @@ class Row:
     ndcg: float
     token_mismatches: int = 0  # texts whose llama.cpp ids differ from HF's
     threshold: float | None = None  # verify's default minimum cosine for this file (None: the type has no gate yet)
-    docs_per_s: float = 0.0  # median, documents of DOC_TOKENS tokens
-    tokens_per_s: float = 0.0  # median, short texts
+    speed: Speed | None = None
     pareto: bool = False
 
     @property
@@ -125,27 +124,52 @@ def row(label: str, path: Path, reference: Reference, n_probes: int, retrieval: 
 class Speed:
     docs_per_s: float  # median over rounds, documents of DOC_TOKENS tokens
     tokens_per_s: float  # median over rounds, short texts
+    docs_ratio: float  # to PyTorch fp32 timed in the same group
+    tokens_ratio: float
 
 
 def measure_speed(checkpoint: Path, files: dict[str, Path], onnx_dir: Path, *, docs: int, short: list[str],
-                  rounds: int) -> dict[str, Speed]:
-    """Every file (the Embedder's default layout) and the REFERENCES, timed in one run, rounds interleaved."""
+                  rounds: int, group: int) -> dict[str, Speed]:
+    """Every file (the Embedder's default layout) timed beside the REFERENCES, rounds interleaved, `group`
+    files at a time: each llama.cpp context holds an output buffer of n_vocab floats per token (0.7-1 GB
+    per context at 1,024 tokens on these vocabularies), so all files at once would not fit in memory.
+    A file's ratios are to the PyTorch run of its own group; the references' figures are medians over groups."""
     threads = default_layout().workers * default_layout().threads
     _, int8 = export_onnx(checkpoint, onnx_dir)
-    runners = [Runner("pytorch-fp32", Kind.PYTORCH, str(checkpoint), threads),
-               Runner("onnxruntime-int8", Kind.ONNX, str(int8), threads)]
-    runners += [Runner(label, Kind.GGUF, str(path), threads) for label, path in files.items()]
+    references = [Runner("pytorch-fp32", Kind.PYTORCH, str(checkpoint), threads),
+                  Runner("onnxruntime-int8", Kind.ONNX, str(int8), threads)]
     documents = make_documents(checkpoint, DOC_TOKENS, docs)
     short_tokens = count_tokens(checkpoint, short)
 
     def report(round_index: int, name: str, seconds: float) -> None:
         print(f"speed round {round_index}  {name:<20} {seconds:7.2f} s", flush=True)
 
-    with Bench(runners) as bench:
-        long = bench.rounds(documents, PYTORCH_BATCH_TOKENS // DOC_TOKENS, rounds, report)
-        brief = bench.rounds(short, SHORT_BATCH, rounds, report)
-    return {name: Speed(docs / statistics.median(long[name]), short_tokens / statistics.median(brief[name]))
-            for name in long}
+    labels = list(files)
+    measured: dict[str, list[Speed]] = {}
+    for start in range(0, len(labels), group):
+        runners = references + [Runner(label, Kind.GGUF, str(files[label]), threads) for label in labels[start:start + group]]
+        with Bench(runners) as bench:
+            long = {name: docs / statistics.median(values)
+                    for name, values in bench.rounds(documents, PYTORCH_BATCH_TOKENS // DOC_TOKENS, rounds, report).items()}
+            brief = {name: short_tokens / statistics.median(values)
+                     for name, values in bench.rounds(short, SHORT_BATCH, rounds, report).items()}
+        for name in long:
+            speed = Speed(long[name], brief[name], long[name] / long["pytorch-fp32"], brief[name] / brief["pytorch-fp32"])
+            measured.setdefault(name, []).append(speed)
+    return {name: Speed(*(statistics.median(getattr(s, field) for s in speeds)
+                          for field in ("docs_per_s", "tokens_per_s", "docs_ratio", "tokens_ratio")))
+            for name, speeds in measured.items()}
+
+
+def front_speeds(rows: list[Row]) -> list[float]:
+    """Speed per row for the Pareto front (docs/s as a ratio to the PyTorch run of the file's group): files with the same size, type mix and vectors (llama.cpp's
+    fallbacks write the same file under two labels) do the same work, so they share their mean speed
+    instead of letting round-to-round noise put one on the front and drop its twin."""
+    groups: dict[tuple[int, str, float], list[float]] = {}
+    for r in rows:
+        assert r.speed is not None
+        groups.setdefault((r.size, r.types, r.cosine_mean), []).append(r.speed.docs_ratio)
+    return [statistics.mean(groups[(r.size, r.types, r.cosine_mean)]) for r in rows]
 
 
 def command_line() -> str:
@@ -154,17 +178,16 @@ def command_line() -> str:
 
 
 def markdown(name: str, rows: list[Row], references: dict[str, Speed], *, n_probes: int, n_short: int, n_docs: int,
-             rounds: int, floor: float, seconds: float, plot: Path) -> str:
+             rounds: int, group: int, floor: float, seconds: float, plot: Path) -> str:
     header = ("| type | file | size (bytes) | bytes/param | effective types (share of parameters) | cos min | cos mean "
               f"| cos p1 | NMSE | top-10 overlap | nDCG@10 | docs/s ({DOC_TOKENS} tok) | tokens/s (short) "
               "| token mismatches | verify threshold | Pareto |")
-    pytorch = references["pytorch-fp32"]
+    pytorch, onnx = references["pytorch-fp32"], references["onnxruntime-int8"]
 
-    def speed(docs_per_s: float, tokens_per_s: float) -> str:
-        return (f"{docs_per_s:.3g} ({docs_per_s / pytorch.docs_per_s:.2f}×) "
-                f"| {tokens_per_s:,.0f} ({tokens_per_s / pytorch.tokens_per_s:.2f}×)")
+    def speed(s: Speed | None) -> str:
+        assert s is not None
+        return f"{s.docs_per_s:.3g} ({s.docs_ratio:.2f}×) | {s.tokens_per_s:,.0f} ({s.tokens_ratio:.2f}×)"
 
-    onnx = references["onnxruntime-int8"]
     lines = [
         f"<!-- quality-table:{name} -->",
         f"### {name}",
@@ -173,12 +196,12 @@ def markdown(name: str, rows: list[Row], references: dict[str, Speed], *, n_prob
         f"Machine: {machine()}; took {seconds:.0f} s.  ",
         (f"Probe texts: {n_probes}; retrieval probe: {N_PASSAGES} passages, {N_PASSAGES // QUERY_EVERY} queries "
          f"(nDCG@10 of a random ranking: {floor:.3f}).  "),
-        (f"Speed (same run, one process per runner, {rounds} interleaved rounds, medians; × = ratio to PyTorch fp32): "
-         f"{n_docs} documents of {DOC_TOKENS} tokens and {n_short} short texts, GGUF files with the Embedder's "
-         f"default layout ({default_layout().workers}x{default_layout().threads}). PyTorch fp32 (sentence-transformers): "
+        (f"Speed (same run, one process per runner, {rounds} interleaved rounds, medians; files timed {group} at a "
+         f"time beside the references, × = ratio to PyTorch fp32 of the same group): {n_docs} documents of {DOC_TOKENS} "
+         f"tokens and {n_short} short texts, GGUF files with the Embedder's default layout "
+         f"({default_layout().workers}x{default_layout().threads}). PyTorch fp32 (sentence-transformers): "
          f"{pytorch.docs_per_s:.3g} docs/s, {pytorch.tokens_per_s:,.0f} tokens/s; ONNX Runtime int8: "
-         f"{speed(onnx.docs_per_s, onnx.tokens_per_s).replace(' | ', ', ')}. Pareto: ★ = on the front of "
-         "(size, docs/s, cosine mean)."),
+         f"{speed(onnx).replace(' | ', ' docs/s, ')} tokens/s. Pareto: ★ = on the front of (size, docs/s, cosine mean)."),
         "",
         header,
         "|" + "---|" * (header.count("|") - 1),
@@ -187,7 +210,7 @@ def markdown(name: str, rows: list[Row], references: dict[str, Speed], *, n_prob
         lines.append(
             f"| {r.label} | {r.file} | {r.size:,} | {r.size / r.parameters:.3f} | {r.types} | {r.cosine_min:.5f} "
             f"| {r.cosine_mean:.6f} | {r.cosine_p1:.5f} | {r.nmse:.2e} | {r.overlap:.3f} | {r.ndcg:.4f} "
-            f"| {speed(r.docs_per_s, r.tokens_per_s)} "
+            f"| {speed(r.speed)} "
             f"| {r.token_mismatches} | {r.gate} | {'★' if r.pareto else ''} |"
         )
     lines += ["", f"![quality and speed against size, {name}]({plot.name})", f"<!-- /quality-table:{name} -->"]
@@ -209,13 +232,13 @@ def plot(rows: list[Row], references: dict[str, Speed], name: str, dest: Path) -
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = (("cosine_mean", "cosine mean vs fp32"), ("docs_per_s", f"docs/s, {DOC_TOKENS} tokens"),
+    panels = (("cosine_mean", "cosine mean vs fp32"), ("docs_ratio", f"docs/s ({DOC_TOKENS} tokens)\n÷ PyTorch fp32"),
               ("ndcg", "nDCG@10 vs fp32 ranking"))
     fig, axes = plt.subplots(len(panels), 1, figsize=(8, 10), sharex=True)
     sizes = np.array([r.size / 2**20 for r in rows])
     front = [i for i in np.argsort(sizes) if rows[i].pareto]
     for ax, (field, title) in zip(axes, panels):
-        values = np.array([getattr(r, field) for r in rows])
+        values = np.array([getattr(r.speed if field == "docs_ratio" else r, field) for r in rows])
         ax.plot(sizes[front], values[front], "-", color="tab:orange", zorder=1, label="Pareto front (size, docs/s, cosine mean)")
         ax.scatter(sizes, values, c=["tab:orange" if r.pareto else "tab:blue" for r in rows], zorder=2)
         same: dict[tuple[float, float], list[str]] = {}  # identical files (fallbacks) share one label
@@ -228,7 +251,7 @@ def plot(rows: list[Row], references: dict[str, Speed], name: str, dest: Path) -
         ax.margins(x=0.15)
     speed_axis = axes[1]
     for (runner, speed), style in zip(references.items(), ("--", ":")):
-        speed_axis.axhline(speed.docs_per_s, linestyle=style, color="gray", label=f"{runner}: {speed.docs_per_s:.3g} docs/s")
+        speed_axis.axhline(speed.docs_ratio, linestyle=style, color="gray", label=f"{runner}: {speed.docs_per_s:.3g} docs/s")
     speed_axis.legend(loc="best", fontsize=8)
     axes[0].legend(loc="lower right", fontsize=8)
     axes[-1].set_xlabel("file size (MiB)")
@@ -248,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--speed-docs", type=int, default=16, help=f"documents of {DOC_TOKENS} tokens per speed round")
     parser.add_argument("--speed-short", type=int, default=128, help="short texts (from the retrieval probe) per speed round")
     parser.add_argument("--speed-rounds", type=int, default=3)
+    parser.add_argument("--speed-group", type=int, default=4, help="files timed at a time beside the references (memory)")
     args = parser.parse_args(argv)
     outputs = OutType.parse_list(args.types)
     name = Path(args.checkpoint.rstrip("/")).name
@@ -267,18 +291,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{result.output.label}: cosine min {rows[-1].cosine_min:.5f}, nDCG@10 {rows[-1].ndcg:.4f}", flush=True)
         short = evenly_spaced(retrieval.texts, args.speed_short)
         speeds = measure_speed(Path(args.checkpoint), {r.output.label: r.path for r in files}, workdir,
-                               docs=args.speed_docs, short=short, rounds=args.speed_rounds)
+                               docs=args.speed_docs, short=short, rounds=args.speed_rounds, group=args.speed_group)
     for r in rows:
-        r.docs_per_s, r.tokens_per_s = speeds[r.label].docs_per_s, speeds[r.label].tokens_per_s
+        r.speed = speeds[r.label]
     references = {runner: speeds[runner] for runner in REFERENCES}
     rows.sort(key=lambda r: -r.size)
-    for r, on_front in zip(rows, pareto_front([(r.size, r.docs_per_s, r.cosine_mean) for r in rows])):
+    for r, on_front in zip(rows, pareto_front([(r.size, speed, r.cosine_mean) for r, speed in zip(rows, front_speeds(rows))])):
         r.pareto = on_front
     floor = random_ndcg(retrieval.scores(reference.vectors[len(probes):]))
     picture = args.doc.parent / f"quality-{name}.png"
     plot(rows, references, name, picture)
     section = markdown(name, rows, references, n_probes=len(probes), n_short=len(short), n_docs=args.speed_docs,
-                       rounds=args.speed_rounds, floor=floor, seconds=time.monotonic() - started, plot=picture)
+                       rounds=args.speed_rounds, group=args.speed_group, floor=floor, seconds=time.monotonic() - started, plot=picture)
     write_section(args.doc, name, section)
     print(section)
     return 0

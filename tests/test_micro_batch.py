@@ -141,5 +141,21 @@ def test_worker_layouts_give_the_same_vectors(workspace: Workspace) -> None:
     assert _cosines(split, reference.vectors).min() > OutType.F32.min_cosine
 
 
+@pytest.mark.slow
+def test_long_inputs_grow_one_context_only(workspace: Workspace) -> None:
+    """Inputs longer than batch_tokens are decoded by the first context alone (with every thread), so
+    llama.cpp's per-context output buffer (n_vocab floats per token) is paid once, not per worker."""
+    gguf = workspace.gguf("tiny-o200k")
+    texts = [text for text in probe_texts() if len(text) > 1500][:3] + list(probe_texts()[:40])
+    with Embedder(gguf, n_threads=2, workers=1, batch_tokens=128) as one, \
+            Embedder(gguf, n_threads=2, workers=2, batch_tokens=128) as two:
+        lengths = [len(two.tokenize(text)) for text in texts]
+        assert sum(length > 128 for length in lengths) == 3  # three long inputs, the rest packable
+        split, single = two.encode(texts), one.encode(texts)
+        first, second = (context.capacity for context in two._contexts)
+        assert first >= max(lengths) and 0 < second <= 128, (first, second)
+    np.testing.assert_allclose(split, single, atol=2e-6)
+
+
 def _cosines(ours: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return np.sum(ours * reference, axis=1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(reference, axis=1)
