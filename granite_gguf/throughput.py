@@ -128,6 +128,11 @@ class Bench:
             process.join(5)
             raise RuntimeError(f"runner {name} exited with code {process.exitcode} (its stderr is above)") from None
 
+    def warm_up(self, texts: list[str], batch_size: int) -> None:
+        """One untimed round: first-call costs (page faults on the weights, contexts grown to the inputs,
+        PyTorch's first dispatch) stay out of the timed rounds."""
+        self.rounds(texts, batch_size, 1)
+
     def rounds(self, texts: list[str], batch_size: int, rounds: int,
                report: Callable[[int, str, float], None] | None = None) -> dict[str, list[float]]:
         """Seconds per round per runner; `report(round, name, seconds)` after each."""

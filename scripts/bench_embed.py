@@ -155,6 +155,7 @@ def main() -> None:
             def report(round_index: int, name: str, seconds: float, tokens: int = tokens, count: int = count) -> None:
                 print(f"{tokens:>5} tokens  round {round_index}  {name:<24} {count / seconds:8.4g} docs/s", flush=True)
 
+            bench.warm_up(docs[:max(1, DEFAULT_BATCH_TOKENS // tokens)], max(1, PYTORCH_BATCH_TOKENS // tokens))
             seconds = bench.rounds(docs, max(1, PYTORCH_BATCH_TOKENS // tokens), args.rounds, report)
             cases += [Case(name, tokens, [count / s for s in values]) for name, values in seconds.items()]
 

@@ -149,6 +149,7 @@ def measure_speed(checkpoint: Path, files: dict[str, Path], onnx_dir: Path, *, d
     for start in range(0, len(labels), group):
         runners = references + [Runner(label, Kind.GGUF, str(files[label]), threads) for label in labels[start:start + group]]
         with Bench(runners) as bench:
+            bench.warm_up(documents[:2], PYTORCH_BATCH_TOKENS // DOC_TOKENS)
             long = {name: docs / statistics.median(values)
                     for name, values in bench.rounds(documents, PYTORCH_BATCH_TOKENS // DOC_TOKENS, rounds, report).items()}
             brief = {name: short_tokens / statistics.median(values)
