@@ -35,7 +35,10 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_TOKENS = 8192  # the Granite R2 sentence-transformers max_seq_length
 # Tokens per decode when packing short inputs, and sequences per decode (llama.cpp allows 256).
-DEFAULT_BATCH_TOKENS = 1024
+# llama.cpp attends over the whole micro-batch, so packing costs attention: on the 97m q4_0 file,
+# 512-token documents ran at 1.57x / 1.44x / 1.09x PyTorch fp32 with 512 / 1,024 / 2,048 tokens per
+# decode (docs/performance.md). 512 also halves llama.cpp's per-context output buffer (n_vocab x tokens).
+DEFAULT_BATCH_TOKENS = 512
 MAX_SEQUENCES_PER_DECODE = 64
 CHUNK_OVERLAP_FRACTION = 8  # "chunk" windows overlap by 1/8 of their length
 

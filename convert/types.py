@@ -62,17 +62,13 @@ class OutType(Enum):
     # Embedding-aware recipes. llama.cpp already stores the table of a model without an output tensor
     # as Q6_K in every type below Q8_0 (Q8_0 where rows of 384 or 64 do not fit Q6_K). Presets: a
     # smaller table with precise blocks, and everything 4-bit (Q4_0 fits every row length, so also the
-    # 97m's). Each is on the Pareto front of size and cosine in docs/quality.md; a Q8_0 table with
-    # Q4_K_M blocks was measured and dropped (larger and worse than q6_k on the 311m).
+    # 97m's). Each is on the Pareto front of size, speed and cosine in docs/quality.md. Measured and
+    # dropped: a Q8_0 table with Q4_K_M blocks (larger and worse than q6_k on the 311m), and the speed
+    # recipes iq4_nl+emb_q8_0 and q4_0+emb_q8_0 (repacked 4-bit blocks, precise table): on the 311m
+    # larger, no faster and less precise than q6_k; on the 97m the same files as stock iq4_nl and q4_0.
     Q8_0_EMB_Q4_K = ("q8_0+emb_q4_k", F.MOSTLY_Q8_0, Q.Q8_0, Q.Q4_K, Writer.LLAMA_CPP, 0.972)
     Q6_K_EMB_Q4_K = ("q6_k+emb_q4_k", F.MOSTLY_Q6_K, Q.Q6_K, Q.Q4_K, Writer.LLAMA_CPP, 0.972)
     Q4_0_EMB_Q4_0 = ("q4_0+emb_q4_0", F.MOSTLY_Q4_0, Q.Q4_0, Q.Q4_0, Writer.LLAMA_CPP, 0.674)
-    # Speed recipes: blocks that llama.cpp repacks at load for AVX2/AVX-512 (Q4_0, IQ4_NL; the fastest
-    # GGUF files on CPU, docs/performance.md) with a precise Q8_0 table (a lookup: no arithmetic, so
-    # no speed cost). Where the rows do not fit Q6_K (the 97m, the fixtures) the stock type already
-    # writes this file, so a stock file reads back as the recipe (`written_type`) with the same gate.
-    IQ4_NL_EMB_Q8_0 = ("iq4_nl+emb_q8_0", F.MOSTLY_IQ4_NL, Q.IQ4_NL, Q.Q8_0, Writer.LLAMA_CPP, 0.771)
-    Q4_0_EMB_Q8_0 = ("q4_0+emb_q8_0", F.MOSTLY_Q4_0, Q.Q4_0, Q.Q8_0, Writer.LLAMA_CPP, 0.770)
 
     def __init__(self, label: str, file_type: LlamaFileType, block_type: GGMLQuantizationType,
                  table_type: GGMLQuantizationType | None, writer: Writer, min_cosine: float | None) -> None:

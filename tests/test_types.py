@@ -81,8 +81,7 @@ def header(file_type: int | None, table: GGMLQuantizationType | None, row: int =
     (LlamaFileType.MOSTLY_Q8_0, Q.Q5_0, 256, OutType.Q8_0),  # rows of 256 fit Q4_K: Q5_0 is no recipe
     (LlamaFileType.MOSTLY_Q4_0, Q.Q4_0, 64, OutType.Q4_0_EMB_Q4_0),
     (LlamaFileType.MOSTLY_Q4_0, Q.Q6_K, 256, OutType.Q4_0),
-    (LlamaFileType.MOSTLY_Q4_0, Q.Q8_0, 64, OutType.Q4_0_EMB_Q8_0),  # also what stock q4_0 writes for rows of 64
-    (LlamaFileType.MOSTLY_IQ4_NL, Q.Q8_0, 256, OutType.IQ4_NL_EMB_Q8_0),
+    (LlamaFileType.MOSTLY_Q4_0, Q.Q8_0, 64, OutType.Q4_0),  # stock q4_0 where rows do not fit Q6_K
     (LlamaFileType.MOSTLY_IQ4_NL, Q.Q6_K, 256, OutType.IQ4_NL),
     (LlamaFileType.MOSTLY_F16, None, 64, OutType.F16),
     (LlamaFileType.MOSTLY_IQ2_XXS, Q.Q8_0, 64, None),
