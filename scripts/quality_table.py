@@ -1,6 +1,7 @@
 """Quality against size of every quantization type and recipe of one checkpoint (docs/quality.md).
 
     .venv/bin/python scripts/quality_table.py CHECKPOINT [--texts N] [--types f16,q8_0,...] [--workdir DIR]
+        [--speed-docs 16] [--speed-short 128] [--speed-rounds 3] [--speed-group 4]
 
 Writes the set with `convert_set`, runs the fp32 PyTorch reference once, then per file measures (with
 verify's own `measure`, one run over the probes and the retrieval texts; retrieval metrics and the
