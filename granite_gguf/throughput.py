@@ -20,7 +20,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from types import TracebackType
 
-from granite_gguf.bindings.embedder import DEFAULT_BATCH_TOKENS
+from granite_gguf.bindings.embedder import DEFAULT_BATCH_TOKENS, DEFAULT_MAX_TOKENS
 
 DOC_TOKENS = 512  # the document length of the headline figure (issue 13, docs/performance.md)
 PYTORCH_BATCH_TOKENS = 4096  # sentence-transformers batch: 8 documents of 512 tokens per forward pass
@@ -54,7 +54,7 @@ def _load(runner: Runner) -> Callable[[list[str], int], object]:
 
         torch.set_num_threads(runner.threads)
         model = SentenceTransformer(runner.model, device="cpu", local_files_only=True)
-        model.max_seq_length = 8192
+        model.max_seq_length = DEFAULT_MAX_TOKENS
 
         def encode_pytorch(texts: list[str], batch_size: int) -> object:
             with torch.inference_mode():
@@ -71,7 +71,7 @@ def _load(runner: Runner) -> Callable[[list[str], int], object]:
         session = onnxruntime.InferenceSession(runner.model, options, providers=["CPUExecutionProvider"])
         tokenizer = Tokenizer.from_file(str(Path(runner.model).parent / "tokenizer.json"))
         tokenizer.enable_padding()
-        tokenizer.enable_truncation(8192)
+        tokenizer.enable_truncation(DEFAULT_MAX_TOKENS)
 
         def encode_onnx(texts: list[str], batch_size: int) -> object:
             rows = []

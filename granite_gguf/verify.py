@@ -231,13 +231,19 @@ def report_of(reference: Reference, metrics: Metrics, gguf_path: Path, file_type
     )
 
 
-def default_threshold(header: CheckedFile) -> float:
-    """The minimum cosine a file must reach: that of the type or recipe it was written as."""
+def gate_of(header: CheckedFile) -> float | None:
+    """The minimum cosine of the type or recipe the file was written as; None when that type has no gate."""
     output = written_type(header)
-    if output is None or output.min_cosine is None:
+    return output.min_cosine if output else None
+
+
+def default_threshold(header: CheckedFile) -> float:
+    """The minimum cosine a file must reach (`gate_of`); a UserError when its type has none."""
+    gate = gate_of(header)
+    if gate is None:
         file_type = summarize(header).file_type_name
         raise UserError(f"{header.path}: no parity threshold for file type {file_type}; pass --threshold")
-    return output.min_cosine
+    return gate
 
 
 def reference_vectors(folder: Path, token_ids: Sequence[Sequence[int]], pad_id: int = 0) -> np.ndarray:

@@ -35,8 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
-from granite_gguf.bindings.embedder import Embedder, default_layout
-from granite_gguf.convert.quantize import convert_set, written_type
+from granite_gguf.bindings.embedder import Embedder, default_layout, usable_threads
+from granite_gguf.convert.quantize import convert_set
 from granite_gguf.convert.source import open_checkpoint
 from granite_gguf.convert.types import OutType
 from granite_gguf.probes import probe_texts
@@ -62,7 +62,7 @@ from granite_gguf.throughput import (
     machine,
     make_documents,
 )
-from granite_gguf.verify import Reference, measure, run_reference
+from granite_gguf.verify import Reference, gate_of, measure, run_reference
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_TYPES = ",".join(["f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_k_s", "q4_0", "iq4_nl",
@@ -107,8 +107,7 @@ def row(label: str, path: Path, reference: Reference, n_probes: int, retrieval: 
     """verify's measurement of the file (probes and retrieval texts in one run), and the retrieval agreement."""
     with Embedder(path, max_tokens=reference.needed) as embedder:
         metrics = measure(embedder, reference)
-        output = written_type(embedder.header)
-        threshold = output.min_cosine if output else None
+        threshold = gate_of(embedder.header)
     summary = embedder.summary
     parameters = sum(summary.tensor_elements.values())
     probes = metrics.head(n_probes)
@@ -135,7 +134,7 @@ def measure_speed(checkpoint: Path, files: dict[str, Path], onnx_dir: Path, *, d
     files at a time: each llama.cpp context holds an output buffer of n_vocab floats per token (0.7-1 GB
     per context at 1,024 tokens on these vocabularies), so all files at once would not fit in memory.
     A file's ratios are to the PyTorch run of its own group; the references' figures are medians over groups."""
-    threads = default_layout().workers * default_layout().threads
+    threads = usable_threads()  # GGUF runners split them by the Embedder's default layout
     _, int8 = export_onnx(checkpoint, onnx_dir)
     references = [Runner("pytorch-fp32", Kind.PYTORCH, str(checkpoint), threads),
                   Runner("onnxruntime-int8", Kind.ONNX, str(int8), threads)]
