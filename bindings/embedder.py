@@ -16,7 +16,7 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from granite_gguf.convert.check import check_gguf, read_header
+from granite_gguf.convert.check import read_header, without_large_arrays
+from granite_gguf.convert.check_cache import checked_header
 from granite_gguf.convert.inspect import summarize
 from granite_gguf.errors import UserError
 
@@ -138,8 +139,9 @@ class Embedder:
         self.path = Path(path)
         if not self.path.is_file():
             raise UserError(f"{self.path}: no such GGUF file")
-        # llama.cpp aborts the whole process on some malformed files: validate unless told not to.
-        header = read_header(self.path) if unsafe_skip_check else check_gguf(self.path)
+        # llama.cpp aborts the whole process on some malformed files: validate unless told not to
+        # (once per version of the file: a pass is remembered, convert/check_cache.py).
+        header = without_large_arrays(read_header(self.path)) if unsafe_skip_check else checked_header(self.path)
         summary = summarize(header)
         if summary.pooling not in ("CLS", "MEAN", "LAST"):
             raise UserError(f"{self.path}: pooling {summary.pooling} gives no sentence vector; not an embedding model")
@@ -153,7 +155,7 @@ class Embedder:
         if batch_tokens < 1:
             raise UserError(f"batch_tokens must be positive, got {batch_tokens}")
         self.batch_tokens = min(batch_tokens, context)
-        self.header = header  # what was read and checked, for callers that need tensor-level facts
+        self.header = header  # what was read and checked (no vocabulary arrays), for tensor-level facts
         self.summary = summary
         self.pooling = summary.pooling
         self.normalize = summary.normalize  # the model's own Normalize module
@@ -304,7 +306,6 @@ class Embedder:
         vocabulary. One large context instead of one per worker keeps that cost to one buffer.
         """
         import llama_cpp
-        from tqdm import tqdm
 
         vectors = np.zeros((len(pieces), self.dimension), dtype=np.float32)
         # Private: the public Llama.embed tokenizes text itself, cuts at n_batch by dropping the end (and with
@@ -326,9 +327,9 @@ class Embedder:
                 pointer = llama_cpp.llama_get_embeddings_seq(context.ctx.ctx, seq_id)
                 vectors[index] = np.ctypeslib.as_array(pointer, shape=(self.dimension,))
             with lock:
-                progress.update(len(group))
+                advance(len(group))
 
-        with tqdm(total=sum(map(len, groups)), unit="seq", disable=not show_progress_bar) as progress:
+        with _progress_bar(sum(map(len, groups)), show_progress_bar) as advance:
             if long:
                 first = self._contexts[0]
                 first.reserve(max(sizes))
@@ -485,6 +486,18 @@ def _llama_load_log() -> Iterator[list[str]]:
         yield lines
     finally:
         llama_cpp.llama_log_set(llama_cpp._logger.llama_log_callback, ctypes.c_void_p(0))
+
+
+@contextmanager
+def _progress_bar(total: int, shown: bool) -> Iterator[Callable[[int], object]]:
+    """A tqdm bar's `update` when shown; otherwise a no-op, without importing tqdm (40 ms of a cold start)."""
+    if not shown:
+        yield lambda done: None
+        return
+    from tqdm import tqdm
+
+    with tqdm(total=total, unit="seq") as bar:
+        yield bar.update
 
 
 def _l2(rows: np.ndarray) -> np.ndarray:

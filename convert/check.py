@@ -10,7 +10,7 @@ tensor's type, shape, offset and size within the data section. Limits and reason
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -74,6 +74,27 @@ class CheckedFile:
     tensor_infos_start: int = 0  # byte offsets of the tensor infos (after the keys)
     tensor_infos_end: int = 0
     data_start: int = 0  # byte offset of the tensor data section (offsets in TensorInfo are relative to it)
+
+
+LARGE_ARRAY_ITEMS = 1_024  # longer arrays are vocabulary-sized (tokens, scores, types, merges)
+
+
+@dataclass(frozen=True)
+class OmittedArray:
+    """An array value a header does not hold (`without_large_arrays`): only its length is kept."""
+
+    length: int
+
+    def __len__(self) -> int:
+        return self.length
+
+
+def without_large_arrays(header: CheckedFile) -> CheckedFile:
+    """`header` with its vocabulary-sized arrays replaced by `OmittedArray`: what loading a file needs
+    once it is checked (360,000 strings of a 180,000-token vocabulary and its merges: about 40 MiB of Python objects)."""
+    metadata = {key: OmittedArray(len(value)) if isinstance(value, list) and len(value) > LARGE_ARRAY_ITEMS
+                else value for key, value in header.metadata.items()}
+    return replace(header, metadata=metadata)
 
 
 class _Reader:

@@ -30,7 +30,8 @@ from pathlib import Path
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, Keys
 from tqdm import tqdm
 
-from granite_gguf.convert.check import CheckedFile, check_gguf, read_header
+from granite_gguf.convert.check import CheckedFile, read_header
+from granite_gguf.convert.check_cache import checked_header
 from granite_gguf.convert.source import Checkpoint
 from granite_gguf.convert.types import OutType, file_label
 from granite_gguf.convert.writer import convert
@@ -92,7 +93,7 @@ def quantize_file(source: Path, dest: Path, output: OutType, nthread: int | None
     renamed if its name would not be true."""
     import llama_cpp
 
-    checked = check_gguf(source)  # llama.cpp's quantizer aborts on some malformed files
+    checked = checked_header(source)  # llama.cpp's quantizer aborts on some malformed files
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = output.file_type.value
     if output.table_type is not None:
@@ -114,6 +115,7 @@ def quantize_file(source: Path, dest: Path, output: OutType, nthread: int | None
         log.warning("%s: asked for %s but most weights are %s (see `granite-gguf inspect`); named %s",
                     dest.name, output.label, actual.upper(), truthful.name)
         result = QuantizedFile(output, truthful, result.dominant_type, False, result.table_type)
+    checked_header(result.path)  # as `convert` does: checked once now, not at its first load
     return result
 
 

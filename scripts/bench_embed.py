@@ -8,8 +8,8 @@ round, medians and the ratio to PyTorch; --markdown appends the table to a file.
 runs each GGUF type with those Embedder worker layouts (workers x threads).
 
 `--cold-start` instead times whole processes, one sentence each, rounds interleaved: `granite-gguf
-embed` on each GGUF type against a sentence-transformers one-shot (wall time to the printed vector,
-peak RSS from wait4).
+embed` on each GGUF type, on a first run and with its check remembered, against a sentence-transformers
+one-shot (wall time to the printed vector, peak RSS from wait4).
 
     .venv/bin/python scripts/bench_embed.py /tmp/full97m --types f16 q8_0 q4_0 --tokens 512 8192 --onnx
     .venv/bin/python scripts/bench_embed.py /tmp/full97m --types q4_0 --cold-start
@@ -19,7 +19,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
+import subprocess
+import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,30 +51,29 @@ print(time.perf_counter() - started, usage.ru_maxrss, os.waitstatus_to_exitcode(
 
 
 def cold_start(checkpoint: Path, ggufs: dict[str, Path], rounds: int, threads: int) -> list[str]:
-    """Whole-process time to the first vector and peak RSS, one sentence, rounds interleaved."""
-    import subprocess
-    import sys
-
+    """Whole-process time to the first vector and peak RSS, one sentence, rounds interleaved. Each GGUF
+    twice: a first run (an empty cache folder each round, so the file is checked) and a later run (its
+    check remembered by an untimed `granite-gguf check` beforehand, convert/check_cache.py)."""
     sentence = "A sentence to embed, as a one-shot command would."
     one_shot = ("import sys\nfrom sentence_transformers import SentenceTransformer\n"
                 "m = SentenceTransformer(sys.argv[1], device='cpu', local_files_only=True)\n"
                 "print(m.encode([sys.argv[2]])[0][:4])")
-    commands = {"sentence-transformers one-shot": [sys.executable, "-c", one_shot, str(checkpoint), sentence]}
+    caches = Path(tempfile.mkdtemp(prefix="cold-start-"))
+    commands: dict[str, tuple[list[str], str | None]] = {
+        "sentence-transformers one-shot": ([sys.executable, "-c", one_shot, str(checkpoint), sentence], None)}
     for label, gguf in ggufs.items():
-        commands[f"granite-gguf embed {label}"] = [sys.executable, "-m", "granite_gguf.cli", "embed", str(gguf),
-                                                   sentence, "--threads", str(threads)]
+        embed = [sys.executable, "-m", "granite_gguf.cli", "embed", str(gguf), sentence, "--threads", str(threads)]
+        remembered = str(caches / f"remembered-{label}")
+        subprocess.run([sys.executable, "-m", "granite_gguf.cli", "check", str(gguf)], check=True,
+                       stdout=subprocess.DEVNULL, env=dict(os.environ, GRANITE_GGUF_CACHE=remembered))
+        commands[f"granite-gguf embed {label}, first run"] = (embed, "")  # "": a new empty cache per round
+        commands[f"granite-gguf embed {label}, check remembered"] = (embed, remembered)
     walls: dict[str, list[float]] = {name: [] for name in commands}
     peaks: dict[str, list[float]] = {name: [] for name in commands}
-    for round_index in range(rounds):
-        for name, command in commands.items():
-            measured = subprocess.run([sys.executable, "-c", LAUNCHER, *command], capture_output=True, text=True, check=True)
-            wall_text, rss_kib, exit_code = measured.stdout.split()
-            if int(exit_code):
-                raise SystemExit(f"{name}: exit {exit_code}")
-            wall, peak = float(wall_text), int(rss_kib) / 1024
-            walls[name].append(wall)
-            peaks[name].append(peak)
-            print(f"cold start round {round_index + 1}  {name:<40} {wall:6.2f} s  {peak:6.0f} MiB", flush=True)
+    try:
+        _time_rounds(commands, rounds, caches, walls, peaks)
+    finally:
+        shutil.rmtree(caches)
     reference = statistics.median(walls["sentence-transformers one-shot"])
     lines = [f"cold start, one sentence, whole process, {rounds} rounds; machine: {machine()}", "",
              "| command | wall s per round | median wall s | vs one-shot | median peak RSS MiB |", "|---|---|---|---|---|"]
@@ -79,6 +82,25 @@ def cold_start(checkpoint: Path, ggufs: dict[str, Path], rounds: int, threads: i
         rounds_text = ", ".join(f"{v:.2f}" for v in walls[name])
         lines.append(f"| {name} | {rounds_text} | {median:.2f} | {median / reference:.2f}× | {statistics.median(peaks[name]):.0f} |")
     return lines
+
+
+def _time_rounds(commands: dict[str, tuple[list[str], str | None]], rounds: int, caches: Path,
+                 walls: dict[str, list[float]], peaks: dict[str, list[float]]) -> None:
+    """Each command once per round, started by LAUNCHER, with its cache folder ("": a new one)."""
+    for round_index in range(rounds):
+        for name, (command, cache) in commands.items():
+            env = dict(os.environ)
+            if cache is not None:
+                env["GRANITE_GGUF_CACHE"] = cache or tempfile.mkdtemp(dir=caches)
+            measured = subprocess.run([sys.executable, "-c", LAUNCHER, *command], capture_output=True, text=True,
+                                      check=True, env=env)
+            wall_text, rss_kib, exit_code = measured.stdout.split()
+            if int(exit_code):
+                raise SystemExit(f"{name}: exit {exit_code}")
+            wall, peak = float(wall_text), int(rss_kib) / 1024
+            walls[name].append(wall)
+            peaks[name].append(peak)
+            print(f"cold start round {round_index + 1}  {name:<52} {wall:6.2f} s  {peak:6.0f} MiB", flush=True)
 
 
 def ensure_gguf(checkpoint: Path, outtype: str, folder: Path) -> Path:
