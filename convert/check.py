@@ -30,6 +30,7 @@ MAX_STRING_BYTES = 16 * 1024 * 1024
 MAX_ARRAY_ITEMS = 16 * 1024 * 1024
 
 MAX_DIMS = 4
+LARGE_ARRAY_ITEMS = 1_024  # longer arrays are vocabulary-sized (tokens, scores, types, merges)
 MAX_NAME_BYTES = 63  # GGML_MAX_NAME - 1
 DEFAULT_ALIGNMENT = 32
 
@@ -76,9 +77,6 @@ class CheckedFile:
     data_start: int = 0  # byte offset of the tensor data section (offsets in TensorInfo are relative to it)
 
 
-LARGE_ARRAY_ITEMS = 1_024  # longer arrays are vocabulary-sized (tokens, scores, types, merges)
-
-
 @dataclass(frozen=True)
 class OmittedArray:
     """An array value a header does not hold (`without_large_arrays`): only its length is kept."""
@@ -90,8 +88,8 @@ class OmittedArray:
 
 
 def without_large_arrays(header: CheckedFile) -> CheckedFile:
-    """`header` with its vocabulary-sized arrays replaced by `OmittedArray`: what loading a file needs
-    once it is checked (360,000 strings of a 180,000-token vocabulary and its merges: about 40 MiB of Python objects)."""
+    """`header` with its vocabulary-sized arrays replaced by `OmittedArray`: what loading a file needs once
+    it is checked (the 360,000 strings of a 180,000-token vocabulary and its merges are about 40 MiB)."""
     metadata = {key: OmittedArray(len(value)) if isinstance(value, list) and len(value) > LARGE_ARRAY_ITEMS
                 else value for key, value in header.metadata.items()}
     return replace(header, metadata=metadata)
