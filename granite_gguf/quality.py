@@ -56,7 +56,7 @@ def ndcg_at_k(relevance: np.ndarray, ranking: Sequence[int] | np.ndarray, k: int
     return dcg / ideal if ideal > 0 else 1.0
 
 
-def top_k_overlap(a: Sequence[int], b: Sequence[int], k: int = K) -> float:
+def top_k_overlap(a: Sequence[int] | np.ndarray, b: Sequence[int] | np.ndarray, k: int = K) -> float:
     """Share of the first k of `a` that are among the first k of `b`."""
     return len(set(a[:k]) & set(b[:k])) / k
 

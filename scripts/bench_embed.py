@@ -156,7 +156,7 @@ def main() -> None:
         fp32, int8 = export_onnx(args.checkpoint, args.gguf_dir)
         runners += [Runner("onnxruntime-fp32", Kind.ONNX, str(fp32), args.threads),
                     Runner("onnxruntime-int8", Kind.ONNX, str(int8), args.threads)]
-    layouts = [tuple(int(n) for n in layout.split("x")) for layout in args.layouts] or [None]
+    layouts: list[tuple[int, ...] | None] = [tuple(int(n) for n in layout.split("x")) for layout in args.layouts] or [None]
     for outtype in args.types:
         gguf = str(ensure_gguf(args.checkpoint, outtype, args.gguf_dir))
         for budget in args.batch_tokens:

@@ -68,7 +68,7 @@ def texts_of(embedder: object, scenario: Scenario, seed: int = 0) -> list[str]:
 
     corpus = " ".join(text.replace("\n", " ") for text in probe_texts())
     rng = random.Random(seed)
-    texts = []
+    texts: list[str] = []
     while len(texts) < scenario.pool:
         wanted = rng.randint(*scenario.tokens)
         start = rng.randrange(len(corpus) - 20000)

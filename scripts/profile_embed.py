@@ -17,7 +17,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
 import requests
@@ -80,12 +79,12 @@ def main() -> None:
           f"({args.threads} threads)\n\ntop functions (% of samples):")
     for share, symbol in rows[:15]:
         print(f"  {share:5.1f}%  {symbol[:110]}")
-    shares: Counter[str] = Counter()
+    shares: dict[str, float] = {}
     for share, symbol in rows:
         family = next((name for name, pattern in FAMILIES if pattern.search(symbol)), "other")
-        shares[family] += share
+        shares[family] = shares.get(family, 0.0) + share
     print("\nby kernel family (functions ≥ 0.2% of samples):")
-    for family, share in shares.most_common():
+    for family, share in sorted(shares.items(), key=lambda item: -item[1]):
         print(f"  {share:5.1f}%  {family}")
 
 

@@ -1,4 +1,4 @@
-"""mypy over the granite_gguf package (`make lint`).
+"""mypy over the granite_gguf package, then over scripts/ and tests/ (`make lint`, `make test`).
 
 Its subpackages live in top-level folders mapped by pyproject's [tool.setuptools.package-dir], a
 mapping mypy cannot read, and the editable install's import hook is invisible to it; so a tree of
@@ -30,10 +30,12 @@ def link_tree() -> None:
 
 
 def main() -> int:
+    """The package, then the scripts and tests against it (mypy takes a package or files per run)."""
     link_tree()
     env = {**os.environ, "MYPYPATH": str(TREE)}
-    command = [sys.executable, "-m", "mypy", "--config-file", str(ROOT / "pyproject.toml"), "-p", "granite_gguf", *sys.argv[1:]]
-    return subprocess.run(command, cwd=ROOT, env=env).returncode
+    mypy = [sys.executable, "-m", "mypy", "--config-file", str(ROOT / "pyproject.toml"), *sys.argv[1:]]
+    status = subprocess.run([*mypy, "-p", "granite_gguf"], cwd=ROOT, env=env).returncode
+    return status or subprocess.run([*mypy, "scripts", "tests"], cwd=ROOT, env=env).returncode
 
 
 if __name__ == "__main__":

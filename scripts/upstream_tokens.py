@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     added = [t["content"] for t in tokenizer["added_tokens"]]
     texts = [*probe_texts(), *whitespace_texts(), *special_token_texts(added[::25])]
     expected = [e.ids for e in Tokenizer.from_file(str(checkpoint / "tokenizer.json")).encode_batch(texts)]
-    for overrides in ({EPSILON: 1e-5}, {EPSILON: 1e-5, Keys.Tokenizer.ADD_EOS: False}):
+    settings: list[dict[str, bool | int | float | str]] = [{EPSILON: 1e-5}, {EPSILON: 1e-5, Keys.Tokenizer.ADD_EOS: False}]
+    for overrides in settings:
         model = llama_cpp.Llama(model_path=str(out), embedding=True, verbose=False, n_ctx=64, kv_overrides=overrides)
         ids = [model.tokenize(clean_text(text), add_bos=True, special=True) for text in texts]
         model.close()

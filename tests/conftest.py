@@ -20,6 +20,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
+from granite_gguf.certificate import Certificate, read_certificate  # noqa: E402
+from granite_gguf.convert.check import read_header  # noqa: E402
 from granite_gguf.convert.source import open_checkpoint  # noqa: E402
 from granite_gguf.convert.types import OutType  # noqa: E402
 from granite_gguf.convert.writer import convert  # noqa: E402
@@ -39,6 +41,13 @@ def free_port() -> int:
 def tree(root: Path) -> dict[str, bytes]:
     """Every file under `root` (relative path → bytes): compares whole stores."""
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def certificate_of(path: Path) -> Certificate:
+    """The certificate written into the GGUF at `path`; the test fails if it has none."""
+    certificate = read_certificate(read_header(path))
+    assert certificate is not None, f"{path}: no certificate"
+    return certificate
 
 
 def run_cli(*argv: str) -> int:

@@ -20,7 +20,7 @@ from granite_gguf.certificate import (
 )
 from granite_gguf.convert.check import check_gguf, read_header
 from granite_gguf.convert.keys import CERTIFICATE_PREFIX
-from tests.conftest import Workspace, run_cli_process
+from tests.conftest import Workspace, certificate_of, run_cli_process
 
 pytestmark = pytest.mark.slow  # builds a fixture and runs it through llama.cpp
 
@@ -38,7 +38,7 @@ def certificate_for(path: Path, **changes: object) -> Certificate:
 def certified(workspace: Workspace, tmp_path: Path) -> tuple[Path, Path]:
     """(the original q8_0 file, a copy with a certificate written into it)."""
     original = workspace.gguf("tiny-gemma3", "q8_0")
-    copy = shutil.copy(original, tmp_path / "certified.gguf")
+    copy = Path(shutil.copy(original, tmp_path / "certified.gguf"))
     write_certificate(copy, certificate_for(copy))
     return original, copy
 
@@ -55,9 +55,10 @@ def test_written_without_changing_anything_else(certified: tuple[Path, Path]) ->
     assert [(t.name, t.dims, t.ggml_type, t.offset) for t in after.tensors] == \
         [(t.name, t.dims, t.ggml_type, t.offset) for t in before.tensors]
     assert data_section(copy) == data_section(original)
-    assert read_certificate(after) == certificate_for(original)
-    assert read_certificate(after).cosine_min == 0.9986508123  # FLOAT64, not rounded to float32
-    assert data_matches(after, read_certificate(after))
+    certificate = certificate_of(copy)
+    assert certificate == certificate_for(original)
+    assert certificate.cosine_min == 0.9986508123  # FLOAT64, not rounded to float32
+    assert data_matches(after, certificate)
     with Embedder(original) as a, Embedder(copy) as b:  # llama.cpp loads it and computes the same
         assert np.array_equal(a.encode(["Die Katze sitzt auf der Matte."]), b.encode(["Die Katze sitzt auf der Matte."]))
     assert not list(copy.parent.glob(".*.tmp"))
@@ -65,7 +66,7 @@ def test_written_without_changing_anything_else(certified: tuple[Path, Path]) ->
 
 def test_a_second_certificate_replaces_the_first(certified: tuple[Path, Path]) -> None:
     _, copy = certified
-    second = replace(read_certificate(read_header(copy)), result="FAIL", cosine_min=0.5)
+    second = replace(certificate_of(copy), result="FAIL", cosine_min=0.5)
     write_certificate(copy, second)
     header = read_header(copy)
     assert read_certificate(header) == second

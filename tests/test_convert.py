@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from gguf import GGUFReader, TokenType
+from gguf import GGMLQuantizationType, GGUFReader, TokenType
 from safetensors.numpy import load_file
 
 from granite_gguf.convert.inspect import read_summary
@@ -184,7 +184,7 @@ def test_failed_conversion_leaves_no_file(workspace: Workspace, tmp_path: Path, 
     calls = {"n": 0}
     original = writer.encode_rows
 
-    def failing(rows: np.ndarray, ggml_type: object) -> np.ndarray:
+    def failing(rows: np.ndarray, ggml_type: GGMLQuantizationType) -> np.ndarray:
         calls["n"] += 1
         if calls["n"] == 5:
             raise RuntimeError("disk on fire")

@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -66,7 +67,7 @@ class Server:
     def log_text(self) -> str:
         return f"server log {self.log}:\n{self.log.read_text(errors='replace')[-6000:]}"
 
-    def post(self, route: str, body: dict) -> object:
+    def post(self, route: str, body: dict[str, Any]) -> Any:
         response = requests.post(self.url + route, json=body, timeout=REQUEST_TIMEOUT_S)
         assert response.status_code == 200, f"{route}: HTTP {response.status_code} {response.text[:500]}\n{self.log_text()}"
         return response.json()

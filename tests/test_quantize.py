@@ -69,7 +69,7 @@ def test_a_killed_runs_temporaries_are_removed_and_a_live_ones_kept(workspace: W
         time.sleep(120)
         """)], stdout=subprocess.PIPE, text=True)
     try:
-        assert holder.stdout.readline().strip() == "locked"
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
         results = convert_set(open_checkpoint(str(workspace.checkpoint("tiny-gemma3"))), tmp_path, [OutType.Q8_0, OutType.Q4_0],
                               model_name="tiny")
         left = sorted(p.name for p in tmp_path.iterdir())

@@ -4,14 +4,13 @@ back byte-identical; a file planted to fail is neither installed nor pushed; a s
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
 
 from granite_gguf import cli
 from granite_gguf import release as release_module
-from granite_gguf.certificate import read_certificate
-from granite_gguf.convert.check import read_header
 from granite_gguf.convert.quantize import QuantizedFile
 from granite_gguf.convert.source import Checkpoint, open_checkpoint
 from granite_gguf.convert.types import OutType
@@ -29,7 +28,7 @@ from granite_gguf.modelfiles.store import (
 )
 from granite_gguf.probes import gate_texts
 from granite_gguf.release import RECOMMENDED, hub_id, recommended_set
-from tests.conftest import Workspace
+from tests.conftest import Workspace, certificate_of
 from tests.mutations import mutated_copy
 from tests.test_registry import server  # noqa: F401  (the registry this module pushes to)
 
@@ -60,7 +59,7 @@ def test_release_installs_pushes_and_resumes(workspace: Workspace, server: tuple
     files = {path.name: path for path in outdir.glob("*.gguf")}
     assert set(files) == {f"{FAMILY}-f16.gguf", f"{FAMILY}-q8_0-emb_q4_k-mostly-q8_0-emb_q5_0.gguf"}
     for path in files.values():
-        certificate = read_certificate(read_header(path))
+        certificate = certificate_of(path)
         assert certificate.result == "PASS" and certificate.probe_set == "gate"
         assert certificate.probe_texts == len(gate_texts()) and certificate.reference == str(source)
         assert load_modelfile(path.with_suffix(".Modelfile")).values("FROM") == [f"./{path.name}"]
@@ -87,7 +86,7 @@ def test_a_file_that_fails_is_neither_installed_nor_pushed(workspace: Workspace,
     source, outdir, store = workspace.checkpoint(FAMILY), tmp_path / "out", tmp_path / "store"
     real_convert_set = release_module.convert_set
 
-    def plant_bug(ckpt: Checkpoint, folder: Path, outputs: list[OutType], **kwargs: object) -> list[QuantizedFile]:
+    def plant_bug(ckpt: Checkpoint, folder: Path, outputs: list[OutType], **kwargs: Any) -> list[QuantizedFile]:
         """The real set, with the f32 file replaced by one converted from a checkpoint with the wrong RoPE base."""
         files = real_convert_set(ckpt, folder, outputs, **kwargs)
         bad = mutated_copy(source, "wrong global RoPE base", tmp_path / "mutated")
@@ -105,7 +104,7 @@ def test_a_file_that_fails_is_neither_installed_nor_pushed(workspace: Workspace,
     registry, accept = f"http://{server[0]}/v2/test/planted/manifests", {"Accept": MANIFEST_MEDIA_TYPE}
     assert requests.head(f"{registry}/f32", headers=accept, timeout=10).status_code == 404
     assert requests.head(f"{registry}/q8_0", headers=accept, timeout=10).status_code == 200
-    assert read_certificate(read_header(outdir / f"{FAMILY}-f32.gguf")).result == "FAIL"
+    assert certificate_of(outdir / f"{FAMILY}-f32.gguf").result == "FAIL"
     assert not (outdir / f"{FAMILY}-f32.Modelfile").exists()
 
 

@@ -13,10 +13,12 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import requests
+from pydantic import SecretStr
 
 from granite_gguf.bindings.embedder import Embedder
 from granite_gguf.convert.source import open_checkpoint
@@ -93,9 +95,10 @@ def test_openai_client_float_base64_and_dimensions(server: RunningServer) -> Non
     # explicitly, base64 reaches the caller as the string (little-endian float32 bytes).
     for encoding in (None, "float", "base64"):
         for dim in (None, *DIMS):
-            kwargs = {key: value for key, value in (("dimensions", dim), ("encoding_format", encoding)) if value}
+            kwargs: dict[str, Any] = {key: value for key, value in (("dimensions", dim), ("encoding_format", encoding))
+                                      if value}
             response = client.embeddings.create(model="granite", input=TEXTS, **kwargs)
-            rows = [item.embedding for item in sorted(response.data, key=lambda d: d.index)]
+            rows: list[Any] = [item.embedding for item in sorted(response.data, key=lambda d: d.index)]
             if encoding == "base64":
                 rows = [np.frombuffer(base64.b64decode(row), dtype="<f4") for row in rows]
             vectors = np.array(rows)
@@ -226,7 +229,7 @@ def test_framework_clients_langchain_and_llamaindex(server: RunningServer) -> No
     texts = TEXTS[:3]
     expected = server.expected(texts)
     # check_embedding_ctx_length=False: otherwise LangChain tokenizes with tiktoken, which downloads its tables
-    langchain_openai = OpenAIEmbeddings(model="granite", base_url=server.url + "/v1", api_key="unused",
+    langchain_openai = OpenAIEmbeddings(model="granite", base_url=server.url + "/v1", api_key=SecretStr("unused"),
                                         check_embedding_ctx_length=False)
     langchain_ollama = OllamaEmbeddings(model="granite", base_url=server.url)
     llama_index = OpenAILikeEmbedding(model_name="granite", api_base=server.url + "/v1", api_key="unused")
@@ -290,7 +293,7 @@ def test_failing_and_slow_requests_among_concurrent_ones(server: RunningServer) 
     texts = [[f"concurrent {i}: " + "mot " * (i % 40), f"second {i}"] for i in range(96)]
     expected = dict(zip([t for pair in texts for t in pair], server.expected([t for pair in texts for t in pair])))
 
-    def call(i: int) -> tuple[int, int, object]:
+    def call(i: int) -> tuple[int, int, Any]:
         if i % 8 == 3:
             body = {"model": "m", "input": [texts[i][0], "word " * 2000], "truncate": False}
         elif i % 8 == 5:

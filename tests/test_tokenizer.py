@@ -11,7 +11,7 @@ from granite_gguf.convert.tokenizer import O200K_SPLIT_REGEX, SPACE_ESCAPE, Toke
 from granite_gguf.errors import UserError
 
 BYTE_LEVEL = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
-O200K_PRE = {"type": "Sequence", "pretokenizers": [
+O200K_PRE: dict[str, Any] = {"type": "Sequence", "pretokenizers": [
     {"type": "Split", "pattern": {"Regex": O200K_SPLIT_REGEX}, "behavior": "Isolated", "invert": False},
     {**BYTE_LEVEL, "use_regex": False},
 ]}
