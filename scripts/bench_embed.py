@@ -38,20 +38,35 @@ class Case:
     docs_per_s: list[float]
 
 
-# Runs one command and prints its wall time, peak RSS and exit code. Linux keeps the larger of the
-# parent's and the child's high-water RSS across fork and exec, so the command must be started by a
-# small process: this benchmark's own (which may have converted files in memory) would inflate it.
+# Runs one command and prints the time to its first line of output (the vector), its wall time, peak
+# RSS and exit code. Linux keeps the larger of the parent's and the child's high-water RSS across fork
+# and exec, so the command must be started by a small process: this benchmark's own (which may have
+# converted files in memory) would inflate it.
 LAUNCHER = """import os, sys, time
+read_end, write_end = os.pipe()
 started = time.perf_counter()
-pid = os.posix_spawn(sys.argv[1], sys.argv[1:], os.environ,
-                     file_actions=[(os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0)])
+pid = os.posix_spawn(sys.argv[1], sys.argv[1:], os.environ, file_actions=[(os.POSIX_SPAWN_DUP2, write_end, 1)])
+os.close(write_end)
+with os.fdopen(read_end, "rb") as out:
+    out.readline()
+    first = time.perf_counter() - started
+    out.read()
 _, status, usage = os.wait4(pid, 0)
-print(time.perf_counter() - started, usage.ru_maxrss, os.waitstatus_to_exitcode(status))
+print(first, time.perf_counter() - started, usage.ru_maxrss, os.waitstatus_to_exitcode(status))
 """
 
 
+@dataclass
+class ColdRuns:
+    """One command's rounds: seconds to its first output line, wall seconds, peak RSS in MiB."""
+
+    first: list[float]
+    wall: list[float]
+    peak: list[float]
+
+
 def cold_start(checkpoint: Path, ggufs: dict[str, Path], rounds: int, threads: int) -> list[str]:
-    """Whole-process time to the first vector and peak RSS, one sentence, rounds interleaved. Each GGUF
+    """Whole-process time to the first vector, wall time and peak RSS, one sentence, rounds interleaved. Each GGUF
     twice: a first run (an empty cache folder each round, so the file is checked) and a later run (its
     check remembered by an untimed `granite-gguf check` beforehand, convert/check_cache.py)."""
     sentence = "A sentence to embed, as a one-shot command would."
@@ -68,24 +83,25 @@ def cold_start(checkpoint: Path, ggufs: dict[str, Path], rounds: int, threads: i
                        stdout=subprocess.DEVNULL, env=dict(os.environ, GRANITE_GGUF_CACHE=remembered))
         commands[f"granite-gguf embed {label}, first run"] = (embed, "")  # "": a new empty cache per round
         commands[f"granite-gguf embed {label}, check remembered"] = (embed, remembered)
-    walls: dict[str, list[float]] = {name: [] for name in commands}
-    peaks: dict[str, list[float]] = {name: [] for name in commands}
+    runs = {name: ColdRuns([], [], []) for name in commands}
     try:
-        _time_rounds(commands, rounds, caches, walls, peaks)
+        _time_rounds(commands, rounds, caches, runs)
     finally:
         shutil.rmtree(caches)
-    reference = statistics.median(walls["sentence-transformers one-shot"])
+    reference = statistics.median(runs["sentence-transformers one-shot"].wall)
     lines = [f"cold start, one sentence, whole process, {rounds} rounds; machine: {machine()}", "",
-             "| command | wall s per round | median wall s | vs one-shot | median peak RSS MiB |", "|---|---|---|---|---|"]
-    for name in commands:
-        median = statistics.median(walls[name])
-        rounds_text = ", ".join(f"{v:.2f}" for v in walls[name])
-        lines.append(f"| {name} | {rounds_text} | {median:.2f} | {median / reference:.2f}× | {statistics.median(peaks[name]):.0f} |")
+             "| command | wall s per round | median wall s | vs one-shot | median s to the vector | median peak RSS MiB |",
+             "|---|---|---|---|---|---|"]
+    for name, run in runs.items():
+        median = statistics.median(run.wall)
+        rounds_text = ", ".join(f"{v:.2f}" for v in run.wall)
+        lines.append(f"| {name} | {rounds_text} | {median:.2f} | {median / reference:.2f}× | "
+                     f"{statistics.median(run.first):.2f} | {statistics.median(run.peak):.0f} |")
     return lines
 
 
 def _time_rounds(commands: dict[str, tuple[list[str], str | None]], rounds: int, caches: Path,
-                 walls: dict[str, list[float]], peaks: dict[str, list[float]]) -> None:
+                 runs: dict[str, ColdRuns]) -> None:
     """Each command once per round, started by LAUNCHER, with its cache folder ("": a new one)."""
     for round_index in range(rounds):
         for name, (command, cache) in commands.items():
@@ -94,13 +110,15 @@ def _time_rounds(commands: dict[str, tuple[list[str], str | None]], rounds: int,
                 env["GRANITE_GGUF_CACHE"] = cache or tempfile.mkdtemp(dir=caches)
             measured = subprocess.run([sys.executable, "-c", LAUNCHER, *command], capture_output=True, text=True,
                                       check=True, env=env)
-            wall_text, rss_kib, exit_code = measured.stdout.split()
+            first_text, wall_text, rss_kib, exit_code = measured.stdout.split()
             if int(exit_code):
                 raise SystemExit(f"{name}: exit {exit_code}")
-            wall, peak = float(wall_text), int(rss_kib) / 1024
-            walls[name].append(wall)
-            peaks[name].append(peak)
-            print(f"cold start round {round_index + 1}  {name:<52} {wall:6.2f} s  {peak:6.0f} MiB", flush=True)
+            first, wall, peak = float(first_text), float(wall_text), int(rss_kib) / 1024
+            runs[name].first.append(first)
+            runs[name].wall.append(wall)
+            runs[name].peak.append(peak)
+            print(f"cold start round {round_index + 1}  {name:<52} {wall:6.2f} s (vector at {first:.2f} s)  "
+                  f"{peak:6.0f} MiB", flush=True)
 
 
 def ensure_gguf(checkpoint: Path, outtype: str, folder: Path) -> Path:
