@@ -30,7 +30,7 @@ from pathlib import Path
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, Keys
 from tqdm import tqdm
 
-from granite_gguf.convert.check import CheckedFile, read_header
+from granite_gguf.convert.check import CheckedFile
 from granite_gguf.convert.check_cache import checked_header
 from granite_gguf.convert.source import Checkpoint
 from granite_gguf.convert.types import OutType, file_label
@@ -115,7 +115,7 @@ def quantize_file(source: Path, dest: Path, output: OutType, nthread: int | None
         log.warning("%s: asked for %s but most weights are %s (see `granite-gguf inspect`); named %s",
                     dest.name, output.label, actual.upper(), truthful.name)
         result = QuantizedFile(output, truthful, result.dominant_type, False, result.table_type)
-    checked_header(result.path)  # as `convert` does: checked once now, not at its first load
+    checked_header(result.path)  # as `convert` does: checked once now, not at its first load (renamed: again)
     return result
 
 
@@ -176,10 +176,11 @@ def _table_type(source: CheckedFile, wanted: GGMLQuantizationType) -> GGMLQuanti
 
 def describe(path: Path, output: OutType) -> QuantizedFile:
     """Measure which GGML type holds most of the weights (norms and other F32 vectors aside; for a
-    recipe, the token embedding table aside too: its type is checked on its own)."""
+    recipe, the token embedding table aside too: its type is checked on its own). The file is checked
+    as it is read (a pass remembered: its first load, and `quantize_file`'s final check, reuse it)."""
     weights: Counter[GGMLQuantizationType] = Counter()
     table = None
-    for tensor in read_header(path).tensors:
+    for tensor in checked_header(path).tensors:
         if output.is_recipe and tensor.name == TOKEN_EMBEDDING:
             table = tensor.ggml_type
         elif tensor.ggml_type != GGMLQuantizationType.F32 or output is OutType.F32:
