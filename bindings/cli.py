@@ -89,7 +89,8 @@ def run_embed(args: argparse.Namespace) -> int:
 def run_serve(args: argparse.Namespace) -> int:
     from granite_gguf.bindings.batching import Batcher
     from granite_gguf.bindings.embedder import Embedder, default_layout, usable_threads
-    from granite_gguf.bindings.server import EmbeddingService, listen, make_server
+    from granite_gguf.bindings.server import listen, make_server
+    from granite_gguf.bindings.service import EmbeddingService, ServedModel
     from granite_gguf.errors import UserError
 
     total_threads = args.threads or usable_threads()
@@ -109,12 +110,12 @@ def run_serve(args: argparse.Namespace) -> int:
         sock.close()
         raise
     batcher = Batcher(embedders, max_batch_inputs=args.batch_inputs)
-    service = EmbeddingService(batcher, args.model_name or args.gguf.name.removesuffix(".gguf"),
-                               LongInputs(args.long_inputs), Limits(request_timeout_s=args.request_timeout))
+    model = ServedModel(args.model_name or args.gguf.name.removesuffix(".gguf"), batcher)
+    service = EmbeddingService([model], LongInputs(args.long_inputs), Limits(request_timeout_s=args.request_timeout))
     for name in ("granite_gguf.bindings", "uvicorn.error"):  # request lines (with ids), start and shutdown
         logging.getLogger(name).setLevel(logging.INFO)
     host, port = sock.getsockname()[:2]
-    print(f"serving {service.model_name} on http://{host}:{port} (POST /v1/embeddings, /api/embed; "
+    print(f"serving {model.name} on http://{host}:{port} (POST /v1/embeddings, /api/embed; "
           f"max {embedders[0].max_tokens} tokens per input; {workers} worker(s) × {threads} thread(s))",
           flush=True)
     try:

@@ -1,8 +1,8 @@
-"""An embeddings server for clients written against OpenAI or ollama, on Starlette and uvicorn.
+"""An embeddings server for clients written against OpenAI, ollama or llama-server, on Starlette and uvicorn.
 
-Routes: OpenAI `POST /v1/embeddings` (`input`, `dimensions`, `encoding_format` float|base64, usage)
-and `GET /v1/models`; ollama `POST /api/embed` (`input`, `truncate`, `dimensions`), the older
-`POST /api/embeddings` (`prompt`) and `GET /api/tags`; `GET /health`. Requests are checked before
+Routes: OpenAI `POST /v1/embeddings` and `GET /v1/models`; llama-server's `POST /embeddings`; ollama
+`POST /api/embed`, the older `POST /api/embeddings` and `GET /api/tags`; `GET /health`. What each
+route accepts and answers is bindings/service.py; here is the HTTP side. Requests are checked before
 they reach llama.cpp (size, count, types) and answered 4xx with a message when wrong. Concurrent
 requests share llama.cpp decodes on one or more contexts (bindings/batching.py).
 
@@ -17,8 +17,6 @@ the answer echoes.
 from __future__ import annotations
 
 import asyncio
-import base64
-import contextvars
 import functools
 import json
 import logging
@@ -30,7 +28,6 @@ from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Any
 
-import numpy as np
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -38,129 +35,30 @@ from starlette.responses import Response
 from starlette.routing import Route
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from granite_gguf.bindings.batching import Batcher, Options, Overloaded
 from granite_gguf.bindings.defaults import Limits
-from granite_gguf.bindings.embedder import Embedder, Embeddings, LongInputs
+from granite_gguf.bindings.service import EmbeddingService, RequestError, request_id
 from granite_gguf.errors import UserError
 
 log = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")  # echoed into logs and headers: keep it tame
-_request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
 
-class RequestError(Exception):
-    """A bad request: answered with `status` and the message, the server keeps going."""
-
-    def __init__(self, message: str, status: HTTPStatus = HTTPStatus.BAD_REQUEST, param: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.param = param
-
-
-class EmbeddingService:
-    """Validates request bodies and turns them into batched Embedder calls and API-shaped answers."""
-
-    def __init__(self, batcher: Batcher, model_name: str, long_inputs: LongInputs = LongInputs.TRUNCATE,
-                 limits: Limits = Limits()) -> None:
-        self.batcher = batcher
-        self.embedder: Embedder = batcher.embedders[0]  # for the file's facts; every worker loads the same file
-        self.model_name = model_name
-        self.long_inputs = long_inputs
-        self.limits = limits
-
-    async def openai_embeddings(self, body: dict[str, Any]) -> dict[str, Any]:
-        texts = self._texts(body.get("input"), "input")
-        encoding = body.get("encoding_format", "float")
-        if encoding not in ("float", "base64"):
-            raise RequestError("encoding_format must be 'float' or 'base64'", param="encoding_format")
-        result = await self._embed(texts, Options(self._dimensions(body), self.long_inputs))
-        data = [{"object": "embedding", "index": i, "embedding": _encoded(v, encoding)}
-                for i, v in enumerate(result.vectors)]
-        tokens = sum(result.token_counts)
-        usage = {"prompt_tokens": tokens, "total_tokens": tokens}
-        return {"object": "list", "data": data, "model": self.model_name, "usage": usage}
-
-    async def ollama_embed(self, body: dict[str, Any]) -> dict[str, Any]:
-        started = time.perf_counter_ns()
-        texts = self._texts(body.get("input"), "input")
-        truncate = body.get("truncate", True)
-        if not isinstance(truncate, bool):
-            raise RequestError("truncate must be true or false", param="truncate")
-        long_inputs = self.long_inputs if truncate else LongInputs.ERROR
-        result = await self._embed(texts, Options(self._dimensions(body), long_inputs))
-        return {"model": body.get("model") or self.model_name, "embeddings": result.vectors.tolist(),
-                "total_duration": time.perf_counter_ns() - started, "load_duration": 0,
-                "prompt_eval_count": sum(result.token_counts)}
-
-    async def ollama_embeddings(self, body: dict[str, Any]) -> dict[str, Any]:
-        """ollama's older endpoint: one `prompt`, the model's vector without extra normalization."""
-        prompt = body.get("prompt")
-        if not isinstance(prompt, str):
-            raise RequestError("prompt must be a string", param="prompt")
-        result = await self._embed([prompt], Options(long_inputs=self.long_inputs, normalize=False))
-        return {"embedding": result.vectors[0].tolist()}
-
-    def models(self) -> dict[str, Any]:
-        return {"object": "list", "data": [{"id": self.model_name, "object": "model", "owned_by": "granite-gguf"}]}
-
-    def tags(self) -> dict[str, Any]:
-        size = self.embedder.path.stat().st_size
-        return {"models": [{"name": self.model_name, "model": self.model_name, "size": size}]}
-
-    def _texts(self, value: Any, param: str) -> list[str]:
-        if isinstance(value, str):
-            return [value]
-        if not isinstance(value, list) or not value:
-            raise RequestError(f"{param} must be a string or a non-empty list of strings", param=param)
-        if len(value) > self.limits.max_inputs:
-            raise RequestError(f"{param} has {len(value)} items; at most {self.limits.max_inputs} per request",
-                               param=param)
-        if not all(isinstance(item, str) for item in value):
-            if all(isinstance(item, int) or isinstance(item, list) for item in value):
-                raise RequestError("token-id input is not supported; send text", param=param)
-            raise RequestError(f"{param} must be a string or a list of strings", param=param)
-        return value
-
-    def _dimensions(self, body: dict[str, Any]) -> int | None:
-        value = body.get("dimensions")
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise RequestError("dimensions must be a positive integer", param="dimensions")
-        return value
-
-    async def _embed(self, texts: list[str], options: Options) -> Embeddings:
-        try:
-            future = self.batcher.submit(texts, options, _request_id.get())
-        except Overloaded as exc:
-            raise RequestError(f"server busy: {exc}", HTTPStatus.SERVICE_UNAVAILABLE) from None
-        try:
-            return await asyncio.wrap_future(future)
-        except UserError as exc:
-            raise RequestError(str(exc)) from None
-
-
-def _encoded(vector: np.ndarray, encoding: str) -> list[float] | str:
-    """OpenAI's base64 form: the little-endian float32 bytes, as its client decodes them."""
-    if encoding == "base64":
-        return base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
-    return vector.tolist()
-
-
-def _json(status: HTTPStatus, body: dict[str, Any], close: bool = False) -> Response:
+def _json(status: HTTPStatus, body: Any, close: bool = False) -> Response:
+    """A JSON answer; allow_nan=False, so a NaN that got this far is a 500, never invalid JSON on the wire."""
     headers = {"Connection": "close"} if close else None  # uvicorn closes the connection after this answer
-    return Response(json.dumps(body, separators=(",", ":")), status, headers, media_type="application/json")
+    return Response(json.dumps(body, separators=(",", ":"), allow_nan=False), status, headers,
+                    media_type="application/json")
 
 
 def _error(path: str, error: RequestError, close: bool = False) -> Response:
     message = str(error)
     if path.startswith("/api/"):  # ollama's error shape
         body: dict[str, Any] = {"error": message}
-    else:  # OpenAI's
+    else:  # OpenAI's (llama-server's too)
         kind = "invalid_request_error" if error.status < 500 else "server_error"
-        body = {"error": {"message": message, "type": kind, "param": error.param, "code": None}}
+        body = {"error": {"message": message, "type": kind, "param": error.param, "code": error.code}}
     return _json(error.status, body, close)
 
 
@@ -185,10 +83,20 @@ async def _json_body(request: Request, limits: Limits) -> dict[str, Any]:
     except TimeoutError:
         raise _Unread(f"request body not received within {limits.request_timeout_s:g} s",
                       HTTPStatus.REQUEST_TIMEOUT) from None
+    return parse_json_object(raw)
+
+
+def parse_json_object(raw: bytes) -> dict[str, Any]:
+    """A JSON object from bytes, or a RequestError (400): bad UTF-8 or JSON, nesting past what Python's
+    parser recurses into, and integers past Python's 4,300-digit conversion limit are the client's errors."""
     try:
         body = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise RequestError(f"body is not JSON in UTF-8: {exc}") from None
+    except RecursionError:
+        raise RequestError("body is not usable JSON: nested too deeply") from None
+    except ValueError as exc:  # e.g. "Exceeds the limit (4300 digits) for integer string conversion"
+        raise RequestError(f"body is not usable JSON: {exc}") from None
     if not isinstance(body, dict):
         raise RequestError("body must be a JSON object")
     return body
@@ -197,24 +105,24 @@ async def _json_body(request: Request, limits: Limits) -> dict[str, Any]:
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
-def _logged(handler: Callable[[Request], Awaitable[dict[str, Any]]]) -> Endpoint:
+def _logged(handler: Callable[[Request], Awaitable[Any]]) -> Endpoint:
     """Wrap a route: request id, JSON answer or error answer, one log line per request."""
 
     @functools.wraps(handler)
     async def endpoint(request: Request) -> Response:
         given = request.headers.get(REQUEST_ID_HEADER, "")
-        request_id = given if _CLIENT_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex[:16]
-        _request_id.set(request_id)
+        rid = given if _CLIENT_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex[:16]
+        request_id.set(rid)
         started = time.perf_counter()
         try:
             response = _json(HTTPStatus.OK, await handler(request))
         except RequestError as exc:
             response = _error(request.url.path, exc, close=isinstance(exc, _Unread))
         except Exception:  # a bug must not take the server down; the client gets a 500
-            log.exception("[%s] %s %s failed", request_id, request.method, request.url.path)
+            log.exception("[%s] %s %s failed", rid, request.method, request.url.path)
             response = _error(request.url.path, RequestError("internal error", HTTPStatus.INTERNAL_SERVER_ERROR))
-        response.headers[REQUEST_ID_HEADER] = request_id
-        log.info("[%s] %s %s %d %.1f ms", request_id, request.method, request.url.path, response.status_code,
+        response.headers[REQUEST_ID_HEADER] = rid
+        log.info("[%s] %s %s %d %.1f ms", rid, request.method, request.url.path, response.status_code,
                  (time.perf_counter() - started) * 1000)
         return response
 
@@ -224,8 +132,8 @@ def _logged(handler: Callable[[Request], Awaitable[dict[str, Any]]]) -> Endpoint
 def make_app(service: EmbeddingService) -> Starlette:
     """The ASGI application: every route answers JSON, unknown ones a 404 in the API's error shape."""
 
-    def post(method: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]) -> Endpoint:
-        async def handler(request: Request) -> dict[str, Any]:
+    def post(method: Callable[[dict[str, Any]], Awaitable[Any]]) -> Endpoint:
+        async def handler(request: Request) -> Any:
             return await method(await _json_body(request, service.limits))
         return _logged(handler)
 
@@ -239,11 +147,11 @@ def make_app(service: EmbeddingService) -> Starlette:
 
     routes = [
         Route("/v1/embeddings", post(service.openai_embeddings), methods=["POST"]),
-        Route("/embeddings", post(service.openai_embeddings), methods=["POST"]),
+        Route("/embeddings", post(functools.partial(service.openai_embeddings, native=True)), methods=["POST"]),
         Route("/api/embed", post(service.ollama_embed), methods=["POST"]),
         Route("/api/embeddings", post(service.ollama_embeddings), methods=["POST"]),
         Route("/health", get(lambda: {"status": "ok"}), methods=["GET"]),
-        Route("/v1/models", get(service.models), methods=["GET"]),
+        Route("/v1/models", get(service.models_list), methods=["GET"]),
         Route("/api/tags", get(service.tags), methods=["GET"]),
         Route("/{path:path}", _logged(no_route), methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]),
     ]
