@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
@@ -90,10 +90,13 @@ class Batcher:
     """Queues `submit` calls from any thread; one worker thread per Embedder runs them in shared batches."""
 
     def __init__(self, embedders: Sequence[Embedder], *, max_batch_inputs: int = DEFAULT_MAX_BATCH_INPUTS,
-                 max_queued_inputs: int = DEFAULT_MAX_QUEUED_INPUTS) -> None:
+                 max_queued_inputs: int = DEFAULT_MAX_QUEUED_INPUTS,
+                 on_batch: Callable[[int], object] | None = None) -> None:
+        """`on_batch(inputs)` is called (on a worker thread) with the size of each batch a worker takes."""
         if not embedders:
             raise ValueError("a Batcher needs at least one Embedder")
         self.embedders = list(embedders)
+        self.on_batch = on_batch
         self.max_batch_inputs = max_batch_inputs
         self.max_queued_inputs = max_queued_inputs
         self.specials = len(self.embedders[0].tokenize(""))  # e.g. [CLS] and [SEP], kept by every cut
@@ -158,6 +161,8 @@ class Batcher:
 
     def _work(self, embedder: Embedder) -> None:
         while batch := self._next_batch():
+            if self.on_batch is not None:
+                self.on_batch(sum(len(job.inputs) for job in batch))
             groups: dict[tuple[LongInputs, bool, int | None], list[_Job]] = {}
             for job in batch:
                 if job.future.set_running_or_notify_cancel():
@@ -188,7 +193,7 @@ class Batcher:
                     self._run(embedder, [job])
                 return
             if not isinstance(exc, UserError):  # bad input is the client's to fix; anything else is logged
-                log.exception("[%s] embedding failed", jobs[0].label)
+                log.exception("[%s] embedding failed", jobs[0].label, extra={"request_id": jobs[0].label})
             jobs[0].future.set_exception(exc)
             return
         start = 0
@@ -196,7 +201,7 @@ class Batcher:
             end = start + len(job.inputs)
             rows = _cut(vectors[start:end], job.options.truncate_dim, job.options.normalize)
             if not np.isfinite(rows).all():
-                log.error("[%s] the model gave NaN or infinite values", job.label)
+                log.error("[%s] the model gave NaN or infinite values", job.label, extra={"request_id": job.label})
                 job.future.set_exception(NonFiniteVectors("embedding contains NaN or Inf values"))
             else:
                 job.future.set_result(Embeddings(rows, counts[start:end], truncated[start:end]))
@@ -225,7 +230,8 @@ class Batcher:
                 tokens = embedder.truncate(tokens, limit)
             sequences.append(tokens)
         if any(truncated):
-            log.warning("[%s] %d input(s) truncated to %d tokens", job.label, sum(truncated), limit)
+            log.warning("[%s] %d input(s) truncated to %d tokens", job.label, sum(truncated), limit,
+                        extra={"request_id": job.label})
         return _Prepared(job, sequences, counts, truncated)
 
 

@@ -181,6 +181,7 @@ class Embedder:
         self._specials = self._llama.tokenize(b"", add_bos=True, special=False)  # e.g. [CLS, SEP]
         self.dimension = self._llama.n_embd()
         self.vocab_size = self._llama.n_vocab()  # token ids a caller may pass to encode_tokens: 0 .. vocab_size - 1
+        self.model_bytes = int(llama_cpp.llama_model_size(self._llama.model))  # tensors as loaded (server metrics)
         self.truncated_inputs = 0
 
     def tokenize(self, text: str, add_special: bool = True) -> list[int]:

@@ -34,6 +34,7 @@ from granite_gguf.bindings.batching import (
 )
 from granite_gguf.bindings.defaults import Limits
 from granite_gguf.bindings.embedder import Embedder, Embeddings, LongInputs
+from granite_gguf.bindings.metrics import Metrics
 from granite_gguf.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -107,6 +108,11 @@ class EmbeddingService:
         self.models = list(models)
         self.long_inputs = long_inputs
         self.limits = limits
+        self.metrics = Metrics()
+        for model in self.models:
+            model.batcher.on_batch = self.metrics.batch_inputs.labels(model.name).observe
+        self.metrics.watch_models(lambda: [(m.name, m.batcher.queued_inputs, m.embedder.model_bytes)
+                                           for m in self.models])
 
     @property
     def default(self) -> ServedModel:
@@ -186,7 +192,11 @@ class EmbeddingService:
                                            for m in self.models]}
 
     def tags(self) -> dict[str, Any]:
-        return {"models": [{"name": m.name, "model": m.name, "size": m.path.stat().st_size} for m in self.models]}
+        """ollama's listing; `details` as ollama fills it from the file (format, family)."""
+        return {"models": [{"name": m.name, "model": m.name, "size": m.path.stat().st_size,
+                            "details": {"format": "gguf",
+                                        "family": m.embedder.summary.metadata.get("general.architecture", "")}}
+                           for m in self.models]}
 
     # ---- shared ----
 
@@ -283,6 +293,8 @@ class EmbeddingService:
             raise RequestError(str(exc)) from None
         limit = batcher.limit(options)
         tokens = sum(min(n, limit) if cut else n for n, cut in zip(result.token_counts, result.truncated))
+        self.metrics.inputs.labels(model.name).inc(len(inputs))
+        self.metrics.tokens.labels(model.name).inc(tokens)
         return Answer(result.vectors, tokens)
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from types import FrameType
 
 from granite_gguf.bindings.cli import add_commands as add_embedding_commands
+from granite_gguf.bindings.cli import add_gpu_layers
 from granite_gguf.errors import UserError
 from granite_gguf.modelfiles.cli import add_commands as add_modelfile_commands
 from granite_gguf.modelfiles.registry import add_registry_commands
@@ -64,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--all", type=Path, metavar="DIR", help="also every *.gguf in DIR (a `convert --quant` set)")
     verify.add_argument("--json", type=Path, help="also write the reports as JSON")
     verify.add_argument("--threshold", type=float, help="minimum cosine (default: per file type)")
+    add_gpu_layers(verify)
     verify.set_defaults(run=run_verify)
 
     release = commands.add_parser("release", help="convert the recommended set, verify each file, certify, install "
@@ -162,7 +164,7 @@ def run_verify(args: argparse.Namespace) -> int:
     reference = run_reference(args.source)
     reports = []
     for path in paths:
-        report = compare(reference, path, args.threshold)
+        report = compare(reference, path, args.threshold, args.gpu_layers)
         print(report.table() + "\n")
         reports.append(report)
     if args.json:

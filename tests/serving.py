@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import time
@@ -39,11 +40,14 @@ class RunningServer:
 
 
 @contextmanager
-def running_server(gguf: Path | str, log: Path, *options: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """`granite-gguf serve GGUF --port 0 …` with its output in `log`; yields its URL once it listens."""
+def running_server(gguf: Path | str | None, log: Path, *options: str,
+                   env: dict[str, str] | None = None) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """`granite-gguf serve GGUF --port 0 …` (no GGUF: the files come from `env`) with its output in `log`, `env`
+    added to this process's environment; yields its URL once it listens."""
+    files = [] if gguf is None else [str(gguf)]
     with log.open("wb") as sink:
-        process = subprocess.Popen(cli_command("serve", str(gguf), "--port", "0", "--max-tokens", str(MAX_TOKENS),
-                                               *options), stdout=sink, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(cli_command("serve", *files, "--port", "0", "--max-tokens", str(MAX_TOKENS), *options),
+                                   stdout=sink, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
         while not (match := re.search(r"serving .* on (http://[\d.]+:\d+)", log.read_text(errors="replace"))):

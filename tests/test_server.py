@@ -172,6 +172,11 @@ def test_embed_command_prints_json_lines(server: RunningServer) -> None:
     rows = np.array([json.loads(line) for line in result.stdout.splitlines()])
     assert rows.shape == (2, 16)
     assert np.min(cosines(rows, server.expected(["first text", "second text"], 16))) >= COSINE
+    # --gpu-layers reaches llama.cpp; a CPU-only build keeps every layer on the CPU, with the same vectors
+    offloaded = subprocess.run(cli_command("embed", str(server.embedder.path), "first text", "--gpu-layers", "-1"),
+                               capture_output=True, text=True, timeout=120)
+    assert offloaded.returncode == 0, offloaded.stderr
+    assert float(np.dot(json.loads(offloaded.stdout), server.expected(["first text"])[0])) >= COSINE
     bad = subprocess.run(cli_command("embed", str(server.embedder.path), "x", "--dim", "20"),
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "valid: 64, 48, 32, 16" in bad.stderr
