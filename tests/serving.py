@@ -59,6 +59,13 @@ def running_server(gguf: Path | str | None, log: Path, *options: str,
         process.wait(timeout=60)
 
 
+@contextmanager
+def served(gguf: Path, log: Path, *options: str) -> Iterator[RunningServer]:
+    """`running_server` of one file, with the same file open in this process for expected vectors."""
+    with running_server(gguf, log, *options) as (url, process), Embedder(gguf, max_tokens=MAX_TOKENS) as embedder:
+        yield RunningServer(url, process, embedder, log)
+
+
 def matryoshka_gguf(workspace: Workspace) -> Path:
     """The tiny Gemma-3-style fixture as f32 with Matryoshka widths DIMS: the file every server test serves."""
     path = workspace.root / "served.gguf"

@@ -13,9 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 import requests
 
-from granite_gguf.bindings.embedder import Embedder
 from tests.conftest import Workspace, run_cli
-from tests.serving import COSINE, MAX_TOKENS, RunningServer, cosines, matryoshka_gguf, running_server
+from tests.serving import COSINE, RunningServer, cosines, matryoshka_gguf, served
 
 pytestmark = [pytest.mark.slow]
 
@@ -28,9 +27,8 @@ TEXTS = ["The cat sits on the mat.", "Die Katze sitzt auf der Matte.", "A stock 
 def server(workspace: Workspace, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     gguf = matryoshka_gguf(workspace)
     log = tmp_path_factory.mktemp("frameworks") / "serve.log"
-    with running_server(gguf, log, "--model-name", MODEL) as (url, process), \
-            Embedder(gguf, max_tokens=MAX_TOKENS) as embedder:
-        yield RunningServer(url, process, embedder, log)
+    with served(gguf, log, "--model-name", MODEL) as server:
+        yield server
 
 
 def test_haystack_openai_embedders(server: RunningServer) -> None:

@@ -20,7 +20,7 @@ from pydantic import SecretStr
 
 from granite_gguf.bindings.embedder import Embedder
 from tests.conftest import Workspace, cli_command
-from tests.serving import COSINE, DIMS, MAX_TOKENS, RunningServer, cosines, matryoshka_gguf, running_server
+from tests.serving import COSINE, DIMS, MAX_TOKENS, RunningServer, cosines, matryoshka_gguf, running_server, served
 
 pytestmark = [pytest.mark.slow]
 
@@ -35,9 +35,8 @@ def served_gguf(workspace: Workspace) -> Path:
 @pytest.fixture(scope="module")
 def server(served_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     log = tmp_path_factory.mktemp("server") / "serve.log"
-    with running_server(served_gguf, log, "--workers", "2", "--model-name", MODEL) as (url, process), \
-            Embedder(served_gguf, max_tokens=MAX_TOKENS) as embedder:
-        yield RunningServer(url, process, embedder, log)
+    with served(served_gguf, log, "--workers", "2", "--model-name", MODEL) as server:
+        yield server
 
 
 TEXTS = ["The cat sits on the mat.", "Die Katze sitzt auf der Matte.", "猫がマットの上に座っている。", ""]

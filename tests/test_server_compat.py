@@ -27,9 +27,8 @@ import numpy as np
 import pytest
 import requests
 
-from granite_gguf.bindings.embedder import Embedder
 from tests.conftest import Workspace
-from tests.serving import COSINE, MAX_TOKENS, RunningServer, matryoshka_gguf, running_server
+from tests.serving import COSINE, MAX_TOKENS, RunningServer, matryoshka_gguf, served
 
 pytestmark = [pytest.mark.slow]
 
@@ -41,9 +40,8 @@ EPSILON = 1e-3  # llama.cpp's tolerance
 def server(workspace: Workspace, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     gguf = matryoshka_gguf(workspace)
     log = tmp_path_factory.mktemp("compat") / "serve.log"
-    with running_server(gguf, log, "--model-name", MODEL) as (url, process), \
-            Embedder(gguf, max_tokens=MAX_TOKENS) as embedder:
-        yield RunningServer(url, process, embedder, log)
+    with served(gguf, log, "--model-name", MODEL) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
