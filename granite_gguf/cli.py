@@ -14,8 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
+from granite_gguf import __version__
 from granite_gguf.bindings.cli import add_commands as add_embedding_commands
-from granite_gguf.errors import UserError
+from granite_gguf.errors import UserError, missing_extra_message
 from granite_gguf.modelfiles.cli import add_commands as add_modelfile_commands
 from granite_gguf.modelfiles.registry import add_registry_commands
 
@@ -29,6 +30,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.run(args) or 0)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:  # an optional dependency whose extra is not installed
+        advice = missing_extra_message(exc)
+        if advice is None:
+            raise
+        print(f"error: {advice}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
@@ -45,6 +52,7 @@ def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="granite-gguf", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     convert = commands.add_parser("convert", help="convert a checkpoint folder or hub repo id to GGUF")

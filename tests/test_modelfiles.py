@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from granite_gguf import __version__
 from granite_gguf.errors import UserError
 from granite_gguf.modelfiles.granite_r2 import CONTEXT_LENGTHS, FILE_TYPES, FOLDER, shipped_modelfiles
 from granite_gguf.modelfiles.modelfile import (
@@ -203,7 +204,7 @@ def test_generated_from_a_gguf(workspace: Workspace, tmp_path: Path, family: str
     assert modelfile.parameters() == {"num_batch": context, "num_ctx": context}
     assert modelfile.values("LICENSE") == ["apache-2.0"]
     assert [line for line in text.splitlines() if line.startswith("#")][:4] == [
-        f"# model: {family}", "# file type: f16", "# pooling: CLS", "# converter: granite-gguf 0.1.0"]
+        f"# model: {family}", "# file type: f16", "# pooling: CLS", f"# converter: granite-gguf {__version__}"]
     assert text.splitlines()[4].startswith("# num_batch = num_ctx")
     beside = generate_modelfile(gguf, gguf.with_name("Modelfile"))
     assert parse_modelfile(beside)[0].values("FROM") == [f"./{gguf.name}"]
