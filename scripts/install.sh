@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv and install granite-gguf with the extras named in $1 (default: test).
 #
-# llama-cpp-python 0.3.36 is compiled from source once per machine and cached as a wheel in
+# llama-cpp-python (the version pyproject.toml pins) is compiled from source once per machine and cached as a wheel in
 # $GRANITE_GGUF_CACHE (default ~/.cache/granite-gguf), one cache per CPU feature set. The CPU
 # options come from scripts/cpu-flags.sh: every x86 extension the CPU reports except AMX (a
 # -march=native build dies with SIGILL on this project's machines, whose sandbox does not allow AMX).
@@ -10,16 +10,18 @@ cd "$(dirname "$0")/.."
 extras="${1:-test}"
 cache="${GRANITE_GGUF_CACHE:-$HOME/.cache/granite-gguf}"
 source scripts/cpu-flags.sh
-wheels="$cache/wheels-llama-cpp-python-0.3.36-$GGML_CPU_TAG"
+source scripts/llama-cpp-python-version.sh
+version="$LLAMA_CPP_PYTHON_VERSION"
+wheels="$cache/wheels-llama-cpp-python-$version-$GGML_CPU_TAG"
 export CMAKE_ARGS="$GGML_CPU_FLAGS"
 
 python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
-if ! ls "$wheels"/llama_cpp_python-0.3.36-*.whl >/dev/null 2>&1; then
-    echo "building llama-cpp-python 0.3.36 from source (about 7 minutes on 2 cores, once per machine)…"
+if ! ls "$wheels"/llama_cpp_python-"$version"-*.whl >/dev/null 2>&1; then
+    echo "building llama-cpp-python $version from source (about 7 minutes on 2 cores, once per machine)…"
     mkdir -p "$wheels"
     .venv/bin/python -m pip wheel --quiet --no-deps --no-binary llama-cpp-python --no-cache-dir \
-        -w "$wheels" "llama-cpp-python==0.3.36"
+        -w "$wheels" "llama-cpp-python==$version"
 fi
-.venv/bin/python -m pip install --quiet --find-links "$wheels" "llama-cpp-python==0.3.36"
+.venv/bin/python -m pip install --quiet --find-links "$wheels" "llama-cpp-python==$version"
 .venv/bin/python -m pip install --quiet --find-links "$wheels" -e ".[$extras]"
