@@ -200,13 +200,27 @@ def write_certificate(path: Path, certificate: Certificate, signing_key: Ed25519
     the keys are written anew, the tensor infos and data copied unchanged, into a temporary file renamed over
     `path`."""
     header = read_header(path)
-    entries = [(key, header.value_types[key], value, header.item_types.get(key))
-               for key, value in header.metadata.items() if not key.startswith(keys.CERTIFICATE_PREFIX)]
+    entries = [entry for entry in key_entries(header) if not entry[0].startswith(keys.CERTIFICATE_PREFIX)]
     for name, value in certificate.as_dict().items():
         entries.append((Certificate.key(name), _VALUE_TYPES[type(value)], value, None))
     if signing_key is not None:
         entries.append((SIGNATURE_KEY, GGUFValueType.STRING, signing_key.sign(signed_bytes(certificate)).hex(), None))
         entries.append((SIGNER_KEY, GGUFValueType.STRING, public_hex(signing_key.public_key()), None))
+    rewrite_keys(path, header, entries)
+    checked_header(path)  # a new file under the old name: checked once now, as `convert` does
+
+
+KeyEntry = tuple[str, GGUFValueType, Any, "GGUFValueType | None"]  # key, value type, value, item type (arrays)
+
+
+def key_entries(header: CheckedFile) -> list[KeyEntry]:
+    """Every key of a header read whole (`read_header`), as `rewrite_keys` writes them."""
+    return [(key, header.value_types[key], value, header.item_types.get(key)) for key, value in header.metadata.items()]
+
+
+def rewrite_keys(path: Path, header: CheckedFile, entries: list[KeyEntry]) -> None:
+    """Replace the keys of the GGUF at `path` (whose header is `header`) by `entries`; the tensor infos and data are
+    copied unchanged, into a temporary file renamed over `path`. Not checked: the caller checks what it wrote."""
     alignment = header.metadata.get(Keys.General.ALIGNMENT, DEFAULT_ALIGNMENT)
     with atomic_output(path) as tmp, path.open("rb") as source, tmp.open("wb") as out:
         out.write(MAGIC + struct.pack("<IQQ", header.version, len(header.tensors), len(entries)))
@@ -217,7 +231,6 @@ def write_certificate(path: Path, certificate: Certificate, signing_key: Ed25519
         out.write(b"\0" * (-out.tell() % alignment))
         source.seek(header.data_start)
         shutil.copyfileobj(source, out, CHUNK)
-    checked_header(path)  # a new file under the old name: checked once now, as `convert` does
 
 
 def _string(text: str) -> bytes:
