@@ -72,7 +72,8 @@ def handler_for(stub: Stub) -> type[BaseHTTPRequestHandler]:
                 return None
             if "blobs" in parts:  # ollama's rule: a redirect to where the bytes are, on another host name
                 self.send_response(307)
-                self.send_header("Location", f"http://localhost:{self.server.server_address[1]}/data/{parts[-1]}")
+                port = self.server.server_address[1]  # type: ignore[index]  # an (address, port) pair for AF_INET
+                self.send_header("Location", f"http://localhost:{port}/data/{parts[-1]}")
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 return None
