@@ -22,7 +22,7 @@ from granite_gguf.errors import UserError
 from granite_gguf.modelfiles import registry
 from granite_gguf.modelfiles.registry import pull
 from granite_gguf.modelfiles.store import CONFIG_MEDIA_TYPE, MANIFEST_MEDIA_TYPE, MODEL_MEDIA_TYPE, list_models
-from tests.conftest import Workspace, cli_command
+from tests.conftest import Workspace, cli_command, tree
 from tests.test_hostile_check import F32, with_keys
 
 DEADLINE = 60  # seconds any one pull here may take; the stub's own sockets time out too
@@ -149,7 +149,14 @@ def timed_pull(host: str, store: Path, tag: str = "t") -> float:
 
 
 def stored_files(store: Path) -> list[str]:
-    return sorted(str(p.relative_to(store)) for p in store.rglob("*") if p.is_file() and p.name != ".granite-gguf.lock")
+    return sorted(tree(store))
+
+
+def refused(host: str, store: Path, message: str) -> None:
+    """The pull fails with `message`, in time, and the store holds no file."""
+    with pytest.raises(UserError, match=message):
+        timed_pull(host, store)
+    assert stored_files(store) == []
 
 
 def test_a_sane_model_is_pulled(stub: tuple[Stub, str], model: bytes, tmp_path: Path) -> None:
@@ -163,18 +170,14 @@ def test_an_endless_manifest_is_cut_at_the_limit(stub: tuple[Stub, str], tmp_pat
     """Item 3: an endless body reached MemoryError at 2.4 GB."""
     served, host = stub
     served.manifests["t"] = "endless"
-    with pytest.raises(UserError, match=f"manifest exceeds the limit of {registry.MAX_MANIFEST_BYTES} bytes"):
-        timed_pull(host, tmp_path)
-    assert stored_files(tmp_path) == []
+    refused(host, tmp_path, f"manifest exceeds the limit of {registry.MAX_MANIFEST_BYTES} bytes")
 
 
 def test_a_large_manifest_is_refused_by_its_length(stub: tuple[Stub, str], tmp_path: Path) -> None:
     """Item 3: a 100 MB manifest was pulled into the store."""
     served, host = stub
     served.manifests["t"] = b"{" + b" " * (registry.MAX_MANIFEST_BYTES + 1) + b"}"
-    with pytest.raises(UserError, match="manifest of 4194304 bytes|exceeds the limit of 4194304"):
-        timed_pull(host, tmp_path)
-    assert stored_files(tmp_path) == []
+    refused(host, tmp_path, "manifest of 4194304 bytes|exceeds the limit of 4194304")
 
 
 @pytest.mark.parametrize("size", [10**20, 17 * 10**12, 18 * 10**12])
@@ -184,9 +187,7 @@ def test_absurd_layer_sizes_are_refused_before_any_file(stub: tuple[Stub, str], 
     `OSError: File too large` with 18,000 files left."""
     served, host = stub
     serve_model(served, model, model_size=size)
-    with pytest.raises(UserError, match=f"blob of {size} bytes exceeds the limit of {registry.MAX_MODEL_LAYER_BYTES}"):
-        timed_pull(host, tmp_path)
-    assert stored_files(tmp_path) == []
+    refused(host, tmp_path, f"blob of {size} bytes exceeds the limit of {registry.MAX_MODEL_LAYER_BYTES}")
 
 
 def test_a_layer_larger_than_the_free_space_is_refused(stub: tuple[Stub, str], model: bytes, tmp_path: Path,
@@ -194,9 +195,7 @@ def test_a_layer_larger_than_the_free_space_is_refused(stub: tuple[Stub, str], m
     served, host = stub
     serve_model(served, model)
     monkeypatch.setattr(registry.shutil, "disk_usage", lambda path: type("Usage", (), {"free": 1000})())
-    with pytest.raises(UserError, match=r"bytes to download, 1000 free"):
-        timed_pull(host, tmp_path)
-    assert stored_files(tmp_path) == []
+    refused(host, tmp_path, r"bytes to download, 1000 free")
 
 
 def test_a_blob_sent_a_byte_at_a_time_is_abandoned(stub: tuple[Stub, str], model: bytes, tmp_path: Path,
