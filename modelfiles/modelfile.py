@@ -22,6 +22,7 @@ from granite_gguf.convert import keys
 from granite_gguf.convert.inspect import GGUFSummary, read_summary
 from granite_gguf.convert.types import OutType
 from granite_gguf.errors import UserError
+from granite_gguf.files import open_regular
 
 # Accepted by every ollama server; generated Modelfiles use only FROM, PARAMETER, LICENSE and comments.
 INSTRUCTIONS = ("FROM", "PARAMETER", "TEMPLATE", "SYSTEM", "ADAPTER", "LICENSE", "MESSAGE")
@@ -154,7 +155,8 @@ _TWO_FROMS = ("ollama keeps both: each FROM file becomes a layer of one model (o
 def read_modelfile(path: Path) -> str:
     """The text of a Modelfile, decoded as ollama decodes it; an unreadable file is a UserError."""
     try:
-        data = path.read_bytes()
+        with open_regular(path) as handle:  # a FIFO is refused, not waited on
+            data = handle.read()
     except OSError as exc:
         raise UserError(f"{path}: cannot read ({exc.strerror})") from None
     return decode_modelfile(data)

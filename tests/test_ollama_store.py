@@ -13,7 +13,7 @@ from granite_gguf.convert.inspect import read_summary
 from granite_gguf.errors import UserError
 from granite_gguf.modelfiles import store
 from granite_gguf.modelfiles.modelfile import generate_modelfile
-from granite_gguf.modelfiles.store import ModelName, install, list_models, remove
+from granite_gguf.modelfiles.store import LOCK_FILE, ModelName, install, list_models, remove
 from tests.conftest import Workspace, run_cli, tree
 
 MEDIA = "application/vnd.ollama.image."
@@ -63,7 +63,7 @@ def test_install_from_gguf(gguf: Path, tmp_path: Path) -> None:
                             "architecture", "os", "rootfs"]
     assert model.name == "granite-embedding:f16" and model.size == sum(
         entry["size"] for entry in [manifest["config"], *manifest["layers"]])
-    assert not [p for p in tmp_path.rglob(".*")], "no temporary files are left"
+    assert not [p for p in tmp_path.rglob(".*") if p.name != LOCK_FILE], "no temporary files are left"
 
 
 def test_gguf_and_its_generated_modelfile_install_the_same_model(gguf: Path, tmp_path: Path) -> None:
