@@ -7,10 +7,14 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from granite_gguf.bindings.batching import DEFAULT_MAX_BATCH_INPUTS
 from granite_gguf.bindings.defaults import DEFAULT_BATCH_ROWS, Limits
 from granite_gguf.bindings.embedder import LongInputs
+
+if TYPE_CHECKING:
+    from granite_gguf.bindings.batching import Batcher
 
 LOCAL_RAY = "local"  # `embed-corpus --ray` without an address: start a local cluster
 
@@ -23,20 +27,30 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     embed.add_argument("--verbose", action="store_true", help="say on stderr what llama.cpp repacked and the context size")
     embed.set_defaults(run=run_embed)
 
-    serve = commands.add_parser("serve", help="OpenAI- and ollama-compatible embeddings server")
-    serve.add_argument("gguf", type=Path)
+    serve = commands.add_parser("serve", help="OpenAI-, ollama- and llama-server-compatible embeddings server",
+                                description=f"Every option can also be set as {ENV_PREFIX}<OPTION> (e.g. "
+                                            f"{ENV_PREFIX}PORT=9000, {ENV_PREFIX}API_KEY=k1,k2, {ENV_PREFIX}MODELS=a.gguf,"
+                                            f"b=b.gguf); an option on the command line wins. docs/serving.md")
+    serve.add_argument("models", nargs="*", metavar="[NAME=]GGUF",
+                       help="the files to serve, each under its name (NAME=, else the file name without .gguf)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080)
-    serve.add_argument("--model-name", help="the name clients see (default: the file name without .gguf)")
+    serve.add_argument("--model-name", help="with one file: the name clients see")
     serve.add_argument("--workers", type=int,
-                       help="llama.cpp contexts, each with its share of --threads (default: the Embedder's "
-                            "default_layout, one per thread, the fastest measured on CPU, docs/performance.md)")
+                       help="llama.cpp contexts per model, each with its share of --threads (default: the "
+                            "Embedder's default_layout, one per thread, the fastest measured on CPU, docs/performance.md)")
     serve.add_argument("--batch-inputs", type=int, default=DEFAULT_MAX_BATCH_INPUTS,
                        help=f"inputs of concurrent requests packed into one shared call (default "
                             f"{DEFAULT_MAX_BATCH_INPUTS}; 1 runs each request on its own)")
     serve.add_argument("--request-timeout", type=float, default=Limits.request_timeout_s, metavar="S",
                        help=f"a request's head, then its body, must arrive within S seconds (default "
                             f"{Limits.request_timeout_s:g}); slower clients are dropped")
+    serve.add_argument("--api-key", action="append", metavar="KEY",
+                       help="require Authorization: Bearer KEY on every route but /health (repeatable: any of them)")
+    serve.add_argument("--cors-allow-origin", action="append", metavar="ORIGIN",
+                       help="let browser pages from ORIGIN call the server (repeatable; * for any)")
+    serve.add_argument("--log-format", choices=["text", "json"], default="text",
+                       help="json: one JSON object per log line, with the request id")
     serve.set_defaults(run=run_serve)
 
     corpus = commands.add_parser("embed-corpus", help="embed a JSONL, Parquet or text corpus into Parquet shards "
@@ -61,6 +75,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
                                                    "per --threads CPUs, one CPU left for Ray Data's reads/writes)")
     corpus.add_argument("--no-progress", action="store_true", help="no progress bar")
     corpus.set_defaults(run=run_embed_corpus)
+    add_gpu_layers(corpus)
 
     for command in (embed, serve):
         command.add_argument("--max-tokens", type=int, help="tokens per input (default: the model's, at most 8192)")
@@ -69,13 +84,59 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         command.add_argument("--threads", type=int, help="CPU threads (default: the CPUs this process may use)")
         command.add_argument("--unsafe-skip-check", action="store_true",
                              help="hand the file to llama.cpp without validating it first (experts only)")
+        add_gpu_layers(command)
+    read_environment(serve)
+
+
+def add_gpu_layers(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--gpu-layers", type=int, default=0, metavar="N",
+                         help="layers to offload to the GPU (-1: all; default 0, CPU only); needs a llama-cpp-python "
+                              "built for the GPU (scripts/install.sh with CMAKE_ARGS, docs/serving.md)")
+
+
+ENV_PREFIX = "GRANITE_GGUF_"
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off", ""}
+
+
+def read_environment(parser: argparse.ArgumentParser) -> None:
+    """Every option of `parser` also from GRANITE_GGUF_<DEST> (as TEI and llama-server read theirs): the value
+    becomes the option's default, so the command line wins. A bad value is kept for `run_serve` to refuse (the
+    parser is built for every command, which must not fail on another command's variable)."""
+    import os
+
+    problems: list[str] = []
+    for action in parser._actions:  # argparse's list of the options it was given
+        name = ENV_PREFIX + action.dest.upper()
+        if action.dest in ("help", "run") or name not in os.environ:
+            continue
+        raw = os.environ[name]
+        try:
+            action.default = _from_environment(action, raw)
+            action.required = False
+        except (ValueError, TypeError) as exc:
+            problems.append(f"{name}={raw!r}: {exc}")
+    parser.set_defaults(environment_problems=problems)
+
+
+def _from_environment(action: argparse.Action, raw: str) -> object:
+    if action.nargs == 0:  # a switch
+        if raw.strip().lower() not in _TRUE | _FALSE:
+            raise ValueError("expected 1/0, true/false, yes/no or on/off")
+        return raw.strip().lower() in _TRUE
+    convert = action.type if callable(action.type) else str
+    many = isinstance(action, argparse._AppendAction) or action.nargs in ("*", "+")
+    values = [convert(item.strip()) for item in raw.split(",") if item.strip()] if many else [convert(raw)]
+    for value in values:
+        if action.choices is not None and value not in action.choices:
+            raise ValueError(f"expected one of {', '.join(map(str, action.choices))}")
+    return values if many else values[0]
 
 
 def run_embed(args: argparse.Namespace) -> int:
     from granite_gguf.bindings.embedder import Embedder
 
     texts = [line.rstrip("\n") for line in sys.stdin] if args.texts == ["-"] else args.texts
-    with Embedder(args.gguf, n_threads=args.threads, max_tokens=args.max_tokens,
+    with Embedder(args.gguf, n_threads=args.threads, max_tokens=args.max_tokens, gpu_layers=args.gpu_layers,
                   unsafe_skip_check=args.unsafe_skip_check) as embedder:
         vectors = embedder.encode(texts, truncate_dim=args.dim, long_inputs=args.long_inputs)
         if args.verbose:
@@ -87,45 +148,104 @@ def run_embed(args: argparse.Namespace) -> int:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from granite_gguf.bindings.batching import Batcher
-    from granite_gguf.bindings.embedder import Embedder, default_layout, usable_threads
-    from granite_gguf.bindings.server import EmbeddingService, listen, make_server
     from granite_gguf.errors import UserError
 
+    try:
+        from granite_gguf.bindings.server import listen, make_server
+    except ModuleNotFoundError as exc:
+        raise UserError(f"serve needs {exc.name}: pip install 'granite-gguf[serve]'") from None
+    from granite_gguf.bindings.defaults import Access
+    from granite_gguf.bindings.embedder import default_layout, usable_threads
+    from granite_gguf.bindings.service import EmbeddingService, ServedModel
+
+    if args.environment_problems:
+        raise UserError("; ".join(args.environment_problems))
+    files = served_files(args.models, args.model_name)
     total_threads = args.threads or usable_threads()
     workers = default_layout(total_threads).workers if args.workers is None else args.workers
     if workers < 1 or args.batch_inputs < 1 or args.request_timeout <= 0:
         raise UserError("--workers, --batch-inputs and --request-timeout must be positive")
+    configure_logging(args.log_format)
     sock = listen(args.host, args.port)
     threads = max(1, total_threads // workers)
+    models: list[ServedModel] = []
+    try:
+        for name, path in files:
+            models.append(ServedModel(name, load_batcher(path, args, workers, threads)))
+            size = models[-1].embedder.model_bytes
+            logging.getLogger("granite_gguf.bindings").info("loaded %s (%s): %.1f MiB of tensors, %d worker(s)",
+                                                            name, path, size / 2**20, workers)
+        service = EmbeddingService(models, LongInputs(args.long_inputs), Limits(request_timeout_s=args.request_timeout))
+    except BaseException:
+        for model in models:
+            model.batcher.close()
+        sock.close()
+        raise
+    host, port = sock.getsockname()[:2]
+    auth = "; API key required" if args.api_key else ""
+    print(f"serving {', '.join(m.name for m in models)} on http://{host}:{port} (POST /v1/embeddings, /api/embed; "
+          f"max {models[0].embedder.max_tokens} tokens per input; {workers} worker(s) × {threads} thread(s){auth})",
+          flush=True)
+    access = Access(tuple(args.api_key or ()), tuple(args.cors_allow_origin or ()))
+    try:
+        make_server(service, access).run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn re-raises the SIGINT/SIGTERM it handled, after its graceful shutdown
+        pass
+    finally:
+        for model in models:
+            model.batcher.close()
+        sock.close()
+    print("stopped", flush=True)
+    return 0
+
+
+def served_files(specs: list[str], model_name: str | None) -> list[tuple[str, Path]]:
+    """(name, path) per `[NAME=]GGUF`; `--model-name` names a single file."""
+    from granite_gguf.errors import UserError
+
+    if not specs:
+        raise UserError(f"no GGUF file to serve: name one or more, or set {ENV_PREFIX}MODELS")
+    if model_name and len(specs) > 1:
+        raise UserError("--model-name names a single file; with several, write NAME=GGUF")
+    files = []
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or "/" in name:  # a path that holds "=" in a folder name is a path
+            name, path = "", spec
+        files.append((model_name or name or Path(path).name.removesuffix(".gguf"), Path(path)))
+    return files
+
+
+def load_batcher(path: Path, args: argparse.Namespace, workers: int, threads: int) -> Batcher:
+    """`workers` Embedders of one file behind a Batcher (all closed again if one fails to load)."""
+    from granite_gguf.bindings.batching import Batcher
+    from granite_gguf.bindings.embedder import Embedder
+
     embedders: list[Embedder] = []
     try:
         for _ in range(workers):
-            embedders.append(Embedder(args.gguf, n_threads=threads, max_tokens=args.max_tokens,
+            embedders.append(Embedder(path, n_threads=threads, max_tokens=args.max_tokens, gpu_layers=args.gpu_layers,
                                       unsafe_skip_check=args.unsafe_skip_check, workers=1))
     except BaseException:
         for embedder in embedders:
             embedder.close()
-        sock.close()
         raise
-    batcher = Batcher(embedders, max_batch_inputs=args.batch_inputs)
-    service = EmbeddingService(batcher, args.model_name or args.gguf.name.removesuffix(".gguf"),
-                               LongInputs(args.long_inputs), Limits(request_timeout_s=args.request_timeout))
-    for name in ("granite_gguf.bindings", "uvicorn.error"):  # request lines (with ids), start and shutdown
+    return Batcher(embedders, max_batch_inputs=args.batch_inputs)
+
+
+def configure_logging(log_format: str) -> None:
+    """Request lines (with ids), start and shutdown at INFO; as JSON objects with `--log-format json`."""
+    from granite_gguf.bindings.logs import JsonFormatter
+
+    handler = logging.StreamHandler()
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    for name in ("granite_gguf.bindings", "uvicorn.error"):
         logging.getLogger(name).setLevel(logging.INFO)
-    host, port = sock.getsockname()[:2]
-    print(f"serving {service.model_name} on http://{host}:{port} (POST /v1/embeddings, /api/embed; "
-          f"max {embedders[0].max_tokens} tokens per input; {workers} worker(s) × {threads} thread(s))",
-          flush=True)
-    try:
-        make_server(service).run(sockets=[sock])
-    except KeyboardInterrupt:  # uvicorn re-raises the SIGINT/SIGTERM it handled, after its graceful shutdown
-        pass
-    finally:
-        batcher.close()
-        sock.close()
-    print("stopped", flush=True)
-    return 0
 
 
 def run_embed_corpus(args: argparse.Namespace) -> int:
@@ -139,7 +259,7 @@ def run_embed_corpus(args: argparse.Namespace) -> int:
         raise UserError("--actors needs --ray")
     summary = run_job(args.input, args.model, args.out, text_field=args.text_field, id_field=args.id_field,
                       dim=args.dim, batch_rows=args.batch_rows, max_tokens=args.max_tokens, threads=args.threads,
-                      progress=not args.no_progress)
+                      gpu_layers=args.gpu_layers, progress=not args.no_progress)
     resumed = f" ({summary.resumed} found done by an earlier run)" if summary.resumed else ""
     print(f"wrote {summary.rows} rows in {summary.shards} shard(s) to {summary.out}{resumed}")
     return 0

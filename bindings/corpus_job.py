@@ -276,14 +276,14 @@ def _check_manifest(out: Path, spec: JobSpec) -> None:
 
 def run_job(input_path: Path, model: Path, out: Path, *, text_field: str = "text", id_field: str = "id",
             dim: int | None = None, batch_rows: int = DEFAULT_BATCH_ROWS, max_tokens: int | None = None,
-            threads: int | None = None, progress: bool = True) -> JobSummary:
+            threads: int | None = None, gpu_layers: int = 0, progress: bool = True) -> JobSummary:
     """Embed every row of `input_path` not yet in `out`; see the module's docstring."""
     from tqdm import tqdm
 
     reader = CorpusReader(input_path, text_field, id_field, batch_rows)
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: not a directory")
-    with Embedder(model, n_threads=threads, max_tokens=max_tokens) as embedder:
+    with Embedder(model, n_threads=threads, max_tokens=max_tokens, gpu_layers=gpu_layers) as embedder:
         embedder.checked_dim(dim)  # refuse a wrong --dim before any output
         out.mkdir(parents=True, exist_ok=True)
         spec = JobSpec(str(input_path.resolve()), input_path.stat().st_size, sha256_of_file(input_path),

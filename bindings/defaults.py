@@ -18,3 +18,11 @@ class Limits:
     keep_alive_s: int = 5  # an idle keep-alive connection is closed after this
     max_connections: int = 1024  # open connections (and requests in progress) before new requests get 503
     graceful_shutdown_s: int = 60  # on SIGTERM/SIGINT, requests in flight get this long to finish
+
+
+@dataclass(frozen=True)
+class Access:
+    """Who may call the server: API keys (none: anyone) and the browser origins CORS allows (none: no CORS)."""
+
+    api_keys: tuple[str, ...] = ()
+    cors_origins: tuple[str, ...] = ()

@@ -190,15 +190,18 @@ class Embedder:
         self._prefix = 1 if llama_cpp.llama_vocab_get_add_bos(vocab) else 0
         self._specials = self._llama.tokenize(b"", add_bos=True, special=False)  # e.g. [CLS, SEP]
         self.dimension = self._llama.n_embd()
+        self.vocab_size = self._llama.n_vocab()  # token ids a caller may pass to encode_tokens: 0 .. vocab_size - 1
+        self.model_bytes = int(llama_cpp.llama_model_size(self._llama.model))  # tensors as loaded (server metrics)
         self.truncated_inputs = 0
 
-    def tokenize(self, text: str) -> list[int]:
-        """Token ids as the model sees them, BOS/EOS included per the file's tokenizer settings.
+    def tokenize(self, text: str, add_special: bool = True) -> list[int]:
+        """Token ids as the model sees them, BOS/EOS included per the file's tokenizer settings (none with
+        `add_special=False`, as llama-server tokenizes the later strings of a mixed token-id input).
 
         Special tokens spelled out in the text ("<eos>", "[SEP]") are read as those tokens, as HF
         tokenizers (and so sentence-transformers) and llama-server do.
         """
-        return self._llama.tokenize(clean_text(text), add_bos=True, special=True)
+        return self._llama.tokenize(clean_text(text), add_bos=add_special, special=True)
 
     def encode(self, texts: str | Sequence[str], *, batch_size: int = 32, normalize_embeddings: bool = True,
                truncate_dim: int | None = None, show_progress_bar: bool = False,

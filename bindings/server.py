@@ -1,8 +1,9 @@
-"""An embeddings server for clients written against OpenAI or ollama, on Starlette and uvicorn.
+"""An embeddings server for clients written against OpenAI, ollama or llama-server, on FastAPI and uvicorn.
 
-Routes: OpenAI `POST /v1/embeddings` (`input`, `dimensions`, `encoding_format` float|base64, usage)
-and `GET /v1/models`; ollama `POST /api/embed` (`input`, `truncate`, `dimensions`), the older
-`POST /api/embeddings` (`prompt`) and `GET /api/tags`; `GET /health`. Requests are checked before
+Routes: OpenAI `POST /v1/embeddings` and `GET /v1/models`; llama-server's `POST /embeddings`; ollama
+`POST /api/embed`, the older `POST /api/embeddings`, `GET /api/tags` and `/api/version`; `GET /health`,
+`/metrics` (Prometheus), `/openapi.json` and `/docs`. What each route accepts and answers is
+bindings/service.py; here is the HTTP side: API keys, CORS, request ids and the log, metrics. Requests are checked before
 they reach llama.cpp (size, count, types) and answered 4xx with a message when wrong. Concurrent
 requests share llama.cpp decodes on one or more contexts (bindings/batching.py).
 
@@ -17,9 +18,8 @@ the answer echoes.
 from __future__ import annotations
 
 import asyncio
-import base64
-import contextvars
 import functools
+import hmac
 import json
 import logging
 import re
@@ -27,140 +27,51 @@ import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from http import HTTPStatus
+from importlib.metadata import version
 from typing import Any
 
-import numpy as np
 import uvicorn
-from starlette.applications import Starlette
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import BaseModel
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from granite_gguf.bindings.batching import Batcher, Options, Overloaded
-from granite_gguf.bindings.defaults import Limits
-from granite_gguf.bindings.embedder import Embedder, Embeddings, LongInputs
+from granite_gguf.bindings import api_models as models
+from granite_gguf.bindings.defaults import Access, Limits
+from granite_gguf.bindings.metrics import Metrics
+from granite_gguf.bindings.service import EmbeddingService, RequestError, request_id
 from granite_gguf.errors import UserError
 
 log = logging.getLogger(__name__)
 
+PACKAGE_VERSION = version("granite-gguf")
+OLLAMA_API_VERSION = "0.33.0"  # /api/version: the ollama whose API this follows (fb30760, after v0.33.0-rc2)
 REQUEST_ID_HEADER = "X-Request-ID"
 _CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")  # echoed into logs and headers: keep it tame
-_request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
 
-class RequestError(Exception):
-    """A bad request: answered with `status` and the message, the server keeps going."""
-
-    def __init__(self, message: str, status: HTTPStatus = HTTPStatus.BAD_REQUEST, param: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.param = param
-
-
-class EmbeddingService:
-    """Validates request bodies and turns them into batched Embedder calls and API-shaped answers."""
-
-    def __init__(self, batcher: Batcher, model_name: str, long_inputs: LongInputs = LongInputs.TRUNCATE,
-                 limits: Limits = Limits()) -> None:
-        self.batcher = batcher
-        self.embedder: Embedder = batcher.embedders[0]  # for the file's facts; every worker loads the same file
-        self.model_name = model_name
-        self.long_inputs = long_inputs
-        self.limits = limits
-
-    async def openai_embeddings(self, body: dict[str, Any]) -> dict[str, Any]:
-        texts = self._texts(body.get("input"), "input")
-        encoding = body.get("encoding_format", "float")
-        if encoding not in ("float", "base64"):
-            raise RequestError("encoding_format must be 'float' or 'base64'", param="encoding_format")
-        result = await self._embed(texts, Options(self._dimensions(body), self.long_inputs))
-        data = [{"object": "embedding", "index": i, "embedding": _encoded(v, encoding)}
-                for i, v in enumerate(result.vectors)]
-        tokens = sum(result.token_counts)
-        usage = {"prompt_tokens": tokens, "total_tokens": tokens}
-        return {"object": "list", "data": data, "model": self.model_name, "usage": usage}
-
-    async def ollama_embed(self, body: dict[str, Any]) -> dict[str, Any]:
-        started = time.perf_counter_ns()
-        texts = self._texts(body.get("input"), "input")
-        truncate = body.get("truncate", True)
-        if not isinstance(truncate, bool):
-            raise RequestError("truncate must be true or false", param="truncate")
-        long_inputs = self.long_inputs if truncate else LongInputs.ERROR
-        result = await self._embed(texts, Options(self._dimensions(body), long_inputs))
-        return {"model": body.get("model") or self.model_name, "embeddings": result.vectors.tolist(),
-                "total_duration": time.perf_counter_ns() - started, "load_duration": 0,
-                "prompt_eval_count": sum(result.token_counts)}
-
-    async def ollama_embeddings(self, body: dict[str, Any]) -> dict[str, Any]:
-        """ollama's older endpoint: one `prompt`, the model's vector without extra normalization."""
-        prompt = body.get("prompt")
-        if not isinstance(prompt, str):
-            raise RequestError("prompt must be a string", param="prompt")
-        result = await self._embed([prompt], Options(long_inputs=self.long_inputs, normalize=False))
-        return {"embedding": result.vectors[0].tolist()}
-
-    def models(self) -> dict[str, Any]:
-        return {"object": "list", "data": [{"id": self.model_name, "object": "model", "owned_by": "granite-gguf"}]}
-
-    def tags(self) -> dict[str, Any]:
-        size = self.embedder.path.stat().st_size
-        return {"models": [{"name": self.model_name, "model": self.model_name, "size": size}]}
-
-    def _texts(self, value: Any, param: str) -> list[str]:
-        if isinstance(value, str):
-            return [value]
-        if not isinstance(value, list) or not value:
-            raise RequestError(f"{param} must be a string or a non-empty list of strings", param=param)
-        if len(value) > self.limits.max_inputs:
-            raise RequestError(f"{param} has {len(value)} items; at most {self.limits.max_inputs} per request",
-                               param=param)
-        if not all(isinstance(item, str) for item in value):
-            if all(isinstance(item, int) or isinstance(item, list) for item in value):
-                raise RequestError("token-id input is not supported; send text", param=param)
-            raise RequestError(f"{param} must be a string or a list of strings", param=param)
-        return value
-
-    def _dimensions(self, body: dict[str, Any]) -> int | None:
-        value = body.get("dimensions")
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise RequestError("dimensions must be a positive integer", param="dimensions")
-        return value
-
-    async def _embed(self, texts: list[str], options: Options) -> Embeddings:
-        try:
-            future = self.batcher.submit(texts, options, _request_id.get())
-        except Overloaded as exc:
-            raise RequestError(f"server busy: {exc}", HTTPStatus.SERVICE_UNAVAILABLE) from None
-        try:
-            return await asyncio.wrap_future(future)
-        except UserError as exc:
-            raise RequestError(str(exc)) from None
-
-
-def _encoded(vector: np.ndarray, encoding: str) -> list[float] | str:
-    """OpenAI's base64 form: the little-endian float32 bytes, as its client decodes them."""
-    if encoding == "base64":
-        return base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
-    return vector.tolist()
-
-
-def _json(status: HTTPStatus, body: dict[str, Any], close: bool = False) -> Response:
+def _json(status: HTTPStatus, body: Any, close: bool = False) -> Response:
+    """A JSON answer; allow_nan=False, so a NaN that got this far is a 500, never invalid JSON on the wire."""
     headers = {"Connection": "close"} if close else None  # uvicorn closes the connection after this answer
-    return Response(json.dumps(body, separators=(",", ":")), status, headers, media_type="application/json")
+    return Response(json.dumps(body, separators=(",", ":"), allow_nan=False), status, headers,
+                    media_type="application/json")
 
 
 def _error(path: str, error: RequestError, close: bool = False) -> Response:
     message = str(error)
     if path.startswith("/api/"):  # ollama's error shape
         body: dict[str, Any] = {"error": message}
-    else:  # OpenAI's
+    else:  # OpenAI's (llama-server's too)
         kind = "invalid_request_error" if error.status < 500 else "server_error"
-        body = {"error": {"message": message, "type": kind, "param": error.param, "code": None}}
+        body = {"error": {"message": message, "type": kind, "param": error.param, "code": error.code}}
     return _json(error.status, body, close)
 
 
@@ -185,10 +96,20 @@ async def _json_body(request: Request, limits: Limits) -> dict[str, Any]:
     except TimeoutError:
         raise _Unread(f"request body not received within {limits.request_timeout_s:g} s",
                       HTTPStatus.REQUEST_TIMEOUT) from None
+    return parse_json_object(raw)
+
+
+def parse_json_object(raw: bytes) -> dict[str, Any]:
+    """A JSON object from bytes, or a RequestError (400): bad UTF-8 or JSON, nesting past what Python's
+    parser recurses into, and integers past Python's 4,300-digit conversion limit are the client's errors."""
     try:
         body = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise RequestError(f"body is not JSON in UTF-8: {exc}") from None
+    except RecursionError:
+        raise RequestError("body is not usable JSON: nested too deeply") from None
+    except ValueError as exc:  # e.g. "Exceeds the limit (4300 digits) for integer string conversion"
+        raise RequestError(f"body is not usable JSON: {exc}") from None
     if not isinstance(body, dict):
         raise RequestError("body must be a JSON object")
     return body
@@ -197,57 +118,176 @@ async def _json_body(request: Request, limits: Limits) -> dict[str, Any]:
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
-def _logged(handler: Callable[[Request], Awaitable[dict[str, Any]]]) -> Endpoint:
-    """Wrap a route: request id, JSON answer or error answer, one log line per request."""
+def _answered(handler: Callable[[Request], Awaitable[Any]]) -> Endpoint:
+    """Wrap a route: its JSON answer, or its error in the API's shape (a bug: a logged 500, the server goes on)."""
 
-    @functools.wraps(handler)
-    async def endpoint(request: Request) -> Response:
-        given = request.headers.get(REQUEST_ID_HEADER, "")
-        request_id = given if _CLIENT_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex[:16]
-        _request_id.set(request_id)
-        started = time.perf_counter()
+    async def endpoint(request: Request) -> Response:  # FastAPI reads this signature: the request, no parameters
         try:
-            response = _json(HTTPStatus.OK, await handler(request))
+            return _json(HTTPStatus.OK, await handler(request))
         except RequestError as exc:
-            response = _error(request.url.path, exc, close=isinstance(exc, _Unread))
-        except Exception:  # a bug must not take the server down; the client gets a 500
-            log.exception("[%s] %s %s failed", request_id, request.method, request.url.path)
-            response = _error(request.url.path, RequestError("internal error", HTTPStatus.INTERNAL_SERVER_ERROR))
-        response.headers[REQUEST_ID_HEADER] = request_id
-        log.info("[%s] %s %s %d %.1f ms", request_id, request.method, request.url.path, response.status_code,
-                 (time.perf_counter() - started) * 1000)
-        return response
+            return _error(request.url.path, exc, close=isinstance(exc, _Unread))
+        except Exception:
+            log.exception("[%s] %s %s failed", request_id.get(), request.method, request.url.path)
+            return _error(request.url.path, RequestError("internal error", HTTPStatus.INTERNAL_SERVER_ERROR))
 
     return endpoint
 
 
-def make_app(service: EmbeddingService) -> Starlette:
-    """The ASGI application: every route answers JSON, unknown ones a 404 in the API's error shape."""
+@dataclass(frozen=True)
+class _Route:
+    path: str
+    method: str
+    summary: str
+    answer: type[BaseModel] | None  # what a 200 carries (None: a list of LlamaServerEmbedding)
+    request: type[BaseModel] | None = None
 
-    def post(method: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]) -> Endpoint:
-        async def handler(request: Request) -> dict[str, Any]:
-            return await method(await _json_body(request, service.limits))
-        return _logged(handler)
 
-    def get(method: Callable[[], dict[str, Any]]) -> Endpoint:
-        async def handler(request: Request) -> dict[str, Any]:
-            return method()
-        return _logged(handler)
+ROUTES = [
+    _Route("/v1/embeddings", "POST", "OpenAI: embed texts or token ids", models.OpenAIEmbeddingResponse,
+           models.OpenAIEmbeddingRequest),
+    _Route("/embeddings", "POST", "llama-server: embed, answered as a list", None, models.OpenAIEmbeddingRequest),
+    _Route("/api/embed", "POST", "ollama: embed texts", models.OllamaEmbedResponse, models.OllamaEmbedRequest),
+    _Route("/api/embeddings", "POST", "ollama (older): embed one prompt, not normalized",
+           models.OllamaEmbeddingsResponse, models.OllamaEmbeddingsRequest),
+    _Route("/v1/models", "GET", "OpenAI: the served models", models.ModelList),
+    _Route("/api/tags", "GET", "ollama: the served models", models.OllamaTags),
+    _Route("/api/version", "GET", "ollama: the version of ollama's API served", models.OllamaVersion),
+    _Route("/health", "GET", "liveness (no API key needed)", models.Health),
+]
+KNOWN_PATHS = frozenset({route.path for route in ROUTES} | {"/metrics", "/openapi.json", "/docs"})
 
-    async def no_route(request: Request) -> dict[str, Any]:
+
+def make_app(service: EmbeddingService, access: Access = Access()) -> FastAPI:
+    """The ASGI application: FastAPI for /openapi.json and /docs, with the service's own checks and error
+    shapes; API keys, CORS and the request log (ids, metrics) as middleware around it."""
+    app = FastAPI(title="granite-gguf serve", version=PACKAGE_VERSION, docs_url="/docs", redoc_url=None,
+                  openapi_url="/openapi.json", description="Embeddings for OpenAI, ollama and llama-server "
+                  "clients (docs/serving.md). Errors: OpenAI's error object, `{\"error\": \"…\"}` under /api/.")
+    handlers: dict[str, Callable[[Request], Awaitable[Any]]] = {
+        "/v1/embeddings": lambda r: _post(r, service.openai_embeddings, service.limits),
+        "/embeddings": lambda r: _post(r, functools.partial(service.openai_embeddings, native=True), service.limits),
+        "/api/embed": lambda r: _post(r, service.ollama_embed, service.limits),
+        "/api/embeddings": lambda r: _post(r, service.ollama_embeddings, service.limits),
+        "/v1/models": lambda r: _now(service.models_list()),
+        "/api/tags": lambda r: _now(service.tags()),
+        "/api/version": lambda r: _now({"version": OLLAMA_API_VERSION}),
+        "/health": lambda r: _now({"status": "ok"}),
+    }
+    for route in ROUTES:
+        error = models.OllamaError if route.path.startswith("/api/") else models.OpenAIError
+        answer: Any = route.answer or list[models.LlamaServerEmbedding]
+        app.add_api_route(route.path, _answered(handlers[route.path]), methods=[route.method], summary=route.summary,
+                          response_model=None, responses={200: {"model": answer}, 400: {"model": error}},
+                          openapi_extra=_body_schema(route.request))
+
+    async def metrics(request: Request) -> Response:
+        return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    async def no_route(request: Request) -> Any:
         raise RequestError(f"no route {request.method} {request.url.path}", HTTPStatus.NOT_FOUND)
 
-    routes = [
-        Route("/v1/embeddings", post(service.openai_embeddings), methods=["POST"]),
-        Route("/embeddings", post(service.openai_embeddings), methods=["POST"]),
-        Route("/api/embed", post(service.ollama_embed), methods=["POST"]),
-        Route("/api/embeddings", post(service.ollama_embeddings), methods=["POST"]),
-        Route("/health", get(lambda: {"status": "ok"}), methods=["GET"]),
-        Route("/v1/models", get(service.models), methods=["GET"]),
-        Route("/api/tags", get(service.tags), methods=["GET"]),
-        Route("/{path:path}", _logged(no_route), methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]),
-    ]
-    return Starlette(routes=routes)
+    app.add_api_route("/metrics", metrics, methods=["GET"], summary="Prometheus metrics", response_model=None,
+                      responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
+    app.add_api_route("/{path:path}", _answered(no_route), include_in_schema=False,
+                      methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"])
+    app.openapi = functools.partial(_openapi, app)  # type: ignore[method-assign]
+    app.add_middleware(ApiKeys, keys=access.api_keys)
+    if access.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=list(access.cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type", REQUEST_ID_HEADER],
+                           expose_headers=[REQUEST_ID_HEADER], max_age=600)
+    app.add_middleware(RequestLog, metrics=service.metrics)
+    return app
+
+
+async def _post(request: Request, method: Callable[[dict[str, Any]], Awaitable[Any]], limits: Limits) -> Any:
+    return await method(await _json_body(request, limits))
+
+
+async def _now(answer: Any) -> Any:
+    return answer
+
+
+def _body_schema(model: type[BaseModel] | None) -> dict[str, Any] | None:
+    """The request body as OpenAPI shows it: the model's schema (the route reads and checks the body itself)."""
+    if model is None:
+        return None
+    ref = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's schema plus the request models, which no route declares as a parameter."""
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for route in ROUTES:
+            if route.request is not None:
+                body = route.request.model_json_schema(ref_template="#/components/schemas/{model}")
+                components.update(body.pop("$defs", {}))
+                components[route.request.__name__] = body
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
+class RequestLog:
+    """Outermost middleware: the request id (the client's `X-Request-ID` or a new one, in the log, the answer and
+    the batcher's lines), one log line per request, and the request metrics, for every answer (401s too)."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = Headers(scope=scope).get(REQUEST_ID_HEADER, "")
+        rid = given if _CLIENT_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex[:16]
+        request_id.set(rid)
+        started = time.perf_counter()
+        status = [500]
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+                MutableHeaders(scope=message).append(REQUEST_ID_HEADER, rid)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            elapsed = time.perf_counter() - started
+            route = scope["path"] if scope["path"] in KNOWN_PATHS else "other"
+            self.metrics.requests.labels(route, scope["method"], str(status[0])).inc()
+            if status[0] >= 400:
+                self.metrics.errors.labels(route, str(status[0])).inc()
+            self.metrics.latency.labels(route).observe(elapsed)
+            log.info("[%s] %s %s %d %.1f ms", rid, scope["method"], scope["path"], status[0], elapsed * 1000)
+
+
+class ApiKeys:
+    """`Authorization: Bearer KEY` on every route but /health when keys are set; else a 401 in the API's shape."""
+
+    def __init__(self, app: ASGIApp, keys: tuple[str, ...]) -> None:
+        self.app = app
+        self.keys = [key.encode() for key in keys]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.keys or scope["path"] == "/health" or self._allowed(scope):
+            await self.app(scope, receive, send)
+            return
+        error = RequestError("invalid or missing API key: send Authorization: Bearer KEY", HTTPStatus.UNAUTHORIZED,
+                             code="invalid_api_key")
+        response = _error(scope["path"], error)
+        response.headers["WWW-Authenticate"] = "Bearer"
+        await response(scope, receive, send)
+
+    def _allowed(self, scope: Scope) -> bool:
+        scheme, _, token = Headers(scope=scope).get("authorization", "").partition(" ")
+        given = token.strip().encode()
+        # compare_digest with every key: the time taken says nothing about which key, or how much of one, matched
+        matches = [hmac.compare_digest(given, key) for key in self.keys]
+        return scheme.lower() == "bearer" and any(matches)
 
 
 class _DeadlineH11Protocol(H11Protocol):
@@ -308,7 +348,7 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def make_server(service: EmbeddingService) -> uvicorn.Server:
+def make_server(service: EmbeddingService, access: Access = Access()) -> uvicorn.Server:
     """A uvicorn server for the service; run it with `server.run(sockets=[listen(host, port)])`."""
     limits = service.limits
 
@@ -316,7 +356,7 @@ def make_server(service: EmbeddingService) -> uvicorn.Server:
         head_timeout_s = limits.request_timeout_s
 
     config = uvicorn.Config(
-        make_app(service), http=Protocol,
+        make_app(service, access), http=Protocol,
         loop="asyncio", lifespan="off", access_log=False, log_config=None, timeout_keep_alive=limits.keep_alive_s,
         limit_concurrency=limits.max_connections, timeout_graceful_shutdown=limits.graceful_shutdown_s,
     )

@@ -16,6 +16,7 @@ from types import FrameType
 
 from granite_gguf import __version__
 from granite_gguf.bindings.cli import add_commands as add_embedding_commands
+from granite_gguf.bindings.cli import add_gpu_layers
 from granite_gguf.errors import UserError, missing_extra_message
 from granite_gguf.modelfiles.cli import add_commands as add_modelfile_commands
 from granite_gguf.modelfiles.registry import add_registry_commands
@@ -77,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--all", type=Path, metavar="DIR", help="also every *.gguf in DIR (a `convert --quant` set)")
     verify.add_argument("--json", type=Path, help="also write the reports as JSON")
     verify.add_argument("--threshold", type=float, help="minimum cosine (default: per file type)")
+    add_gpu_layers(verify)
     verify.set_defaults(run=run_verify)
 
     release = commands.add_parser("release", help="convert the recommended set, verify each file, certify, install "
@@ -184,7 +186,7 @@ def run_verify(args: argparse.Namespace) -> int:
     reference = run_reference(args.source)
     reports = []
     for path in paths:
-        report = compare(reference, path, args.threshold)
+        report = compare(reference, path, args.threshold, args.gpu_layers)
         print(report.table() + "\n")
         reports.append(report)
     if args.json:

@@ -209,9 +209,9 @@ class ParityReport:
         return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
-def compare(reference: Reference, gguf_path: Path, threshold: float | None = None) -> ParityReport:
-    """Run `gguf_path` through llama.cpp on the reference's texts and measure the differences."""
-    with Embedder(gguf_path, max_tokens=reference.needed) as embedder:
+def compare(reference: Reference, gguf_path: Path, threshold: float | None = None, gpu_layers: int = 0) -> ParityReport:
+    """Run `gguf_path` through llama.cpp on the reference's texts (`gpu_layers` offloaded) and measure the differences."""
+    with Embedder(gguf_path, max_tokens=reference.needed, gpu_layers=gpu_layers) as embedder:
         if threshold is None:
             threshold = default_threshold(embedder.header)
         metrics = measure(embedder, reference)

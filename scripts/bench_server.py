@@ -107,7 +107,7 @@ def old_tree(commit: str, dest: Path) -> Path:
 
 def server_command(kind: str, gguf: Path, port: int, threads: int, parallel: int, llama_server: Path) -> list[str]:
     serve = [sys.executable, "-m", "granite_gguf.cli", "serve", str(gguf), "--port", str(port), "--max-tokens", "512",
-             "--threads", str(threads)]
+             "--threads", str(threads), "--model-name", "m"]  # the name every request asks for
     if kind.startswith("ours:"):
         return [*serve, "--workers", kind.removeprefix("ours:")]
     if kind == "ours":

@@ -2,7 +2,8 @@
 # Create .venv and install granite-gguf with the extras named in $1 (default: test).
 #
 # llama-cpp-python (the version pyproject.toml pins) is compiled from source once per machine and cached as a wheel in
-# $GRANITE_GGUF_CACHE (default ~/.cache/granite-gguf), one cache per CPU feature set. The CPU
+# $GRANITE_GGUF_CACHE (default ~/.cache/granite-gguf), one cache per CPU feature set (and per CMAKE_ARGS
+# of the user's, e.g. CMAKE_ARGS="-DGGML_CUDA=on" bash scripts/install.sh for a CUDA build). The CPU
 # options come from scripts/cpu-flags.sh: every x86 extension the CPU reports except AMX (a
 # -march=native build dies with SIGILL on this project's machines, whose sandbox does not allow AMX).
 set -euo pipefail
@@ -12,8 +13,12 @@ cache="${GRANITE_GGUF_CACHE:-$HOME/.cache/granite-gguf}"
 source scripts/cpu-flags.sh
 source scripts/llama-cpp-python-version.sh
 version="$LLAMA_CPP_PYTHON_VERSION"
-wheels="$cache/wheels-llama-cpp-python-$version-$GGML_CPU_TAG"
-export CMAKE_ARGS="$GGML_CPU_FLAGS"
+# A user's own CMAKE_ARGS (e.g. -DGGML_CUDA=on for `--gpu-layers`) come after the CPU flags, so they win,
+# and name a wheel cache of their own: a GPU wheel never stands in for a CPU one, nor the reverse.
+user_cmake_args="${CMAKE_ARGS:-}"
+tag="$GGML_CPU_TAG${user_cmake_args:+-user-$(printf '%s' "$user_cmake_args" | sha256sum | cut -c1-8)}"
+wheels="$cache/wheels-llama-cpp-python-$version-$tag"
+export CMAKE_ARGS="$GGML_CPU_FLAGS${user_cmake_args:+ $user_cmake_args}"
 
 python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip

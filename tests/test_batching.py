@@ -10,9 +10,8 @@ from unittest import mock
 import numpy as np
 import pytest
 
-from granite_gguf.bindings.batching import Batcher, Options, Overloaded
+from granite_gguf.bindings.batching import Batcher, LimitTooSmall, Options, Overloaded, TooLong
 from granite_gguf.bindings.embedder import Embedder, LongInputs
-from granite_gguf.errors import UserError
 from tests.conftest import Workspace
 
 pytestmark = pytest.mark.slow
@@ -75,15 +74,13 @@ def test_a_failing_request_does_not_touch_the_others_in_its_batch(gguf: Path, re
     try:
         first = batcher.submit(blocker())
         futures = [batcher.submit(texts, strict) for texts in jobs]
-        other_dim = batcher.submit(["Matryoshka"], Options(truncate_dim=20))  # not a dimension of the file
         for i, (texts, future) in enumerate(zip(jobs, futures)):
             if i == 5:
-                with pytest.raises(UserError, match="longer than max_tokens"):
+                with pytest.raises(TooLong, match="input 1 has .* tokens, more than the limit of 512") as refused:
                     future.result(timeout=120)
+                assert refused.value.tokens == len(reference.tokenize(LONG))
                 continue
             assert min_cosine(future.result(timeout=120).vectors, reference.encode(texts, batch_size=1)) >= COSINE
-        with pytest.raises(UserError, match="not a Matryoshka dimension"):
-            other_dim.result(timeout=120)
         first.result(timeout=120)
         after = batcher.submit(["still working"]).result(timeout=120)
         assert min_cosine(after.vectors, reference.encode(["still working"])) >= COSINE
@@ -98,7 +95,20 @@ def test_options_are_kept_per_request(gguf: Path, reference: Embedder, workspace
         plain = batcher.submit(["a b c"])
         raw = batcher.submit(["a b c"], Options(normalize=False))
         cut = batcher.submit([LONG, "x"])
+        untrained = batcher.submit(["Matryoshka", "doll"], Options(truncate_dim=20))  # not a trained width: served
+        limited = batcher.submit([LONG, "x"], Options(max_tokens=40))
+        tokens = batcher.submit([tuple(reference.tokenize("a b c"))])
+        with pytest.raises(LimitTooSmall):
+            batcher.submit(["x"], Options(max_tokens=len(reference.tokenize(""))))  # room for the BOS only
         first.result(timeout=120)
+        full = reference.encode(["Matryoshka", "doll"], batch_size=1)[:, :20]
+        np.testing.assert_allclose(untrained.result(timeout=120).vectors,
+                                   full / np.linalg.norm(full, axis=1, keepdims=True), atol=1e-5)
+        short = limited.result(timeout=120)
+        assert short.truncated == [True, False] and short.token_counts[0] == len(reference.tokenize(LONG))
+        cut40 = reference.encode_tokens([reference.truncate(reference.tokenize(LONG), 40)])
+        assert min_cosine(short.vectors[:1], cut40) >= COSINE
+        assert min_cosine(tokens.result(timeout=120).vectors, reference.encode(["a b c"])) >= COSINE
         assert min_cosine(plain.result(timeout=120).vectors, reference.encode(["a b c"])) >= COSINE
         unnormalized = raw.result(timeout=120).vectors
         np.testing.assert_allclose(unnormalized, reference.encode(["a b c"], normalize_embeddings=False), atol=1e-5)

@@ -25,7 +25,8 @@ from hypothesis import strategies as st
 
 from granite_gguf.bindings.batching import Batcher
 from granite_gguf.bindings.embedder import Embedder
-from granite_gguf.bindings.server import EmbeddingService, RequestError
+from granite_gguf.bindings.server import parse_json_object
+from granite_gguf.bindings.service import EmbeddingService, RequestError, ServedModel
 from granite_gguf.certificate import key_entries, rewrite_keys
 from granite_gguf.convert.check import GGUFCheckError, check_gguf, read_header
 from granite_gguf.convert.modern_bert import ModernBertSpec
@@ -245,17 +246,25 @@ def service(fixture_dir: Path, good_gguf: bytes, tmp_path_factory: pytest.TempPa
     path.write_bytes(good_gguf)
     batcher = Batcher([Embedder(path, max_tokens=256)])
     try:
-        yield EmbeddingService(batcher, "m")
+        yield EmbeddingService([ServedModel("m", batcher)])
     finally:
         batcher.close()
 
 
+SERVER_FIELDS = ["input", "prompt", "dimensions", "encoding_format", "truncate", "model", "options", "content",
+                 "embd_normalize"]
+SERVER_VALUES = (json_values | st.lists(st.text(max_size=30), max_size=3) | st.integers(-5, 100)
+                 | st.lists(st.integers(-3, 300), max_size=4) | st.sampled_from(["m", "m:latest", "M", {"num_ctx": 3}])
+                 | st.fixed_dictionaries({"content": st.lists(st.fixed_dictionaries({"type": st.sampled_from(["text", "image_url"]),
+                                                                                     "text": st.text(max_size=8)}), max_size=2)}))
+
+
 @FUZZ
-@given(body=st.dictionaries(st.sampled_from(["input", "prompt", "dimensions", "encoding_format", "truncate", "model"]),
-                            json_values | st.lists(st.text(max_size=30), max_size=3) | st.integers(-5, 100), max_size=5),
-       route=st.integers(0, 2))
+@given(body=st.dictionaries(st.sampled_from(SERVER_FIELDS), SERVER_VALUES, max_size=6), route=st.integers(0, 2))
 @example(body={"input": "x", "dimensions": 64}, route=0)
-@example(body={"input": ["a", "\ud800"], "truncate": False}, route=1)
+@example(body={"model": "m", "input": ["a", "\ud800"], "truncate": False}, route=1)
+@example(body={"model": "m", "input": "a b c d e f", "options": {"num_ctx": 3}}, route=1)
+@example(body={"input": [[1, 2], [299]], "dimensions": 20}, route=0)
 def test_server_request_bodies(service: EmbeddingService, body: dict[str, Any], route: int) -> None:
     handler = [service.openai_embeddings, service.ollama_embed, service.ollama_embeddings][route]
     try:
@@ -263,4 +272,18 @@ def test_server_request_bodies(service: EmbeddingService, body: dict[str, Any], 
     except RequestError as exc:
         assert 400 <= exc.status < 500 and str(exc)
         return
-    json.dumps(answer)  # the answer must serialize
+    json.dumps(answer, allow_nan=False)  # the answer must serialize, with no bare NaN
+
+
+@FUZZ
+@given(raw=st.binary(max_size=64) | json_values.map(lambda v: json.dumps(v).encode()))
+@example(raw=b"[" * 100_000 + b"]" * 100_000)  # issue 21 item 14: was a 500 (RecursionError)
+@example(raw=b'{"input": "x", "dimensions": ' + b"9" * 1_000_000 + b"}")  # a 1M-digit number: was a 500
+@example(raw=b'{"a": ' * 100_000 + b"1" + b"}" * 100_000)
+def test_server_json_bodies(raw: bytes) -> None:
+    try:
+        body = parse_json_object(raw)
+    except RequestError as exc:
+        assert exc.status == 400 and str(exc)
+        return
+    assert isinstance(body, dict)

@@ -10,8 +10,6 @@ import subprocess
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,67 +19,24 @@ import requests
 from pydantic import SecretStr
 
 from granite_gguf.bindings.embedder import Embedder
-from granite_gguf.convert.source import open_checkpoint
-from granite_gguf.convert.types import OutType
-from granite_gguf.convert.writer import convert
 from tests.conftest import Workspace, cli_command
+from tests.serving import COSINE, DIMS, MAX_TOKENS, RunningServer, cosines, matryoshka_gguf, running_server, served
 
 pytestmark = [pytest.mark.slow]
 
-DIMS = (48, 32, 16)
-COSINE = 0.99999  # f32 file; the server packs inputs differently from a one-by-one reference
-START_TIMEOUT_S = 120.0
-
-
-@dataclass
-class RunningServer:
-    url: str
-    process: subprocess.Popen[bytes]
-    embedder: Embedder  # the same file in this process, for expected vectors and token counts
-    log: Path  # the server's stdout and stderr
-
-    def expected(self, texts: list[str], dim: int | None = None) -> np.ndarray:
-        return self.embedder.encode(texts, truncate_dim=dim, batch_size=1)
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-
-@contextmanager
-def running_server(gguf: Path, log: Path, *options: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """`granite-gguf serve GGUF --port 0 …` with its output in `log`; yields its URL once it listens."""
-    with log.open("wb") as sink:
-        process = subprocess.Popen(cli_command("serve", str(gguf), "--port", "0", "--max-tokens", "512", *options),
-                                   stdout=sink, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not (match := re.search(r"serving .* on (http://[\d.]+:\d+)", log.read_text(errors="replace"))):
-            assert process.poll() is None and time.monotonic() < deadline, f"server did not start:\n{log.read_text()}"
-            time.sleep(0.05)
-        yield match.group(1), process
-    finally:
-        process.terminate()
-        process.wait(timeout=60)
+MODEL = "granite"  # the name the shared server serves its file under
 
 
 @pytest.fixture(scope="module")
 def served_gguf(workspace: Workspace) -> Path:
-    path = workspace.root / "served.gguf"
-    if not path.exists():
-        convert(open_checkpoint(str(workspace.checkpoint("tiny-gemma3"))), path, OutType.F32, matryoshka_dims=DIMS)
-    return path
+    return matryoshka_gguf(workspace)
 
 
 @pytest.fixture(scope="module")
 def server(served_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     log = tmp_path_factory.mktemp("server") / "serve.log"
-    with running_server(served_gguf, log, "--workers", "2") as (url, process), \
-            Embedder(served_gguf, max_tokens=512) as embedder:
-        yield RunningServer(url, process, embedder, log)
-
-
-def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.sum(a * b, axis=1)
+    with served(served_gguf, log, "--workers", "2", "--model-name", MODEL) as server:
+        yield server
 
 
 TEXTS = ["The cat sits on the mat.", "Die Katze sitzt auf der Matte.", "猫がマットの上に座っている。", ""]
@@ -106,7 +61,7 @@ def test_openai_client_float_base64_and_dimensions(server: RunningServer) -> Non
             assert np.min(cosines(vectors, server.expected(TEXTS, dim))) >= COSINE
     assert response.usage.prompt_tokens == sum(len(server.embedder.tokenize(t)) for t in TEXTS)
     single = client.embeddings.create(model="granite", input="one string")
-    assert len(single.data) == 1 and single.model == "served"
+    assert len(single.data) == 1 and single.model == MODEL
 
 
 def test_ollama_client_embed_and_legacy_embeddings(server: RunningServer) -> None:
@@ -120,25 +75,33 @@ def test_ollama_client_embed_and_legacy_embeddings(server: RunningServer) -> Non
     assert np.min(cosines(np.array(short.embeddings), server.expected(["Matryoshka"], 16))) >= COSINE
     legacy = client.embeddings(model="granite", prompt="Matryoshka")
     assert np.min(cosines(np.array([legacy.embedding]), server.expected(["Matryoshka"]))) >= COSINE
-    with pytest.raises(ollama.ResponseError, match="longer than max_tokens"):
+    with pytest.raises(ollama.ResponseError, match='exceeds the context length.*send "truncate": true'):
         client.embed(model="granite", input="word " * 2000, truncate=False)
     assert len(client.embed(model="granite", input="word " * 2000).embeddings[0]) == 64
 
 
 BAD_REQUESTS = [
-    ("/v1/embeddings", {"model": "m"}, 400, "input"),
+    ("/v1/embeddings", {"model": MODEL}, 400, "input"),
     ("/v1/embeddings", {"input": 42}, 400, "input"),
     ("/v1/embeddings", {"input": []}, 400, "input"),
     ("/v1/embeddings", {"input": ["ok", None]}, 400, "input"),
-    ("/v1/embeddings", {"input": [[1, 2, 3]]}, 400, "token-id"),
+    ("/v1/embeddings", {"input": [[1, 2, 10**6]]}, 400, "outside this model's vocabulary"),
+    ("/v1/embeddings", {"input": [[]]}, 400, "empty list of token ids"),
     ("/v1/embeddings", {"input": "x", "dimensions": -1}, 400, "dimensions"),
-    ("/v1/embeddings", {"input": "x", "dimensions": 4096}, 400, "valid: 64, 48, 32, 16"),
-    ("/v1/embeddings", {"input": "x", "dimensions": 20}, 400, "valid: 64, 48, 32, 16"),
+    ("/v1/embeddings", {"input": "x", "dimensions": 4096}, 400, "from 1 to 64"),
+    ("/v1/embeddings", {"input": "x", "dimensions": 0}, 400, "from 1 to 64"),
+    ("/v1/embeddings", {"input": "x", "model": "other"}, 404, "`other` does not exist"),
     ("/v1/embeddings", {"input": "x", "dimensions": "32"}, 400, "dimensions"),
     ("/v1/embeddings", {"input": "x", "encoding_format": "hex"}, 400, "encoding_format"),
     ("/v1/embeddings", {"input": ["x"] * 257}, 400, "at most 256"),
-    ("/api/embed", {"input": "x", "truncate": "yes"}, 400, "truncate"),
-    ("/api/embeddings", {"prompt": ["x"]}, 400, "prompt"),
+    ("/api/embed", {"model": MODEL, "input": "x", "truncate": "yes"}, 400, "truncate"),
+    ("/api/embed", {"model": MODEL, "input": [1, 2]}, 400, "invalid input type"),
+    ("/api/embed", {"model": MODEL, "input": "x", "options": {"num_ctx": "8"}}, 400, "num_ctx"),
+    ("/api/embed", {"model": "other", "input": "x"}, 404, "model 'other' not found"),
+    ("/api/embed", {"input": "x"}, 404, "model '' not found"),
+    ("/api/embeddings", {"model": MODEL, "prompt": ["x"]}, 400, "prompt"),
+    ("/api/embeddings", {"prompt": "x"}, 400, "model is required"),
+    ("/api/embeddings", {"model": "other", "prompt": "x"}, 404, 'model "other" not found, try pulling it first'),
     ("/v2/embeddings", {"input": "x"}, 404, "no route"),
 ]
 
@@ -179,7 +142,7 @@ def test_200_concurrent_requests_with_mixed_lengths(server: RunningServer) -> No
 
     def call(texts: list[str]) -> tuple[list[str], np.ndarray]:
         path, key = ("/api/embed", "embeddings") if len(texts) % 2 else ("/v1/embeddings", "data")
-        response = requests.post(server.url + path, json={"model": "m", "input": texts}, timeout=300)
+        response = requests.post(server.url + path, json={"model": MODEL, "input": texts}, timeout=300)
         response.raise_for_status()
         rows = response.json()[key]
         return texts, np.array([row["embedding"] if isinstance(row, dict) else row for row in rows])
@@ -208,14 +171,19 @@ def test_embed_command_prints_json_lines(server: RunningServer) -> None:
     rows = np.array([json.loads(line) for line in result.stdout.splitlines()])
     assert rows.shape == (2, 16)
     assert np.min(cosines(rows, server.expected(["first text", "second text"], 16))) >= COSINE
+    # --gpu-layers reaches llama.cpp; a CPU-only build keeps every layer on the CPU, with the same vectors
+    offloaded = subprocess.run(cli_command("embed", str(server.embedder.path), "first text", "--gpu-layers", "-1"),
+                               capture_output=True, text=True, timeout=120)
+    assert offloaded.returncode == 0, offloaded.stderr
+    assert float(np.dot(json.loads(offloaded.stdout), server.expected(["first text"])[0])) >= COSINE
     bad = subprocess.run(cli_command("embed", str(server.embedder.path), "x", "--dim", "20"),
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "valid: 64, 48, 32, 16" in bad.stderr
 
 
 def test_model_listing(server: RunningServer) -> None:
-    assert requests.get(server.url + "/v1/models", timeout=30).json()["data"][0]["id"] == "served"
-    assert requests.get(server.url + "/api/tags", timeout=30).json()["models"][0]["name"] == "served"
+    assert requests.get(server.url + "/v1/models", timeout=30).json()["data"][0]["id"] == MODEL
+    assert requests.get(server.url + "/api/tags", timeout=30).json()["models"][0]["name"] == MODEL
     assert Path(server.embedder.path).stat().st_size == requests.get(server.url + "/api/tags", timeout=30).json()[
         "models"][0]["size"]
 
@@ -295,11 +263,11 @@ def test_failing_and_slow_requests_among_concurrent_ones(server: RunningServer) 
 
     def call(i: int) -> tuple[int, int, Any]:
         if i % 8 == 3:
-            body = {"model": "m", "input": [texts[i][0], "word " * 2000], "truncate": False}
+            body = {"model": MODEL, "input": [texts[i][0], "word " * 2000], "truncate": False}
         elif i % 8 == 5:
-            body = {"model": "m", "input": texts[i], "dimensions": 20}
+            body = {"model": MODEL, "input": texts[i], "dimensions": "20"}
         else:
-            body = {"model": "m", "input": texts[i]}
+            body = {"model": MODEL, "input": texts[i]}
         response = requests.post(server.url + "/api/embed", json=body, timeout=300)
         return i, response.status_code, response.json()
 
@@ -308,7 +276,7 @@ def test_failing_and_slow_requests_among_concurrent_ones(server: RunningServer) 
     for i, status, answer in answers:
         if i % 8 in (3, 5):
             assert status == 400, (i, answer)
-            assert ("longer than max_tokens" if i % 8 == 3 else "valid: 64, 48, 32, 16") in answer["error"]
+            assert ("exceeds the context length" if i % 8 == 3 else "dimensions must be an integer") in answer["error"]
             continue
         assert status == 200, (i, answer)
         for text, vector in zip(texts[i], answer["embeddings"]):
@@ -323,7 +291,7 @@ def test_a_flood_of_idle_and_slow_connections_is_bounded(served_gguf: Path, tmp_
     timeout_s = 5.0  # long enough for 32 real requests on a loaded 2-core machine
     log = tmp_path / "serve.log"
     with running_server(served_gguf, log, "--request-timeout", str(timeout_s)) as (url, process), \
-            Embedder(served_gguf, max_tokens=512) as embedder:
+            Embedder(served_gguf, max_tokens=MAX_TOKENS) as embedder:
         target = address(url)
         idle = [socket.create_connection(target, timeout=30) for _ in range(400)]
         trickling = [socket.create_connection(target, timeout=30) for _ in range(50)]
@@ -342,7 +310,7 @@ def test_a_flood_of_idle_and_slow_connections_is_bounded(served_gguf: Path, tmp_
                     sock.sendall(b"X")
                 except OSError:
                     pass
-            return np.array(client.embeddings.create(model="m", input=text).data[0].embedding)
+            return np.array(client.embeddings.create(model="served", input=text).data[0].embedding)
 
         with ThreadPoolExecutor(max_workers=16) as pool:
             vectors = np.array(list(pool.map(real, texts)))
@@ -372,7 +340,7 @@ def test_a_flood_of_idle_and_slow_connections_is_bounded(served_gguf: Path, tmp_
 def test_sigterm_finishes_the_requests_in_flight(served_gguf: Path, tmp_path: Path) -> None:
     log = tmp_path / "serve.log"
     texts = [f"{i} " + "in flight " * 150 for i in range(48)]
-    with running_server(served_gguf, log) as (url, process), Embedder(served_gguf, max_tokens=512) as embedder:
+    with running_server(served_gguf, log) as (url, process), Embedder(served_gguf, max_tokens=MAX_TOKENS) as embedder:
         expected = embedder.encode(texts, batch_size=1)
         with ThreadPoolExecutor(max_workers=1) as pool:
             pending = pool.submit(lambda: (requests.post(url + "/v1/embeddings", json={"input": texts}, timeout=300),
@@ -389,3 +357,89 @@ def test_sigterm_finishes_the_requests_in_flight(served_gguf: Path, tmp_path: Pa
         with pytest.raises(requests.ConnectionError):
             requests.get(url + "/health", timeout=5)
     assert log.read_text().rstrip().endswith("stopped")
+
+
+def strict_json(text: str) -> Any:
+    """JSON as a strict parser reads it: a bare NaN or Infinity is an error, not a float."""
+    def refuse(constant: str) -> None:
+        raise ValueError(f"bare {constant} in the answer")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_hostile_json_gets_400_in_each_shape(server: RunningServer) -> None:
+    """Issue 21 item 14: 100k-deep JSON and a 1M-digit number were 500s with a logged traceback."""
+    deep = b"[" * 100_000 + b"]" * 100_000
+    digits = b'{"input": "x", "dimensions": ' + b"9" * 1_000_000 + b"}"
+    for body in (deep, digits):
+        openai = requests.post(server.url + "/v1/embeddings", data=body, timeout=60)
+        assert openai.status_code == 400, openai.text[:200]
+        assert openai.json()["error"]["type"] == "invalid_request_error"
+        ollama = requests.post(server.url + "/api/embed", data=body, timeout=60)
+        assert ollama.status_code == 400 and isinstance(ollama.json()["error"], str)
+    assert "Traceback" not in server.log_text()
+    assert requests.post(server.url + "/v1/embeddings", json={"input": "alive"}, timeout=30).status_code == 200
+
+
+def test_token_id_input_is_embedded_as_those_tokens(server: RunningServer) -> None:
+    from openai import OpenAI
+
+    client = OpenAI(base_url=server.url + "/v1", api_key="unused")
+    ids = [server.embedder.tokenize(text) for text in TEXTS[:2]]
+    single = client.embeddings.create(model=MODEL, input=ids[0], encoding_format="float")
+    several = client.embeddings.create(model=MODEL, input=ids, encoding_format="float")
+    assert float(np.dot(single.data[0].embedding, server.expected(TEXTS[:1])[0])) >= COSINE
+    assert np.min(cosines(np.array([d.embedding for d in several.data]), server.expected(TEXTS[:2]))) >= COSINE
+    assert several.usage.prompt_tokens == sum(map(len, ids))
+
+
+def test_langchain_openai_defaults_send_tiktoken_ids(server: RunningServer, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """LangChain's OpenAIEmbeddings by default (check_embedding_ctx_length=True) tokenizes with tiktoken and
+    sends OpenAI's token ids, not this model's: offline it fails before any request (tiktoken fetches its
+    table), online its ids are the wrong tokens, refused when past the vocabulary. Hence the setting in
+    docs/serving.md, as LangChain documents it for servers other than OpenAI's."""
+    from langchain_openai import OpenAIEmbeddings
+    from pydantic import SecretStr
+
+    default = OpenAIEmbeddings(model=MODEL, base_url=server.url + "/v1", api_key=SecretStr("unused"))
+    assert default.check_embedding_ctx_length and default.tiktoken_enabled  # LangChain's defaults
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))  # no table here, and fetching one fails at once:
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")  # a closed loopback port, never the internet
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    before = server.log_text().count("POST /v1/embeddings")
+    with pytest.raises(Exception, match="(?i)proxy|connect|max retries"):
+        default.embed_documents(TEXTS[:1])
+    assert server.log_text().count("POST /v1/embeddings") == before  # it never reached the server
+    # With its table, LangChain would send a list of token-id lists: cl100k_base ids run up to 100,255
+    tiktoken_like = [[791, 8415, 23874, 389, 279, 5634, 13]]  # "The cat sits on the mat." in cl100k_base
+    refused = requests.post(server.url + "/v1/embeddings", json={"model": MODEL, "input": tiktoken_like}, timeout=30)
+    assert server.embedder.vocab_size <= 8415 and refused.status_code == 400
+    assert "check_embedding_ctx_length=False" in refused.json()["error"]["message"]
+
+
+def test_a_model_that_gives_nan_answers_500_in_each_shape(served_gguf: Path, tmp_path: Path) -> None:
+    """Issue 21 item 9, the HTTP side: a file whose weights are NaN (it passes `check`, so served here with
+    --unsafe-skip-check in case a later check refuses it) never gets a bare NaN on the wire."""
+    from gguf import GGUFReader
+
+    broken = tmp_path / "nan.gguf"
+    broken.write_bytes(served_gguf.read_bytes())
+    reader = GGUFReader(broken, "r+")
+    norms = [t for t in reader.tensors if t.name.endswith("norm.weight") and t.data.dtype == np.float32]
+    assert norms, [t.name for t in reader.tensors]
+    for tensor in norms:
+        tensor.data[...] = np.nan
+    reader.data.flush()
+    del reader
+    with running_server(broken, tmp_path / "serve.log", "--unsafe-skip-check") as (url, process):
+        for path, body in (("/v1/embeddings", {"input": "x"}), ("/embeddings", {"input": "x"}),
+                           ("/api/embed", {"model": "nan", "input": "x"}),
+                           ("/api/embeddings", {"model": "nan", "prompt": "x"})):
+            response = requests.post(url + path, json=body, timeout=60)
+            assert response.status_code == 500, (path, response.text[:300])
+            error = strict_json(response.text)["error"]
+            message = error if path.startswith("/api/") else error["message"]
+            assert "NaN or Inf" in message, (path, message)
+            assert path.startswith("/api/") or error["type"] == "server_error"
+        assert process.poll() is None
+        assert requests.get(url + "/health", timeout=30).json() == {"status": "ok"}
