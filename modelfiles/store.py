@@ -213,12 +213,22 @@ def _config(summary: GGUFSummary, layers: list[dict[str, Any]]) -> dict[str, Any
         "model_format": "gguf",
         "model_family": family,
         "model_families": [family],
-        "model_type": summary.metadata.get(Keys.General.SIZE_LABEL, ""),
+        "model_type": parameter_size(sum(summary.tensor_elements.values())),
         "file_type": file_type_label(summary).upper(),
         "architecture": "amd64",
         "os": "linux",
         "rootfs": {"type": "layers", "diff_ids": [layer["digest"] for layer in layers]},
     }
+
+
+def parameter_size(parameters: int) -> str:
+    """ollama's format.HumanNumber (format/format.go, the same at 0.5.4 and fb30760) of the GGUF's parameter count, the
+    sum of every tensor's elements (fs/ggml/gguf.go): create stores it as model_type, `ollama show` as "parameters"."""
+    for unit, suffix, decimals in ((10**9, "B", 1), (10**6, "M", 2)):
+        if parameters >= unit:
+            number = parameters / unit
+            return f"{number:.0f}{suffix}" if number == int(number) else f"{number:.{decimals}f}{suffix}"
+    return f"{parameters / 1000:.0f}K" if parameters >= 1000 else str(parameters)
 
 
 def _go_json(value: Any) -> bytes:

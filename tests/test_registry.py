@@ -69,7 +69,7 @@ def running(pid: int) -> bool:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
-    """The redirecting registry: docker-registry on 127.0.0.1, its blobs served by nginx on localhost."""
+    """The redirecting registry: docker-registry on 127.0.0.1, its blobs served by nginx on 127.0.0.2."""
     yield from start_registry(tmp_path_factory)
 
 
@@ -286,7 +286,7 @@ def expected_tree(store: Path, host: str) -> dict[str, bytes]:
 def blob_file_urls(log: list[tuple[str, str, dict[str, Any]]], host: str) -> list[str]:
     """The URLs of ranged GETs: each must be a blob file on nginx, known only from the registry's Location."""
     urls = [url for method, url, headers in log if method == "GET" and "Range" in headers]
-    blob_file = re.compile(r"http://localhost:[0-9]+/docker/registry/v2/blobs/sha256/[0-9a-f]{2}/[0-9a-f]{64}/data")
+    blob_file = re.compile(r"http://127\.0\.0\.2:[0-9]+/docker/registry/v2/blobs/sha256/[0-9a-f]{2}/[0-9a-f]{64}/data")
     assert urls and all(blob_file.fullmatch(url) for url in urls), urls
     assert not any(url.startswith(f"http://{host}/") and "Range" in headers for _, url, headers in log)
     return urls
