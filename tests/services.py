@@ -22,7 +22,6 @@ from pathlib import Path
 import pytest
 import requests
 
-from granite_gguf.files import cache_dir
 from tests.conftest import free_port
 
 START_TIMEOUT_S = 60.0
@@ -132,6 +131,36 @@ def ollama_server(root: Path) -> Iterator[Ollama]:
         yield server
 
 
-def ollama_cache_folder() -> Path:
-    """Where scripts/install-ollama.sh puts ollama (the link in .venv/bin points there)."""
-    return cache_dir() / "ollama-0.5.4-ipexllm"
+REGISTRY_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "start-registry.sh"
+
+
+def start_registry(tmp_path_factory: pytest.TempPathFactory, *flags: str) -> Iterator[tuple[str, Path]]:
+    """(host:port, storage folder) of a registry started by scripts/start-registry.sh; stops every process it started."""
+    for binary in ("docker-registry", "nginx"):
+        if shutil.which(binary, path=f"{os.environ.get('PATH', '')}:/usr/sbin") is None:
+            pytest.fail(f"{binary} is missing: .ci/run installs it (scripts/install-test-services.sh)")
+    data = tmp_path_factory.mktemp("registry")
+    port = free_port()
+    started = subprocess.run([str(REGISTRY_SCRIPT), *flags, str(port), str(data)], check=False, capture_output=True,
+                             text=True, timeout=60)
+    assert started.returncode == 0, started.stderr
+    pids = [int(line) for line in started.stdout.split()]
+    assert len(pids) == (1 if flags else 2)
+    try:
+        yield f"127.0.0.1:{port}", data / "storage"
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGTERM)
+        for pid in pids:
+            for _ in range(50):
+                if not running(pid):
+                    break
+                time.sleep(0.1)
+
+
+def running(pid: int) -> bool:
+    """True while `pid` exists and is not a zombie (a process whose parent script has exited may stay one)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
