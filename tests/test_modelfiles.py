@@ -51,8 +51,9 @@ def test_valid_modelfile_parses_as_ollama_reads_it() -> None:
     assert [(ins.keyword, ins.line) for ins in modelfile.instructions][:2] == [("FROM", 3), ("PARAMETER", 4)]
     assert modelfile.values("FROM") == ["./model.gguf"]
     assert modelfile.values("SYSTEM") == ["You are # a value, not a comment"]
-    assert modelfile.values("TEMPLATE") == ["{{ .Prompt }}\n# inside quotes this line is text\n"]
-    assert modelfile.values("LICENSE") == ['apache-2.0\nwith "quotes" inside', "second license"]
+    # ollama keeps line breaks inside quotes as they are: CRLF here
+    assert modelfile.values("TEMPLATE") == ["{{ .Prompt }}\r\n# inside quotes this line is text\r\n"]
+    assert modelfile.values("LICENSE") == ['apache-2.0\r\nwith "quotes" inside', "second license"]
     assert modelfile.values("MESSAGE") == ["hello there"]
     assert modelfile.parameters() == {
         "num_batch": 8192, "num_ctx": 8192, "seed": -1, "stop": ["<|end|>", "#not a comment here"],
