@@ -240,6 +240,17 @@ class _Parser:
         kept: list[str] = []
         first = last = -1  # indexes in `kept` of the first and last character that is not space, tab, CR or LF
         while i < len(text):
+            plain = _PLAIN.match(text, i)
+            if plain:  # printable ASCII, spaces and tabs: the common case, taken a run at a time
+                chunk = plain.group()
+                body = chunk.strip(" \t")
+                if body:
+                    if first < 0:
+                        first = len(kept) + chunk.index(body[0])
+                    last = len(kept) + len(chunk.rstrip(" \t")) - 1
+                kept.extend(chunk)
+                i = plain.end()
+                continue
             char = text[i]
             if char in "\r\n":
                 value = _complete(kept, first, last)
@@ -267,6 +278,7 @@ class _Parser:
 
 
 _LETTERS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+_PLAIN = re.compile(r"[\t -~]+")
 _DIGITS = "0123456789"
 
 
