@@ -60,4 +60,4 @@ runs "$work/ollama/ollama" || { echo "error: the installed ollama does not run" 
 rm -rf "$dest"
 mv "$work/ollama" "$dest"   # same file system: a rename
 link_into_venv
-echo "ollama: $binary ($(HOME="$dest/home" "$binary" --version 2>&1 | tail -n 1))"
+echo "ollama: $binary (version $(HOME="$dest/home" "$binary" --version 2>&1 | sed -n "s/.*client version is //p"))"
