@@ -123,5 +123,7 @@ def test_granite_gguf_reads_the_modelfile_as_ollama_does(case: Case, ollama: Oll
     if isinstance(result.install, str) and any(words in result.install for words in UNSUPPORTED):
         return  # deliberate: ADAPTER, MESSAGE, the newer instructions and a second FROM are not installed
     assert isinstance(result.install, Stored), f"ollama accepts, granite-gguf install refuses: {result.install}"
-    assert result.install.manifest == result.ollama.manifest
-    assert result.install.blobs == result.ollama.blobs
+    theirs = result.ollama
+    assert isinstance(theirs, Stored)
+    assert result.install.manifest == theirs.manifest
+    assert result.install.blobs == theirs.blobs
