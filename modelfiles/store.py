@@ -29,6 +29,7 @@ from granite_gguf.modelfiles.modelfile import (
     Modelfile,
     embedding_modelfile,
     file_type_label,
+    go_float32_json,
     load_modelfile,
 )
 
@@ -151,7 +152,7 @@ def install(source: Path, name: str, models_dir: Path | None = None) -> StoredMo
     with store_lock(root):
         layers = [_put_file(blobs, MODEL_MEDIA_TYPE, gguf)]
         layers += [_put_bytes(blobs, media_type, value.encode()) for keyword, media_type in TEXT_LAYERS.items()
-                   for value in modelfile.values(keyword)]
+                   for value in _text_values(modelfile, keyword)]
         params = modelfile.parameters()
         if params:
             layers.append(_put_bytes(blobs, PARAMS_MEDIA_TYPE, _go_json(params)))
@@ -160,6 +161,14 @@ def install(source: Path, name: str, models_dir: Path | None = None) -> StoredMo
         data = _go_json(manifest)
         write_atomic(path, lambda out: out.write(data))
         return _stored(model_name, path)
+
+
+def _text_values(modelfile: Modelfile, keyword: str) -> list[str]:
+    """server/create.go at fb30760: the last TEMPLATE and SYSTEM unless empty, every LICENSE (an empty one too)."""
+    values = modelfile.values(keyword)
+    if keyword == "LICENSE":
+        return values
+    return values[-1:] if values and values[-1] else []
 
 
 def list_models(models_dir: Path | None = None) -> list[StoredModel]:
@@ -201,9 +210,11 @@ def _gguf_of(modelfile: Modelfile, modelfile_path: Path) -> Path:
 
 
 def _refuse_unsupported(modelfile: Modelfile, source: Path) -> None:
-    for keyword in ("ADAPTER", "MESSAGE"):
+    for keyword in ("ADAPTER", "MESSAGE", "REQUIRES", "RENDERER", "PARSER", "DRAFT"):
         if modelfile.values(keyword):
             raise UserError(f"{source}: {keyword} is not supported by granite-gguf ollama install")
+    if len(modelfile.values("FROM")) > 1:
+        raise UserError(f"{source}: more than one FROM; granite-gguf ollama install stores one GGUF")
 
 
 def _config(summary: GGUFSummary, layers: list[dict[str, Any]]) -> dict[str, Any]:
@@ -213,7 +224,7 @@ def _config(summary: GGUFSummary, layers: list[dict[str, Any]]) -> dict[str, Any
         "model_format": "gguf",
         "model_family": family,
         "model_families": [family],
-        "model_type": summary.metadata.get(Keys.General.SIZE_LABEL, ""),
+        "model_type": parameter_size(sum(summary.tensor_elements.values())),
         "file_type": file_type_label(summary).upper(),
         "architecture": "amd64",
         "os": "linux",
@@ -221,12 +232,35 @@ def _config(summary: GGUFSummary, layers: list[dict[str, Any]]) -> dict[str, Any
     }
 
 
+def parameter_size(parameters: int) -> str:
+    """ollama's format.HumanNumber (format/format.go, the same at 0.5.4 and fb30760) of the GGUF's parameter count, the
+    sum of every tensor's elements (fs/ggml/gguf.go): create stores it as model_type, `ollama show` as "parameters"."""
+    for unit, suffix, decimals in ((10**9, "B", 1), (10**6, "M", 2)):
+        if parameters >= unit:
+            number = parameters / unit
+            return f"{number:.0f}{suffix}" if number == int(number) else f"{number:.{decimals}f}{suffix}"
+    return f"{parameters / 1000:.0f}K" if parameters >= 1000 else str(parameters)
+
+
 def _go_json(value: Any) -> bytes:
-    """JSON as Go's json.Encoder writes it: compact, UTF-8, HTML characters escaped, one trailing newline."""
-    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-    for char in "<>&\u2028\u2029":
-        text = text.replace(char, f"\\u{ord(char):04x}")
-    return (text + "\n").encode()
+    """JSON as Go's json.Encoder writes it: compact, UTF-8, HTML characters escaped, one trailing newline; floats are
+    api.Options float32s, printed as Go prints a float32 (go_float32_json)."""
+    return (_go_encode(value) + "\n").encode()
+
+
+def _go_encode(value: Any) -> str:
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{_go_encode(str(key))}:{_go_encode(item)}" for key, item in value.items()) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(_go_encode(item) for item in value) + "]"
+    if isinstance(value, float):
+        return go_float32_json(value)
+    if isinstance(value, str):
+        text = json.dumps(value, ensure_ascii=False)
+        for char in "<>&\u2028\u2029":
+            text = text.replace(char, f"\\u{ord(char):04x}")
+        return text
+    return json.dumps(value)  # int, bool, None
 
 
 def _layer(media_type: str, digest: str, size: int) -> dict[str, Any]:
