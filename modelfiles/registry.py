@@ -442,7 +442,7 @@ class _Registry:
         if not location:
             raise UserError(f"registry {self.host}: blob {digest}: HTTP {response.status_code} without a Location "
                             "header; `ollama pull` fails on it too ('http: no Location header in response'): serve "
-                            "blobs through a redirect (README: push, pull)")
+                            "blobs through a redirect (docs/commands.md: push, pull)")
         return urljoin(url, location)
 
 

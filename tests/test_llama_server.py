@@ -2,7 +2,7 @@
 
 Two binaries, each test through both (RUNNERS):
 - llama-server 0.3.36, built by scripts/build-llama-server.sh from the same llama.cpp as the bindings, started the
-  way the README's llama-server section says;
+  way docs/commands.md's llama-server section says;
 - ollama's runner: llama-server at llama.cpp b10488 with ollama's compat hooks (scripts/build-ollama-runner.sh),
   started with the arguments ollama fb30760 passes for an embedding model (ollama_runner_arguments), num_ctx and
   num_batch taken from the Modelfile granite-gguf writes for the file. The nearest test to `ollama embed` this
@@ -60,7 +60,7 @@ SHORT_TEXTS = [
 
 
 def readme_arguments(gguf: Path, port: int, n: int) -> list[str]:
-    """llama-server as the README runs it: context, batch and micro-batch all `n` (a non-causal model must get each
+    """llama-server as docs/commands.md runs it: context, batch and micro-batch all `n` (a non-causal model must get each
     input in one micro-batch), one slot, flash attention on as the bindings run it."""
     return ["-m", str(gguf), "--embedding", "--host", "127.0.0.1", "--port", str(port), "-c", str(n), "-b", str(n),
             "-ub", str(n), "-np", "1", "-t", "2", "-fa", "on", "--no-webui"]
