@@ -6,9 +6,10 @@ demo:
 	.venv/bin/granite-gguf demo --outdir out
 
 test:
-	bash scripts/install-test-services.sh
 	bash scripts/install.sh test
+	bash scripts/install-test-services.sh
 	bash scripts/build-llama-server.sh
+	bash scripts/build-ollama-runner.sh
 	.venv/bin/ruff check .
 	.venv/bin/python scripts/typecheck.py
 	.venv/bin/python -m pytest -q

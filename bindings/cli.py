@@ -148,15 +148,11 @@ def run_embed(args: argparse.Namespace) -> int:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from granite_gguf.errors import UserError
-
-    try:
-        from granite_gguf.bindings.server import listen, make_server
-    except ModuleNotFoundError as exc:
-        raise UserError(f"serve needs {exc.name}: pip install 'granite-gguf[serve]'") from None
     from granite_gguf.bindings.defaults import Access
     from granite_gguf.bindings.embedder import default_layout, usable_threads
+    from granite_gguf.bindings.server import listen, make_server  # the serve extra; granite_gguf.cli names it if missing
     from granite_gguf.bindings.service import EmbeddingService, ServedModel
+    from granite_gguf.errors import UserError
 
     if args.environment_problems:
         raise UserError("; ".join(args.environment_problems))

@@ -11,7 +11,9 @@ Memory is bounded by one batch whatever the corpus size.
 
 from __future__ import annotations
 
+import hashlib
 import json
+from array import array
 from collections.abc import Collection, Iterator
 from dataclasses import asdict, dataclass
 from enum import Enum
@@ -25,7 +27,7 @@ import pyarrow.parquet as pq
 from granite_gguf.bindings.defaults import DEFAULT_BATCH_ROWS
 from granite_gguf.bindings.embedder import Embedder
 from granite_gguf.errors import UserError
-from granite_gguf.files import atomic_output
+from granite_gguf.files import atomic_output, open_regular, parse_json, sha256_of_file
 
 MANIFEST = "_job.json"
 SHARD_GLOB = "part-*.parquet"
@@ -113,6 +115,11 @@ class CorpusReader:
                 raise UserError(f"{self.path}: column {self.text_field!r} is {schema.field(self.text_field).type}, "
                                 "not text")
             id_type = schema.field(self.id_field).type if self.id_field in schema.names else None
+            if id_type is not None and not (pa.types.is_integer(id_type) or pa.types.is_string(id_type)
+                                            or pa.types.is_large_string(id_type)):
+                raise UserError(f"{self.path}: column {self.id_field!r} is {id_type}; ids must be integers or strings")
+            self.id_type = id_type
+            self._refuse_duplicate_ids()
             return file.metadata.num_rows, id_type
         with self.path.open("rb") as lines:
             first = next(lines, b"")
@@ -126,15 +133,30 @@ class CorpusReader:
             raise UserError(f"row 0: id {value!r} is neither an integer nor a string")
         else:
             self.id_type = pa.int64() if isinstance(value, int) else pa.string()
-        for _ in self._rows():  # every line JSON, every text a string, every id of the first row's type
-            pass
+        self._refuse_duplicate_ids()  # reads every row: each line JSON, each text a string, each id of the first's type
         return rows, self.id_type
 
+    def _refuse_duplicate_ids(self) -> None:
+        """Every id once (a duplicate would make two output rows one key). One pass, 8 bytes per row: integer
+        ids as they are, strings by a 64-bit BLAKE2b digest; equal digests are then compared as the ids."""
+        if self.id_type is None:
+            for _ in self._rows():
+                pass
+            return
+        keys = array("q", (_id_key(identifier) for _, identifier in self._rows()))
+        ordered = np.sort(np.frombuffer(keys, dtype=np.int64)) if keys else np.zeros(0, np.int64)
+        repeated = set(ordered[1:][ordered[1:] == ordered[:-1]].tolist())
+        if not repeated:
+            return
+        seen: set[Any] = set()
+        for row, (_, identifier) in enumerate(self._rows()):
+            if _id_key(identifier) in repeated:
+                if identifier in seen:
+                    raise UserError(f"{self.path}: row {row}: id {identifier!r} appears more than once")
+                seen.add(identifier)
+
     def _json_row(self, line: bytes, row: int) -> dict[str, Any]:
-        try:
-            value = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise UserError(f"{self.path}: line {row + 1} is not JSON ({exc})") from None
+        value = parse_json(line, f"{self.path}: line {row + 1}")
         if not isinstance(value, dict):
             raise UserError(f"{self.path}: line {row + 1} is not a JSON object")
         return value
@@ -191,14 +213,25 @@ class CorpusReader:
         return identifier
 
 
+def _id_key(identifier: int | str) -> int:
+    """An id as a signed 64-bit key: an integer itself, a string its 64-bit BLAKE2b digest."""
+    if isinstance(identifier, int):
+        return identifier
+    return int.from_bytes(hashlib.blake2b(identifier.encode("utf-8", "surrogatepass"), digest_size=8).digest(),
+                          "little", signed=True)
+
+
 @dataclass(frozen=True)
 class JobSpec:
-    """What a folder of shards was made from: a restart must match it."""
+    """What a folder of shards was made from: a restart must match it. The input and the model are named by
+    their content (sha256), so a shuffled corpus or another model of the same size is noticed."""
 
     input: str
     input_bytes: int
+    input_sha256: str
     model: str
     model_bytes: int
+    model_sha256: str
     dim: int | None
     batch_rows: int
     max_tokens: int
@@ -222,7 +255,14 @@ def shard_path(out: Path, index: int) -> Path:
 def _check_manifest(out: Path, spec: JobSpec) -> None:
     manifest = out / MANIFEST
     if manifest.exists():
-        earlier, now = json.loads(manifest.read_text()), asdict(spec)
+        try:
+            with open_regular(manifest) as handle:
+                earlier = parse_json(handle.read(), str(manifest))
+        except OSError as exc:
+            raise UserError(f"{manifest}: cannot read ({exc.strerror})") from None
+        now = asdict(spec)
+        if not isinstance(earlier, dict):
+            raise UserError(f"{manifest}: not a job record; use a new --out folder or remove it")
         if earlier != now:
             changed = sorted(key for key in earlier.keys() | now.keys() if earlier.get(key) != now.get(key))
             raise UserError(f"{out} holds shards of another job (different {', '.join(changed)}); "
@@ -246,8 +286,9 @@ def run_job(input_path: Path, model: Path, out: Path, *, text_field: str = "text
     with Embedder(model, n_threads=threads, max_tokens=max_tokens, gpu_layers=gpu_layers) as embedder:
         embedder.checked_dim(dim)  # refuse a wrong --dim before any output
         out.mkdir(parents=True, exist_ok=True)
-        spec = JobSpec(str(input_path.resolve()), input_path.stat().st_size, str(model.resolve()),
-                       model.stat().st_size, dim, batch_rows, embedder.max_tokens, text_field, id_field)
+        spec = JobSpec(str(input_path.resolve()), input_path.stat().st_size, sha256_of_file(input_path),
+                       str(model.resolve()), model.stat().st_size, sha256_of_file(model), dim, batch_rows,
+                       embedder.max_tokens, text_field, id_field)
         _check_manifest(out, spec)
         shards = -(-reader.rows // batch_rows)
         done = {index for index in range(shards) if shard_path(out, index).exists()}

@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from granite_gguf.convert.check import read_header, without_large_arrays
-from granite_gguf.convert.check_cache import checked_header
+from granite_gguf.convert.check import CheckedFile
+from granite_gguf.convert.check_cache import checked_file
 from granite_gguf.convert.inspect import summarize
 from granite_gguf.errors import UserError
 
@@ -50,6 +50,11 @@ class LongInputs(Enum):
     TRUNCATE = "truncate"  # keep the first tokens (special tokens kept), warn with a count
     ERROR = "error"  # refuse the whole call before any work
     CHUNK = "chunk"  # overlapping windows, vectors averaged (weighted by length) and re-normalized
+
+
+class NonFiniteVectorError(UserError):
+    """llama.cpp computed a vector holding NaN or infinity (weights that are NaN or overflow): refused rather than
+    returned, as JSON cannot carry it and a search index would be poisoned by it."""
 
 
 @dataclass
@@ -134,14 +139,19 @@ class Embedder:
                  max_tokens: int | None = None, batch_tokens: int = DEFAULT_BATCH_TOKENS,
                  flash_attn: bool = True, unsafe_skip_check: bool = False, workers: int | None = None) -> None:
         """`n_threads` CPUs in all, split between `workers` contexts (default: `default_layout`)."""
-        import llama_cpp
-
         self.path = Path(path)
         if not self.path.is_file():
             raise UserError(f"{self.path}: no such GGUF file")
         # llama.cpp aborts the whole process on some malformed files: validate unless told not to
-        # (once per version of the file: a pass is remembered, convert/check_cache.py).
-        header = without_large_arrays(read_header(self.path)) if unsafe_skip_check else checked_header(self.path)
+        # (once per version of the file: a pass is remembered, convert/check_cache.py), and load the file
+        # that was checked, through its open descriptor, whatever is renamed over the path meanwhile.
+        with checked_file(self.path, check=not unsafe_skip_check) as (header, load_path):
+            self._load(header, load_path, n_threads, gpu_layers, max_tokens, batch_tokens, flash_attn, workers)
+
+    def _load(self, header: CheckedFile, load_path: str, n_threads: int | None, gpu_layers: int, max_tokens: int | None,
+              batch_tokens: int, flash_attn: bool, workers: int | None) -> None:
+        import llama_cpp
+
         summary = summarize(header)
         if summary.pooling not in ("CLS", "MEAN", "LAST"):
             raise UserError(f"{self.path}: pooling {summary.pooling} gives no sentence vector; not an embedding model")
@@ -168,7 +178,7 @@ class Embedder:
         # The smallest context llama-cpp-python's rule allows; `_Context.reserve` grows it to what inputs need.
         with _llama_load_log() as load_log:
             self._llama = llama_cpp.Llama(
-                model_path=str(self.path), embedding=True, n_ctx=MAX_SEQUENCES_PER_DECODE,
+                model_path=load_path, embedding=True, n_ctx=MAX_SEQUENCES_PER_DECODE,
                 n_batch=MAX_SEQUENCES_PER_DECODE, n_ubatch=MAX_SEQUENCES_PER_DECODE, n_threads=threads,
                 n_threads_batch=threads, n_gpu_layers=gpu_layers, flash_attn=flash_attn, verbose=False,
             )
@@ -249,6 +259,11 @@ class Embedder:
         """One row per owner (pieces embedded, the model's Normalize, chunks averaged, `dim` kept, L2), and
         each owner's token count before any cut."""
         vectors = self._embed(pieces, batch_size, show_progress_bar)
+        bad = np.flatnonzero(~np.isfinite(vectors).all(axis=1))
+        if bad.size:
+            raise NonFiniteVectorError(f"{self.path}: the model gave a vector with NaN or infinite values for input "
+                                       f"{pieces[bad[0]].owner} ({bad.size} of {len(pieces)} sequences); its weights "
+                                       "are broken")
         if self.normalize:
             vectors = _l2(vectors)
         rows = np.zeros((n_items, self.dimension), dtype=np.float32)

@@ -18,7 +18,17 @@ from granite_gguf.errors import UserError
 if TYPE_CHECKING:
     from granite_gguf.convert.source import Checkpoint
 
-KeyKind = Literal["size", "int", "float"]  # "size": a positive integer below 2**24
+KeyKind = Literal["size", "int", "float", "bool", "string"]  # "size": a positive integer below 2**24
+
+
+@dataclass(frozen=True)
+class KeyRule:
+    """A key llama.cpp reads when it loads or runs the model, and the values it survives: outside them it
+    aborts the process (a GGML_ASSERT) or computes garbage, so the checker refuses the file."""
+
+    kind: KeyKind
+    allowed: Callable[[Any, Mapping[str, Any]], bool]  # (value, the file's metadata) → acceptable
+    expect: str  # what `allowed` accepts, for the message
 
 
 class Spec(Protocol):
@@ -42,6 +52,7 @@ class Architecture:
     hf_architectures: tuple[str, ...]  # config.json `architectures` it converts
     read_spec: Callable[[Checkpoint, tuple[int, ...] | None], Spec]
     required_keys: Mapping[str, KeyKind]  # GGUF keys llama.cpp's loader needs
+    key_rules: Mapping[str, KeyRule]  # every key llama.cpp reads for this architecture, checked when present
     dimensions_from_metadata: Callable[[Mapping[str, Any]], Any]
     tensor_shapes: Callable[[Any, int], dict[str, tuple[int, ...]]]  # (dimensions, vocab) → GGUF name → numpy shape
 

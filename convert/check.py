@@ -9,17 +9,20 @@ tensor's type, shape, offset and size within the data section. Limits and reason
 
 from __future__ import annotations
 
+import os
 import struct
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType, Keys
 
 from granite_gguf.convert import keys
 from granite_gguf.convert.architecture import KeyKind, for_gguf, registered
 from granite_gguf.convert.tokenizer import MAX_VOCAB
 from granite_gguf.errors import UserError
+from granite_gguf.files import open_regular
 
 MAGIC = b"GGUF"
 VERSIONS = (2, 3)
@@ -42,10 +45,15 @@ SCALARS = {
 INTEGER_TYPES = {GGUFValueType.UINT8, GGUFValueType.INT8, GGUFValueType.UINT16, GGUFValueType.INT16,
                  GGUFValueType.UINT32, GGUFValueType.INT32, GGUFValueType.UINT64, GGUFValueType.INT64}
 MAX_SIZE = 1 << 24  # bound on a "size" key (context, widths, layer and head counts)
+KIND_TYPES: dict[KeyKind, set[GGUFValueType]] = {
+    "size": INTEGER_TYPES, "int": INTEGER_TYPES, "float": {GGUFValueType.FLOAT32, GGUFValueType.FLOAT64},
+    "bool": {GGUFValueType.BOOL}, "string": {GGUFValueType.STRING},
+}
 TOKENIZER_ARRAYS = {
     Keys.Tokenizer.TOKEN_TYPE: GGUFValueType.INT32, Keys.Tokenizer.SCORES: GGUFValueType.FLOAT32,
     Keys.Tokenizer.MERGES: GGUFValueType.STRING,
 }
+TOKENIZER_MODEL = "gpt2"  # llama.cpp's other vocabularies (SPM, WPM, UGM) have their own asserts, not audited
 SPECIAL_ID_KEYS = (Keys.Tokenizer.BOS_ID, Keys.Tokenizer.EOS_ID, Keys.Tokenizer.UNK_ID, Keys.Tokenizer.SEP_ID,
                    Keys.Tokenizer.PAD_ID, keys.CLS_ID, Keys.Tokenizer.MASK_ID)
 
@@ -148,13 +156,14 @@ def read_header(path: Path) -> CheckedFile:
     file in about a second instead of twenty).
     """
     try:
-        size = path.stat().st_size
-        with path.open("rb") as handle:
-            return _read_header(_Reader(handle, size), path)
+        with open_regular(path) as handle:
+            return _read_header(_Reader(handle, os.fstat(handle.fileno()).st_size), path)
     except OSError as exc:
         raise GGUFCheckError(f"{path}: cannot read ({exc.strerror})") from None
     except GGUFCheckError as exc:
         raise GGUFCheckError(f"{path}: {exc}") from None
+    except UserError as exc:  # not a regular file: already names it
+        raise GGUFCheckError(str(exc)) from None
 
 
 def read_keys(handle: IO[bytes], size: int, path: Path) -> CheckedFile:
@@ -290,6 +299,11 @@ def _check_model(checked: CheckedFile) -> None:
     dims = architecture.dimensions_from_metadata(meta)
     if dims.hidden % dims.heads:
         raise GGUFCheckError("embedding_length is not a multiple of attention.head_count")
+    for key, rule in architecture.key_rules.items():
+        if key in meta:
+            _check_key(checked, key, rule.kind)
+            if not rule.allowed(meta[key], meta):
+                raise GGUFCheckError(f"{key} = {meta[key]!r}: llama.cpp needs {rule.expect}")
     n_vocab = _check_vocab(checked)
     expected = architecture.tensor_shapes(dims, n_vocab)
     found = {tensor.name: tensor for tensor in checked.tensors}
@@ -299,6 +313,22 @@ def _check_model(checked: CheckedFile) -> None:
         if found[name].dims != tuple(reversed(shape)):
             raise GGUFCheckError(f"tensor {name} has shape {list(found[name].dims)}, the metadata implies "
                                  f"{list(reversed(shape))}")
+    _check_vectors(checked, [found[name] for name, shape in expected.items() if len(shape) == 1])
+
+
+def _check_vectors(checked: CheckedFile, vectors: list[TensorInfo]) -> None:
+    """The 1-D tensors (norm weights: a few thousand values in all) are F32 and finite. llama.cpp multiplies
+    F32 activations by them and aborts on any other type (ggml-cpu binary_op: "unsupported types"); a NaN
+    there makes every vector NaN. The matrices (hundreds of MiB) are not read: the Embedder refuses a
+    non-finite vector instead."""
+    with open_regular(checked.path) as handle:
+        for tensor in vectors:
+            if tensor.ggml_type != GGMLQuantizationType.F32:
+                raise GGUFCheckError(f"tensor {tensor.name} is {tensor.ggml_type.name}; llama.cpp needs 1-D tensors in F32")
+            handle.seek(checked.data_start + tensor.offset)
+            values = np.frombuffer(handle.read(tensor.n_bytes), dtype="<f4")
+            if not np.isfinite(values).all():
+                raise GGUFCheckError(f"tensor {tensor.name} holds NaN or infinite values")
 
 
 def _check_key(checked: CheckedFile, key: str, kind: KeyKind) -> None:
@@ -306,9 +336,8 @@ def _check_key(checked: CheckedFile, key: str, kind: KeyKind) -> None:
     if key not in checked.metadata:
         raise GGUFCheckError(f"required key {key} is missing")
     value_type = checked.value_types[key]
-    is_float = value_type in (GGUFValueType.FLOAT32, GGUFValueType.FLOAT64)
-    if (kind == "float" and not is_float) or (kind != "float" and value_type not in INTEGER_TYPES):
-        raise GGUFCheckError(f"key {key} has type {value_type.name}, expected {'float' if kind == 'float' else 'int'}")
+    if value_type not in KIND_TYPES[kind]:
+        raise GGUFCheckError(f"key {key} has type {value_type.name}, expected {'int' if kind == 'size' else kind}")
     if kind == "size" and not 0 < checked.metadata[key] < MAX_SIZE:
         raise GGUFCheckError(f"{key} = {checked.metadata[key]} is out of range")
 
@@ -321,8 +350,13 @@ def _check_vocab(checked: CheckedFile) -> int:
         raise GGUFCheckError(f"{Keys.Tokenizer.LIST} is missing or not an array of strings")
     if len(tokens) > MAX_VOCAB:
         raise GGUFCheckError(f"vocabulary of {len(tokens)} tokens exceeds the limit {MAX_VOCAB}")
-    if not isinstance(meta.get(Keys.Tokenizer.MODEL), str):
-        raise GGUFCheckError(f"{Keys.Tokenizer.MODEL} is missing")
+    if meta.get(Keys.Tokenizer.MODEL) != TOKENIZER_MODEL:
+        raise GGUFCheckError(f"{Keys.Tokenizer.MODEL} = {meta.get(Keys.Tokenizer.MODEL)!r}; only {TOKENIZER_MODEL!r} (BPE), "
+                             "the vocabulary granite-gguf writes, is checked")
+    for flag, special in ((Keys.Tokenizer.ADD_BOS, Keys.Tokenizer.BOS_ID), (Keys.Tokenizer.ADD_EOS, Keys.Tokenizer.EOS_ID)):
+        if meta.get(flag, True) is not False and special not in meta:
+            raise GGUFCheckError(f"{flag} is true or absent but {special} is missing (llama.cpp asserts on a missing "
+                                 "special token when it adds one)")
     for key, item_type in TOKENIZER_ARRAYS.items():
         if key not in meta:
             continue

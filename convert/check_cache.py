@@ -16,6 +16,9 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -23,13 +26,21 @@ from typing import Any
 from gguf import GGMLQuantizationType, GGUFValueType
 
 from granite_gguf import __version__
-from granite_gguf.convert.check import CheckedFile, OmittedArray, TensorInfo, check_gguf, without_large_arrays
+from granite_gguf.convert.check import (
+    CheckedFile,
+    OmittedArray,
+    TensorInfo,
+    check_gguf,
+    read_header,
+    without_large_arrays,
+)
 from granite_gguf.errors import UserError
-from granite_gguf.files import atomic_output, cache_dir
+from granite_gguf.files import atomic_output, cache_dir, open_regular
 
 log = logging.getLogger(__name__)
 
 MAX_REMEMBERED = 256  # entries kept; the oldest are removed beyond this
+FD_FOLDER = "/proc/self/fd"  # Linux: each open descriptor by number, opening the same file
 
 
 def checked_header(path: Path, recheck: bool = False) -> CheckedFile:
@@ -44,6 +55,17 @@ def checked_header(path: Path, recheck: bool = False) -> CheckedFile:
     if before is not None and _identity(path) == before:  # unchanged while it was read
         _remember(path, before, header)
     return header
+
+
+@contextmanager
+def checked_file(path: Path, check: bool = True) -> Iterator[tuple[CheckedFile, str]]:
+    """The checked header of the file `path` names now (`checked_header`; only read, not checked, if not
+    `check`) and a name of that very file for the block: `/proc/self/fd/N` of a descriptor held open, so
+    llama.cpp loads the file that was checked even if another is renamed over `path` meanwhile."""
+    with open_regular(path) as handle:
+        alias = Path(f"{FD_FOLDER}/{handle.fileno()}") if os.path.isdir(FD_FOLDER) else path
+        header = checked_header(alias) if check else without_large_arrays(read_header(alias))
+        yield replace(header, path=path), str(alias)
 
 
 def entry_path(path: Path) -> Path:

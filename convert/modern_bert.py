@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -29,7 +30,7 @@ from gguf import (
 )
 
 from granite_gguf.convert import keys
-from granite_gguf.convert.architecture import Architecture, KeyKind
+from granite_gguf.convert.architecture import Architecture, KeyKind, KeyRule
 from granite_gguf.convert.source import Checkpoint
 from granite_gguf.errors import UserError
 
@@ -140,6 +141,83 @@ REQUIRED_KEYS: Mapping[str, KeyKind] = {
 }
 
 
+LLAMA_MAX_LAYERS = 512  # llama.cpp src/llama-hparams.h; more layers: GGML_ASSERT(n_layer_all <= LLAMA_MAX_LAYERS)
+LLAMA_POOLING = {0: "NONE", 1: "MEAN", 2: "CLS", 3: "LAST"}  # RANK (4) aborts without a classifier head
+ROPE_SCALING = ("none", "linear")  # llama.cpp asserts on unknown names; yarn and longrope read keys not audited here
+LLAMA_ACTIVATIONS = ("gelu", "geglu", "silu", "swish", "swiglu", "relu", "reglu")  # llm_ffn_op_type_from_string
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _positive(value: Any) -> bool:
+    return _finite(value) and value > 0
+
+
+def _small_positive(value: Any) -> bool:
+    """A layer-norm epsilon: llama.cpp's norm kernels GGML_ASSERT(eps >= 0), which NaN fails too."""
+    return _positive(value) and value < 1
+
+
+def _head_size(metadata: Mapping[str, Any]) -> int:
+    return int(metadata[DIMENSION_KEYS["hidden"]]) // int(metadata[DIMENSION_KEYS["heads"]])
+
+
+def _key(suffix: str) -> str:
+    return f"{NAME}.{suffix}"
+
+
+# Every `modern-bert.*` key llama.cpp 0.3.36 reads (src/llama-model.cpp load_hparams, src/models/modern-bert.cpp,
+# the graph it builds), with the values it survives; docs/security.md lists them. Checked after the required keys and
+# `embedding_length % head_count`, so a rule may use the dimensions.
+KEY_RULES: Mapping[str, KeyRule] = {
+    _key("attention.layer_norm_epsilon"): KeyRule(
+        "float", lambda v, _: _small_positive(v), "a finite epsilon in (0, 1): the norm kernels assert eps >= 0"),
+    _key("block_count"): KeyRule(
+        "size", lambda v, _: v <= LLAMA_MAX_LAYERS, f"at most {LLAMA_MAX_LAYERS} layers (GGML_ASSERT in the loader)"),
+    _key("attention.head_count"): KeyRule(
+        "size", lambda _, m: _head_size(m) % 2 == 0, "an even head size embedding_length / head_count (RoPE rotates "
+        "pairs: GGML_ASSERT(n_dims % 2 == 0))"),
+    _key("pooling_type"): KeyRule(
+        "int", lambda v, _: v in LLAMA_POOLING, f"one of {LLAMA_POOLING} (others abort the graph build)"),
+    _key("classifier.pooling_type"): KeyRule("int", lambda v, _: v in LLAMA_POOLING, f"one of {LLAMA_POOLING}"),
+    _key("rope.freq_base"): KeyRule("float", lambda v, _: _positive(v), "a finite positive RoPE base"),
+    _key("rope.freq_base_swa"): KeyRule("float", lambda v, _: _positive(v), "a finite positive RoPE base"),
+    _key("rope.scaling.type"): KeyRule(
+        "string", lambda v, _: v in ROPE_SCALING, f"one of {', '.join(ROPE_SCALING)} (unknown names abort the loader)"),
+    _key("rope.scaling.factor"): KeyRule(
+        "float", lambda v, _: _finite(v) and v >= 0, "a finite factor >= 0 (0: none)"),
+    _key("rope.scale_linear"): KeyRule(
+        "float", lambda v, _: _finite(v) and v >= 0, "a finite factor >= 0 (0: none)"),
+    _key("rope.scaling.attn_factor"): KeyRule("float", lambda v, _: _positive(v), "a finite positive factor"),
+    _key("rope.scaling.alpha"): KeyRule("float", lambda v, _: _finite(v) and v >= 0, "a finite value >= 0"),
+    _key("rope.scaling.original_context_length"): KeyRule("size", lambda v, _: True, "a positive length"),
+    _key("rope.scaling.finetuned"): KeyRule("bool", lambda v, _: True, "a boolean"),
+    _key("attention.sliding_window"): KeyRule("size", lambda v, _: True, "a window of at least 1"),
+    _key("attention.sliding_window_pattern"): KeyRule("size", lambda v, _: True, "a period of at least 1 layer"),
+    _key("attention.causal"): KeyRule("bool", lambda v, _: True, "a boolean"),
+    _key("attention.head_count_kv"): KeyRule(
+        "int", lambda v, m: v == m[DIMENSION_KEYS["heads"]], "head_count (the fused QKV tensor has no grouped KV heads)"),
+    **{_key(suffix): KeyRule("int", lambda v, m: v == _head_size(m),
+                             "embedding_length / head_count (modern-bert asserts one head size for K and V)")
+       for suffix in ("attention.key_length", "attention.value_length", "attention.key_length_swa",
+                      "attention.value_length_swa")},
+    **{_key(suffix): KeyRule("int", lambda v, m: 0 < v <= _head_size(m) and v % 2 == 0,
+                             "an even count up to the head size (GGML_ASSERT in RoPE)")
+       for suffix in ("rope.dimension_count", "rope.dimension_count_swa")},
+    _key("embedding_length_out"): KeyRule(
+        "int", lambda v, m: v == m[DIMENSION_KEYS["hidden"]], "embedding_length (the vector is the hidden state)"),
+    **{_key(suffix): KeyRule("int", lambda v, _: v == 0, "0: modern-bert has no experts or extra prediction layers "
+                             "(nonzero counts meet GGML_ASSERTs in the loader)")
+       for suffix in ("expert_count", "expert_used_count", "expert_group_count", "expert_group_used_count",
+                      "nextn_predict_layers")},
+    keys.HIDDEN_ACTIVATION.format(arch=NAME): KeyRule(
+        "string", lambda v, _: v in LLAMA_ACTIVATIONS, f"one of {', '.join(LLAMA_ACTIVATIONS)} (others silently run "
+        "GeGLU)"),
+}
+
+
 def dimensions_from_metadata(metadata: Mapping[str, Any]) -> Dimensions:
     """The dimensions a GGUF's (already type-checked) metadata declares."""
     return Dimensions(**{field: metadata[key] for field, key in DIMENSION_KEYS.items()})
@@ -190,7 +268,7 @@ class ModernBertSpec:
         if eps is None:
             log.warning("config.json has no norm_eps; using transformers' ModernBERT default %g", DEFAULT_NORM_EPS)
             eps = DEFAULT_NORM_EPS
-        if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not 0 < eps < 1:
+        if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not _small_positive(eps):
             raise UserError(f"config.json: norm_eps {eps!r} is not a small positive number")
         pooling, normalize = _pooling(ckpt)
         dims = matryoshka_dims if matryoshka_dims is not None else _known_matryoshka(ckpt)
@@ -305,8 +383,8 @@ def _rope_bases(config: dict[str, Any]) -> tuple[float, float]:
                 f"config.json: no {kind} RoPE base (rope_parameters.{'full' if kind == 'global' else 'sliding'}_attention.rope_theta "
                 f"or {kind}_rope_theta); refusing to guess"
             )
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
-            raise UserError(f"config.json: {kind} RoPE base {value!r} is not a positive number")
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not _positive(value):
+            raise UserError(f"config.json: {kind} RoPE base {value!r} is not a finite positive number")
     return float(found["global"]), float(found["local"])
 
 
@@ -362,6 +440,7 @@ MODERN_BERT = Architecture(
     hf_architectures=SUPPORTED_ARCHITECTURES,
     read_spec=ModernBertSpec.from_checkpoint,
     required_keys=REQUIRED_KEYS,
+    key_rules=KEY_RULES,
     dimensions_from_metadata=dimensions_from_metadata,
     tensor_shapes=tensor_shapes,
 )

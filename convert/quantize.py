@@ -31,7 +31,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, Keys
 from tqdm import tqdm
 
 from granite_gguf.convert.check import CheckedFile
-from granite_gguf.convert.check_cache import checked_header
+from granite_gguf.convert.check_cache import checked_file, checked_header
 from granite_gguf.convert.source import Checkpoint
 from granite_gguf.convert.types import OutType, file_label
 from granite_gguf.convert.writer import convert
@@ -93,15 +93,16 @@ def quantize_file(source: Path, dest: Path, output: OutType, nthread: int | None
     renamed if its name would not be true."""
     import llama_cpp
 
-    checked = checked_header(source)  # llama.cpp's quantizer aborts on some malformed files
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = output.file_type.value
-    if output.table_type is not None:
-        params.token_embedding_type = _table_type(checked, output.table_type).value
     params.nthread = nthread or os.cpu_count() or 1
-    with atomic_output(dest) as tmp, tqdm(desc=dest.name, unit="tensor", disable=not progress) as bar:
+    # llama.cpp's quantizer aborts on some malformed files: it reads the very file that was checked
+    with checked_file(source) as (checked, load_path), atomic_output(dest) as tmp, \
+            tqdm(desc=dest.name, unit="tensor", disable=not progress) as bar:
+        if output.table_type is not None:
+            params.token_embedding_type = _table_type(checked, output.table_type).value
         with _llama_log_to(bar) as errors:
-            status = llama_cpp.llama_model_quantize(str(source).encode(), str(tmp).encode(), ctypes.byref(params))
+            status = llama_cpp.llama_model_quantize(load_path.encode(), str(tmp).encode(), ctypes.byref(params))
         if status != 0:
             detail = f": {errors[-1]}" if errors else ""
             raise UserError(f"{dest.name}: llama.cpp's quantizer failed (status {status}){detail}")

@@ -9,7 +9,6 @@ every touched page of the file resident for the life of the handle.
 
 from __future__ import annotations
 
-import json
 import math
 import mmap
 import os
@@ -23,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from granite_gguf.errors import UserError
+from granite_gguf.files import open_regular, parse_json
 
 MAX_SAFETENSORS_HEADER_BYTES = 100 * 1024 * 1024
 MAX_JSON_FILE_BYTES = 256 * 1024 * 1024
@@ -161,10 +161,8 @@ def _read_json(path: Path, required: bool = False) -> Any:
         return None
     if path.stat().st_size > MAX_JSON_FILE_BYTES:
         raise UserError(f"{path}: larger than {MAX_JSON_FILE_BYTES >> 20} MiB, refusing to parse")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path}: not valid JSON ({exc})") from None
+    with open_regular(path) as handle:
+        return parse_json(handle.read(), str(path))
 
 
 def _read_pooling(root: Path, modules: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -212,18 +210,15 @@ def _index_tensors(root: Path) -> dict[str, TensorEntry]:
 
 def read_safetensors_header(path: Path) -> list[TensorEntry]:
     """Parse and validate a safetensors header: size, JSON, dtypes, shapes and offsets within the file."""
-    size = path.stat().st_size
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
+        size = os.fstat(f.fileno()).st_size
         prefix = f.read(8)
         if len(prefix) < 8:
             raise UserError(f"{path}: corrupted safetensors file (shorter than its 8-byte header length)")
         (header_len,) = struct.unpack("<Q", prefix)
         if header_len > MAX_SAFETENSORS_HEADER_BYTES or 8 + header_len > size:
             raise UserError(f"{path}: corrupted safetensors file (header length {header_len} for a {size}-byte file)")
-        try:
-            header = json.loads(f.read(header_len).decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise UserError(f"{path}: corrupted safetensors file (header is not valid JSON)") from None
+        header = parse_json(f.read(header_len), f"{path}: corrupted safetensors file (header)")
     if not isinstance(header, dict):
         raise UserError(f"{path}: corrupted safetensors file (header is not a JSON object)")
     data_start = 8 + header_len

@@ -6,6 +6,7 @@ use, so `import granite_gguf` stays cheap (no numpy, no llama-cpp-python).
 
 from __future__ import annotations
 
+from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
 from granite_gguf.errors import UserError
@@ -13,7 +14,10 @@ from granite_gguf.errors import UserError
 if TYPE_CHECKING:
     from granite_gguf.bindings.embedder import Embedder
 
-__version__ = "0.1.0"
+try:  # the version is written once, in pyproject.toml; the installed distribution's metadata carries it
+    __version__ = version("granite-gguf")
+except PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0+unknown"
 __all__ = ["Embedder", "UserError", "__version__"]
 
 

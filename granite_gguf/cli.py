@@ -14,9 +14,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
+from granite_gguf import __version__
 from granite_gguf.bindings.cli import add_commands as add_embedding_commands
 from granite_gguf.bindings.cli import add_gpu_layers
-from granite_gguf.errors import UserError
+from granite_gguf.errors import UserError, missing_extra_message
 from granite_gguf.modelfiles.cli import add_commands as add_modelfile_commands
 from granite_gguf.modelfiles.registry import add_registry_commands
 
@@ -31,12 +32,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as exc:  # an optional dependency whose extra is not installed
+        advice = missing_extra_message(exc)
+        if advice is None:
+            raise
+        print(f"error: {advice}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # e.g. `granite-gguf inspect X | head`
         sys.stderr.close()
         return 0
+    except OSError as exc:  # a file or folder the system refused (`--out /proc/x`, a symlink loop): the user's to fix
+        if exc.filename is None:
+            raise
+        print(f"error: {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return 2
 
 
 def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -46,6 +58,7 @@ def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="granite-gguf", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     convert = commands.add_parser("convert", help="convert a checkpoint folder or hub repo id to GGUF")
@@ -80,8 +93,15 @@ def build_parser() -> argparse.ArgumentParser:
     release.add_argument("--models-dir", type=Path, help="the ollama store (default: $OLLAMA_MODELS or ~/.ollama/models)")
     release.add_argument("--full-probes", action="store_true",
                          help="verify on the full probe set instead of the smaller gate set")
+    release.add_argument("--signing-key", type=Path, metavar="KEY",
+                         help="sign each certificate with this ed25519 private key (`granite-gguf keygen`); a rerun "
+                              "trusts only certificates signed by it and verifies every other file again")
     release.add_argument("--no-progress", action="store_true", help="no progress bars")
     release.set_defaults(run=run_release)
+
+    keygen = commands.add_parser("keygen", help="make an ed25519 key pair for signing release certificates")
+    keygen.add_argument("key", type=Path, help="the private key file to write (the public key goes to KEY.pub)")
+    keygen.set_defaults(run=run_keygen)
 
     inspect = commands.add_parser("inspect", help="show a GGUF's metadata, tensor types and tokenizer")
     inspect.add_argument("gguf", type=Path)
@@ -90,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check", help="validate GGUF files before llama.cpp loads them (exit 1 if any is bad)")
     check.add_argument("gguf", type=Path, nargs="+")
+    check.add_argument("--public-key", type=Path, metavar="KEY.pub",
+                       help="also require a certificate signed by this ed25519 public key (the releaser's)")
     check.set_defaults(run=run_check)
 
     fixture = commands.add_parser("fixture", help="build a tiny Granite-R2-shaped test checkpoint")
@@ -173,12 +195,15 @@ def run_verify(args: argparse.Namespace) -> int:
 
 
 def run_release(args: argparse.Namespace) -> int:
+    from granite_gguf.certificate import load_private_key
     from granite_gguf.convert.types import OutType
     from granite_gguf.release import probe_set_line, release, summary_table
 
+    signing_key = load_private_key(args.signing_key) if args.signing_key else None
     results = release(args.source, args.outdir, outputs=OutType.parse_list(args.quant) if args.quant else None,
                       name=args.name, push_to=args.push, insecure=args.insecure, models_dir=args.models_dir,
-                      probe_set="full" if args.full_probes else "gate", progress=not args.no_progress)
+                      probe_set="full" if args.full_probes else "gate", progress=not args.no_progress,
+                      signing_key=signing_key)
     print(probe_set_line(results))
     print(summary_table(results))
     failed = [r.path.name for r in results if not r.passed]
@@ -187,10 +212,18 @@ def run_release(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def run_keygen(args: argparse.Namespace) -> int:
+    from granite_gguf.certificate import generate_key
+
+    public = generate_key(args.key)
+    print(f"wrote {args.key} (private: keep it; `release --signing-key`) and {public} (public: `check --public-key`)")
+    return 0
+
+
 def run_inspect(args: argparse.Namespace) -> int:
     from gguf import Keys
 
-    from granite_gguf.certificate import read_certificate
+    from granite_gguf.certificate import SIGNER_KEY, read_certificate
     from granite_gguf.convert import keys
     from granite_gguf.convert.check import read_header
     from granite_gguf.convert.inspect import summarize
@@ -224,7 +257,10 @@ def run_inspect(args: argparse.Namespace) -> int:
               f"token limit {c.token_limit} ({c.texts_cut} cut)")
         print(f"              token mismatches {c.token_mismatches}, cosine min {c.cosine_min:.7f}, "
               f"mean {c.cosine_mean:.7f}, threshold {c.threshold}; granite-gguf {c.tool_version}")
-        print(f"              tensor data sha256 {c.tensor_sha256} (`granite-gguf check` compares)")
+        print(f"              tensor data sha256 {c.tensor_sha256}, metadata sha256 {c.metadata_sha256}")
+        signer = header.metadata.get(SIGNER_KEY)
+        print(f"              signed by key {signer} (`granite-gguf check --public-key` verifies)" if signer else
+              "              unsigned: proves nothing against a forger")
     print("metadata:")
     for key, value in meta.items():
         if not key.startswith(CERTIFICATE_PREFIX):
@@ -235,10 +271,11 @@ def run_inspect(args: argparse.Namespace) -> int:
 def run_check(args: argparse.Namespace) -> int:
     from gguf import Keys
 
-    from granite_gguf.certificate import data_matches, read_certificate
-    from granite_gguf.convert.check import GGUFCheckError
+    from granite_gguf.certificate import check_certificate, load_public_key, read_certificate
+    from granite_gguf.convert.check import GGUFCheckError, read_header
     from granite_gguf.convert.check_cache import checked_header
 
+    public_key = load_public_key(args.public_key) if args.public_key else None
     bad = 0
     for path in args.gguf:
         try:
@@ -249,11 +286,12 @@ def run_check(args: argparse.Namespace) -> int:
             continue
         vocab = len(checked.metadata[Keys.Tokenizer.LIST])
         certificate = read_certificate(checked)
-        if certificate is not None and not data_matches(checked, certificate):
+        verdict = check_certificate(read_header(path), certificate, public_key) if certificate else None
+        if verdict is not None and not verdict.ok or verdict is None and public_key is not None:
             bad += 1
-            print(f"INVALID {path}: tensor data changed since it was certified (sha256 is not {certificate.tensor_sha256})")
+            print(f"INVALID {path}: {verdict.note if verdict else 'no certificate, and --public-key asks for a signed one'}")
             continue
-        note = f", certificate {certificate.result} (tensor data matches)" if certificate else ""
+        note = f", certificate {certificate.result} ({verdict.note})" if certificate and verdict else ""
         print(f"ok      {path}: GGUF v{checked.version}, {len(checked.tensors)} tensors, {len(checked.metadata)} keys, "
               f"{vocab} tokens{note}")
     return 1 if bad else 0

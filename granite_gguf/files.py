@@ -6,15 +6,53 @@ from __future__ import annotations
 import errno
 import fcntl
 import glob
+import hashlib
+import io
+import json
 import os
+import stat
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from granite_gguf.errors import UserError
 
 WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}  # the user's to fix
+
+
+def open_regular(path: Path) -> io.BufferedReader:
+    """`path` opened for reading, if it is a regular file; anything else (a FIFO, a device, a folder) is a
+    UserError. Opened with O_NONBLOCK, so a FIFO is opened at once instead of waiting for a writer forever,
+    and judged by the descriptor's own fstat, so no other file can be swapped in after the test."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read ({exc.strerror})") from None
+    mode = os.fstat(descriptor).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(descriptor)
+        kind = "a FIFO" if stat.S_ISFIFO(mode) else "a directory" if stat.S_ISDIR(mode) else "a device or socket"
+        raise UserError(f"{path}: not a regular file ({kind})")
+    os.set_blocking(descriptor, True)
+    return os.fdopen(descriptor, "rb")
+
+
+def sha256_of_file(path: Path) -> str:
+    """`sha256:<hex>` of a file's content: a blob's name in the ollama store, a corpus job's fingerprints."""
+    with open_regular(path) as f:
+        return f"sha256:{hashlib.file_digest(f, 'sha256').hexdigest()}"
+
+
+def parse_json(data: str | bytes, what: str) -> Any:
+    """JSON from outside, or a one-line UserError naming `what`: besides malformed text, Python's parser
+    raises RecursionError on deeply nested arrays and ValueError on integers of more than 4,300 digits."""
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise UserError(f"{what}: JSON nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, the integer digit limit
+        raise UserError(f"{what}: not valid JSON ({exc})") from None
 
 
 def cache_dir() -> Path:
@@ -37,6 +75,10 @@ def atomic_output(path: Path) -> Iterator[Path]:
         raise UserError(f"{path.parent}: no such directory")
     remove_stale_temporaries(path.parent, f".{glob.escape(path.name)}.*.tmp")
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:  # a folder one cannot create files in (/proc, read-only, another's) is the user's to fix
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT, 0o666))
+    except OSError as exc:
+        raise UserError(f"{path}: cannot write ({exc.strerror})") from None
     try:
         with held(tmp):
             yield tmp

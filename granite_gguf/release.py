@@ -8,8 +8,10 @@ HOST:PORT/NS/MODEL:TYPE (a recipe's tag spelt with `-` for `+`). A file that fai
 neither installed nor pushed, and the run ends with exit 1 naming it.
 
 Resumable: a file in the output folder whose certificate names this checkpoint (hub revision or
-content hash), this probe set, this tool version and this label, and whose tensor data still has
-the certified sha256, is not converted or verified again.
+content hash), this probe set, this tool version and this label is not converted again. It is not
+verified again only if its certificate is signed by this run's signing key and the file still has the
+certified hashes: that proves this releaser verified exactly this file. Any other certificate (unsigned,
+or another key's) may be forged (docs/security.md, "Certificates"), so the file is verified again.
 
 Cost: the full probe set on the full-size 311m shape did not finish in 24 minutes on 2 cores, so
 the default gate is `probes.gate_texts` (every long probe, the rest stratified over scripts and
@@ -22,12 +24,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from granite_gguf import __version__
 from granite_gguf.bindings.embedder import Embedder
 from granite_gguf.certificate import (
     Certificate,
+    check_certificate,
     checkpoint_identity,
-    data_matches,
+    metadata_sha256,
     new_certificate,
     read_certificate,
     tensor_data_sha256,
@@ -66,7 +71,7 @@ class ReleasedFile:
     label: str
     path: Path
     certificate: Certificate
-    reused: bool  # certified by an earlier run with the same inputs
+    reused: bool  # verified by an earlier run with the same inputs, as its certificate signed with this key proves
     types: str  # effective GGML types, share of parameters
     installed: str | None = None  # the store name
     pushed: str | None = None  # the registry target
@@ -87,8 +92,10 @@ def recommended_set(model_name: str) -> list[OutType]:
 
 def release(source: str, outdir: Path, *, outputs: list[OutType] | None = None, name: str | None = None,
             push_to: str | None = None, insecure: bool = False, models_dir: Path | None = None,
-            probe_set: str = "gate", progress: bool = False) -> list[ReleasedFile]:
-    """Convert, verify, certify, write Modelfiles, install and push; returns one entry per output type."""
+            probe_set: str = "gate", progress: bool = False,
+            signing_key: Ed25519PrivateKey | None = None) -> list[ReleasedFile]:
+    """Convert, verify, certify (signed with `signing_key`, if given), write Modelfiles, install and push; returns one
+    entry per output type."""
     from granite_gguf.modelfiles.store import ModelName
 
     ckpt = open_checkpoint(hub_id(source))
@@ -102,13 +109,17 @@ def release(source: str, outdir: Path, *, outputs: list[OutType] | None = None, 
     texts = PROBE_SETS[probe_set]()
     outdir.mkdir(parents=True, exist_ok=True)
     identity = checkpoint_identity(ckpt)
-    released = {f.label: f for f in certified_files(outdir, identity, texts_digest(texts))}
-    todo = [output for output in outputs if output.label not in released]
-    if todo:
-        files = convert_set(ckpt, outdir, todo, model_name=model_name, progress=progress)
+    earlier = certified_files(outdir, identity, texts_digest(texts), signing_key)
+    released = {f.label: f for f in earlier if f.reused}
+    unproven = {f.label: f.path for f in earlier if not f.reused}  # converted before; verified again
+    todo = [output for output in outputs if output.label not in released and output.label not in unproven]
+    to_verify = {label: path for label, path in unproven.items() if label in {output.label for output in outputs}}
+    if todo or to_verify:
+        files = convert_set(ckpt, outdir, todo, model_name=model_name, progress=progress) if todo else []
+        to_verify.update((written.output.label, written.path) for written in files)
         reference = run_reference(ckpt, texts)
-        for written in files:
-            released[written.output.label] = certify(written.output.label, written.path, reference, probe_set)
+        for label, path in to_verify.items():
+            released[label] = certify(label, path, reference, probe_set, signing_key)
     results = [released[output.label] for output in outputs]
     for result in results:
         if result.passed:
@@ -122,8 +133,10 @@ def release(source: str, outdir: Path, *, outputs: list[OutType] | None = None, 
     return results
 
 
-def certified_files(outdir: Path, identity: str, probes_sha256: str) -> list[ReleasedFile]:
-    """The files in `outdir` certified against these inputs, whose tensor data still matches."""
+def certified_files(outdir: Path, identity: str, probes_sha256: str,
+                    signing_key: Ed25519PrivateKey | None) -> list[ReleasedFile]:
+    """The files in `outdir` whose certificates name these inputs; `reused` when the certificate is signed by
+    `signing_key` and the file still has its hashes (only then is its verification trusted)."""
     found = []
     for path in sorted(outdir.glob("*.gguf")):
         try:
@@ -132,13 +145,15 @@ def certified_files(outdir: Path, identity: str, probes_sha256: str) -> list[Rel
             continue
         certificate = read_certificate(header)
         if (certificate is not None and certificate.checkpoint == identity and certificate.probe_sha256 == probes_sha256
-                and certificate.tool_version == __version__ and data_matches(header, certificate)):
-            found.append(ReleasedFile(certificate.label, path, certificate, True, effective_types(summarize(header))))
+                and certificate.tool_version == __version__):
+            proven = signing_key is not None and check_certificate(header, certificate, signing_key.public_key()).ok
+            found.append(ReleasedFile(certificate.label, path, certificate, proven, effective_types(summarize(header))))
     return found
 
 
-def certify(label: str, path: Path, reference: Reference, probe_set: str) -> ReleasedFile:
-    """Verify `path` against `reference` and write the outcome into it as its certificate."""
+def certify(label: str, path: Path, reference: Reference, probe_set: str,
+            signing_key: Ed25519PrivateKey | None = None) -> ReleasedFile:
+    """Verify `path` against `reference` and write the outcome into it as its certificate (signed, with a key)."""
     with Embedder(path, max_tokens=reference.needed) as embedder:
         threshold = default_threshold(embedder.header)
         metrics = measure(embedder, reference)
@@ -150,8 +165,9 @@ def certify(label: str, path: Path, reference: Reference, probe_set: str) -> Rel
         texts_cut=len(report.truncated_texts), token_mismatches=report.token_mismatches,
         cosine_min=report.cosine_min, cosine_mean=report.cosine_mean, threshold=threshold,
         result="PASS" if report.passed else "FAIL", tensor_sha256=tensor_data_sha256(header),
+        metadata_sha256=metadata_sha256(read_header(path)),
     )
-    write_certificate(path, certificate)
+    write_certificate(path, certificate, signing_key)
     return ReleasedFile(label, path, certificate, False, effective_types(summarize(header)))
 
 

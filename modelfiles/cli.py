@@ -15,7 +15,8 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     modelfile.add_argument("-o", "--output", type=Path,
                            help="Modelfile to write (default: print it; FROM is then relative to this folder)")
     modelfile.add_argument("--check", type=Path, metavar="FILE",
-                           help="print each problem as FILE:LINE: message; exit 1 if there is any")
+                           help="print each problem as FILE:LINE: message (warning: where ollama accepts the file "
+                                "but reads it otherwise than it looks); exit 1 if ollama would refuse the file")
     modelfile.set_defaults(run=run_modelfile)
 
     ollama = commands.add_parser("ollama", help="install, list and remove models in an ollama model store")
@@ -42,10 +43,10 @@ def run_modelfile(args: argparse.Namespace) -> int:
     if args.check:
         problems = check_modelfile(read_modelfile(args.check))
         for problem in problems:
-            print(f"{args.check}:{problem.line}: {problem.message}")
+            print(f"{args.check}:{problem.line}: {'' if problem.fatal else 'warning: '}{problem.message}")
         if not problems:
             print(f"{args.check}: ok")
-        return 1 if problems else 0
+        return 1 if any(problem.fatal for problem in problems) else 0
     text = generate_modelfile(args.gguf, args.output or Path.cwd() / "Modelfile")
     if args.output is None:
         print(text, end="")

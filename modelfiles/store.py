@@ -12,21 +12,24 @@ import json
 import os
 import re
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from gguf import Keys
 
+from granite_gguf.convert.check import check_gguf
 from granite_gguf.convert.check_cache import checked_header
 from granite_gguf.convert.inspect import GGUFSummary, summarize
 from granite_gguf.errors import UserError
-from granite_gguf.files import write_atomic
+from granite_gguf.files import held, open_regular, parse_json, sha256_of_file, write_atomic
 from granite_gguf.modelfiles.modelfile import (
     ModelFacts,
     Modelfile,
     embedding_modelfile,
     file_type_label,
+    go_float32_json,
     load_modelfile,
 )
 
@@ -40,6 +43,9 @@ TEXT_LAYERS = {
     "SYSTEM": "application/vnd.ollama.image.system",
     "LICENSE": "application/vnd.ollama.image.license",
 }
+
+LAYER_MEDIA_TYPES = (MODEL_MEDIA_TYPE, PARAMS_MEDIA_TYPE, *TEXT_LAYERS.values())  # the layers `install` writes
+LOCK_FILE = ".granite-gguf.lock"  # in the models folder: install, remove and pull's last step hold it
 
 DEFAULT_HOST, DEFAULT_NAMESPACE, DEFAULT_TAG = "registry.ollama.ai", "library", "latest"
 # ollama's types/model/name.go: a letter, digit or '_', then also these characters; (characters, longest).
@@ -100,6 +106,34 @@ def models_dir_or_default(models_dir: Path | None) -> Path:
     return models_dir or Path(os.environ.get("OLLAMA_MODELS") or Path.home() / ".ollama" / "models")
 
 
+@contextmanager
+def store_lock(root: Path) -> Iterator[None]:
+    """Hold the store's lock (an exclusive flock on `<models>/.granite-gguf.lock`) for the block, so that a remove
+    cannot delete the blobs an install or pull is about to name in its manifest. Another granite-gguf waits; a running
+    ollama takes no such lock (docs/security.md)."""
+    root.mkdir(parents=True, exist_ok=True)
+    with held(root / LOCK_FILE):
+        yield
+
+
+def validate_blob(media_type: str, path: Path) -> None:
+    """A pulled blob is what its media type says before it enters the store: the model layer passes `granite-gguf
+    check`, the config and params are JSON objects, the text layers UTF-8."""
+    if media_type == MODEL_MEDIA_TYPE:
+        check_gguf(path)
+        return
+    with open_regular(path) as handle:
+        data = handle.read()
+    if media_type in (CONFIG_MEDIA_TYPE, PARAMS_MEDIA_TYPE):
+        if not isinstance(parse_json(data, f"{media_type} blob {path.name}"), dict):
+            raise UserError(f"{media_type} blob {path.name}: not a JSON object")
+        return
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"{media_type} blob {path.name}: not UTF-8 text") from None
+
+
 def install(source: Path, name: str, models_dir: Path | None = None) -> StoredModel:
     """Store a GGUF (with a generated embedding Modelfile) or a Modelfile's model as `name`; idempotent."""
     model_name = ModelName.parse(name)
@@ -114,18 +148,27 @@ def install(source: Path, name: str, models_dir: Path | None = None) -> StoredMo
         gguf = _gguf_of(modelfile, source)
         summary = summarize(checked_header(gguf))
     blobs = root / "blobs"
-    layers = [_put_file(blobs, MODEL_MEDIA_TYPE, gguf)]
-    layers += [_put_bytes(blobs, media_type, value.encode()) for keyword, media_type in TEXT_LAYERS.items()
-               for value in modelfile.values(keyword)]
-    params = modelfile.parameters()
-    if params:
-        layers.append(_put_bytes(blobs, PARAMS_MEDIA_TYPE, _go_json(params)))
-    config = _put_bytes(blobs, CONFIG_MEDIA_TYPE, _go_json(_config(summary, layers)))
-    manifest = {"schemaVersion": 2, "mediaType": MANIFEST_MEDIA_TYPE, "config": config, "layers": layers}
     path = manifest_file_path(root, model_name)
-    data = _go_json(manifest)
-    write_atomic(path, lambda out: out.write(data))
-    return _stored(model_name, path)
+    with store_lock(root):
+        layers = [_put_file(blobs, MODEL_MEDIA_TYPE, gguf)]
+        layers += [_put_bytes(blobs, media_type, value.encode()) for keyword, media_type in TEXT_LAYERS.items()
+                   for value in _text_values(modelfile, keyword)]
+        params = modelfile.parameters()
+        if params:
+            layers.append(_put_bytes(blobs, PARAMS_MEDIA_TYPE, _go_json(params)))
+        config = _put_bytes(blobs, CONFIG_MEDIA_TYPE, _go_json(_config(summary, layers)))
+        manifest = {"schemaVersion": 2, "mediaType": MANIFEST_MEDIA_TYPE, "config": config, "layers": layers}
+        data = _go_json(manifest)
+        write_atomic(path, lambda out: out.write(data))
+        return _stored(model_name, path)
+
+
+def _text_values(modelfile: Modelfile, keyword: str) -> list[str]:
+    """server/create.go at fb30760: the last TEMPLATE and SYSTEM unless empty, every LICENSE (an empty one too)."""
+    values = modelfile.values(keyword)
+    if keyword == "LICENSE":
+        return values
+    return values[-1:] if values and values[-1] else []
 
 
 def list_models(models_dir: Path | None = None) -> list[StoredModel]:
@@ -139,23 +182,22 @@ def remove(name: str, models_dir: Path | None = None) -> None:
     path = manifest_file_path(root, model_name)
     if not path.is_file():
         raise UserError(f"model '{model_name}' not found in {root}")
-    digests = _digests(path)
-    path.unlink()
-    for folder in path.parents[:3]:  # tag's folders up to manifests/<host>, while empty
-        if any(folder.iterdir()):
-            break
-        folder.rmdir()
-    still_used = {digest for _, other in _manifests(root) for digest in _digests(other)}
-    for digest in digests - still_used:
-        (root / "blobs" / blob_file_name(digest)).unlink(missing_ok=True)
+    with store_lock(root):
+        digests = _digests(path)
+        path.unlink()
+        for folder in path.parents[:3]:  # tag's folders up to manifests/<host>, while empty
+            if any(folder.iterdir()):
+                break
+            folder.rmdir()
+        still_used = {digest for _, other in _manifests(root) for digest in _digests(other)}
+        for digest in digests - still_used:
+            (root / "blobs" / blob_file_name(digest)).unlink(missing_ok=True)
 
 
 def _is_gguf(path: Path) -> bool:
-    try:
-        with path.open("rb") as f:
-            return f.read(4) == b"GGUF"
-    except OSError as exc:
-        raise UserError(f"{path}: cannot read ({exc.strerror})") from None
+    """Whether `path` starts as a GGUF does; anything but a regular file (a FIFO would hang) is a UserError."""
+    with open_regular(path) as f:
+        return f.read(4) == b"GGUF"
 
 
 def _gguf_of(modelfile: Modelfile, modelfile_path: Path) -> Path:
@@ -168,9 +210,11 @@ def _gguf_of(modelfile: Modelfile, modelfile_path: Path) -> Path:
 
 
 def _refuse_unsupported(modelfile: Modelfile, source: Path) -> None:
-    for keyword in ("ADAPTER", "MESSAGE"):
+    for keyword in ("ADAPTER", "MESSAGE", "REQUIRES", "RENDERER", "PARSER", "DRAFT"):
         if modelfile.values(keyword):
             raise UserError(f"{source}: {keyword} is not supported by granite-gguf ollama install")
+    if len(modelfile.values("FROM")) > 1:
+        raise UserError(f"{source}: more than one FROM; granite-gguf ollama install stores one GGUF")
 
 
 def _config(summary: GGUFSummary, layers: list[dict[str, Any]]) -> dict[str, Any]:
@@ -180,7 +224,7 @@ def _config(summary: GGUFSummary, layers: list[dict[str, Any]]) -> dict[str, Any
         "model_format": "gguf",
         "model_family": family,
         "model_families": [family],
-        "model_type": summary.metadata.get(Keys.General.SIZE_LABEL, ""),
+        "model_type": parameter_size(sum(summary.tensor_elements.values())),
         "file_type": file_type_label(summary).upper(),
         "architecture": "amd64",
         "os": "linux",
@@ -188,12 +232,35 @@ def _config(summary: GGUFSummary, layers: list[dict[str, Any]]) -> dict[str, Any
     }
 
 
+def parameter_size(parameters: int) -> str:
+    """ollama's format.HumanNumber (format/format.go, the same at 0.5.4 and fb30760) of the GGUF's parameter count, the
+    sum of every tensor's elements (fs/ggml/gguf.go): create stores it as model_type, `ollama show` as "parameters"."""
+    for unit, suffix, decimals in ((10**9, "B", 1), (10**6, "M", 2)):
+        if parameters >= unit:
+            number = parameters / unit
+            return f"{number:.0f}{suffix}" if number == int(number) else f"{number:.{decimals}f}{suffix}"
+    return f"{parameters / 1000:.0f}K" if parameters >= 1000 else str(parameters)
+
+
 def _go_json(value: Any) -> bytes:
-    """JSON as Go's json.Encoder writes it: compact, UTF-8, HTML characters escaped, one trailing newline."""
-    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-    for char in "<>&\u2028\u2029":
-        text = text.replace(char, f"\\u{ord(char):04x}")
-    return (text + "\n").encode()
+    """JSON as Go's json.Encoder writes it: compact, UTF-8, HTML characters escaped, one trailing newline; floats are
+    api.Options float32s, printed as Go prints a float32 (go_float32_json)."""
+    return (_go_encode(value) + "\n").encode()
+
+
+def _go_encode(value: Any) -> str:
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{_go_encode(str(key))}:{_go_encode(item)}" for key, item in value.items()) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(_go_encode(item) for item in value) + "]"
+    if isinstance(value, float):
+        return go_float32_json(value)
+    if isinstance(value, str):
+        text = json.dumps(value, ensure_ascii=False)
+        for char in "<>&\u2028\u2029":
+            text = text.replace(char, f"\\u{ord(char):04x}")
+        return text
+    return json.dumps(value)  # int, bool, None
 
 
 def _layer(media_type: str, digest: str, size: int) -> dict[str, Any]:
@@ -230,11 +297,6 @@ def _put(blobs: Path, layer: dict[str, Any], fill: Callable[[BinaryIO], object])
         write_atomic(path, fill)
 
 
-def sha256_of_file(path: Path) -> str:
-    with path.open("rb") as f:
-        return f"sha256:{hashlib.file_digest(f, 'sha256').hexdigest()}"
-
-
 def blob_file_name(digest: str) -> str:
     """`sha256:<hex>` → `sha256-<hex>`; anything else in a manifest is refused, so no path can leave blobs/."""
     if not _DIGEST.fullmatch(digest):
@@ -258,7 +320,7 @@ def manifest_entries(path: Path) -> list[dict[str, Any]]:
     try:
         manifest = json.loads(path.read_bytes())
         return [manifest["config"], *manifest["layers"]]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
         raise UserError(f"{path}: not a readable manifest ({exc})") from None
 
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Build llama.cpp's `llama-server` from the llama.cpp tree inside the llama-cpp-python 0.3.36 source
-# distribution (the same llama.cpp the bindings run), once per machine, cached outside the repository:
-#   ${GRANITE_GGUF_CACHE:-$HOME/.cache/granite-gguf}/llama-server-0.3.36-<cpu tag>/llama-server
+# Build llama.cpp's `llama-server` from the llama.cpp tree inside the llama-cpp-python source distribution
+# (the version pyproject.toml pins: the same llama.cpp the bindings run), once per machine, cached outside
+# the repository:
+#   ${GRANITE_GGUF_CACHE:-$HOME/.cache/granite-gguf}/llama-server-<version>-<cpu tag>/llama-server
 # and linked as .venv/bin/llama-server; tests/test_llama_server.py runs it against converted files.
 #
 # Same CPU flags as scripts/install.sh (scripts/cpu-flags.sh: no -march=native, no AMX; a native
@@ -12,7 +13,8 @@
 # never leaves a broken cached binary. About 12 minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-version=0.3.36
+source scripts/llama-cpp-python-version.sh
+version="$LLAMA_CPP_PYTHON_VERSION"
 cache="${GRANITE_GGUF_CACHE:-$HOME/.cache/granite-gguf}"
 source scripts/cpu-flags.sh
 dest="$cache/llama-server-$version-$GGML_CPU_TAG"

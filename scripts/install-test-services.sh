@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# System packages the test suite runs for real: Debian's docker-registry (the CNCF distribution
-# registry) and nginx (serves its blobs to pull clients), started on loopback by scripts/start-registry.sh
-# for tests/test_registry.py. Needs root (or sudo) the first time.
+# Services the test suite runs for real: Debian's docker-registry (the CNCF distribution registry) and nginx
+# (serves its blobs to pull clients), started on loopback by scripts/start-registry.sh for tests/test_registry.py
+# and tests/test_ollama.py (needs root or sudo the first time); and a real ollama (scripts/install-ollama.sh,
+# cached, no root), which tests/test_ollama.py and tests/test_modelfile_differential.py start; and node-llama-cpp
+# (scripts/install-node-llama-cpp.sh, npm, cached) for tests/test_node_llama_cpp.py.
 set -euo pipefail
 missing=()
 command -v docker-registry >/dev/null || missing+=(docker-registry)
@@ -16,3 +18,5 @@ fi
 for service in docker-registry nginx; do
     systemctl disable --now "$service" >/dev/null 2>&1 || true
 done
+bash "$(dirname "$0")/install-ollama.sh"
+bash "$(dirname "$0")/install-node-llama-cpp.sh"

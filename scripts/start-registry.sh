@@ -2,10 +2,13 @@
 # Start a registry that `ollama pull` can download from, on loopback, in the background:
 #   - Debian's docker-registry (the CNCF distribution registry) on 127.0.0.1:PORT, filesystem storage under
 #     DATADIR/storage, no auth, with distribution's `redirect` storage middleware: a blob GET answers
-#     307 Location: http://localhost:BLOB_PORT/<storage path>;
-#   - Debian's nginx on localhost:BLOB_PORT (a free port) serving those blob files with Range support.
-# ollama's client follows redirects only to the host name it asked (server/download.go), so the blob server
-# must be another host name: 127.0.0.1 vs localhost. Configs: scripts/registry/{config.yml,nginx.conf}.
+#     307 Location: http://127.0.0.2:BLOB_PORT/<storage path>;
+#   - Debian's nginx on 127.0.0.2:BLOB_PORT (a free port) serving those blob files with Range support.
+# ollama's pull client (server/download.go, blobDownload.run) follows a redirect to the host *name* it asked
+# (ports are not compared) and needs the first redirect to another host name as its direct URL; a redirect it
+# follows ends at nginx's 200 without a Location: "http: no Location header in response". So the blob server
+# has a host name nobody addresses the registry by: 127.0.0.2, a third loopback address (Linux routes all of
+# 127.0.0.0/8 to lo), and both 127.0.0.1:PORT and localhost:PORT work. Configs: scripts/registry/{config.yml,nginx.conf}.
 # --no-redirect starts the registry alone, serving blobs itself with 200 (what a default registry does).
 # Waits until each answers; prints the PID of each process it started, one per line (registry first).
 # Debian's /etc/docker/registry/config.yml and any REGISTRY_* variables are ignored.
@@ -34,10 +37,11 @@ fi
 
 mkdir -p "$datadir/storage" "$datadir/nginx-temp"
 datadir=$(cd "$datadir" && pwd)
-blob_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+blob_host=127.0.0.2
+blob_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("'$blob_host'", 0)); print(s.getsockname()[1])')
 fill() {
-    sed -e "s|@DATADIR@|$datadir|g" -e "s|@PORT@|$port|g" -e "s|@BLOB_PORT@|$blob_port|g" \
-        -e "s|@BLOB_URL@|http://localhost:$blob_port|g" -e "s|@NO_REDIRECT@|$([[ $redirect == true ]] && echo false || echo true)|g" \
+    sed -e "s|@DATADIR@|$datadir|g" -e "s|@PORT@|$port|g" -e "s|@BLOB_HOST@|$blob_host|g" -e "s|@BLOB_PORT@|$blob_port|g" \
+        -e "s|@BLOB_URL@|http://$blob_host:$blob_port|g" -e "s|@NO_REDIRECT@|$([[ $redirect == true ]] && echo false || echo true)|g" \
         -e "s|@USER@|$(id -un) $(id -gn)|g" "$1" >"$2"
 }
 fill "$here/registry/config.yml" "$datadir/config.yml"
@@ -77,6 +81,6 @@ if [[ $redirect == true ]]; then
     nohup "$nginx" -p "$datadir" -c "$datadir/nginx.conf" -e "$datadir/nginx-error.log" \
         </dev/null >"$datadir/nginx.log" 2>&1 &
     started+=($!)
-    wait_for nginx "$!" "$datadir/nginx-error.log" "http://localhost:$blob_port/"
+    wait_for nginx "$!" "$datadir/nginx-error.log" "http://$blob_host:$blob_port/"
 fi
 printf '%s\n' "${started[@]}"

@@ -26,6 +26,7 @@ from granite_gguf.convert.source import open_checkpoint  # noqa: E402
 from granite_gguf.convert.types import OutType  # noqa: E402
 from granite_gguf.convert.writer import convert  # noqa: E402
 from granite_gguf.fixtures import FIXTURES, build_fixture  # noqa: E402
+from granite_gguf.modelfiles.store import LOCK_FILE  # noqa: E402
 from granite_gguf.verify import Reference, run_reference  # noqa: E402
 
 FAMILIES = list(FIXTURES)
@@ -39,8 +40,9 @@ def free_port() -> int:
 
 
 def tree(root: Path) -> dict[str, bytes]:
-    """Every file under `root` (relative path → bytes): compares whole stores."""
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    """Every file under `root` (relative path → bytes) but the store's empty lock file: compares whole stores."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and p.name != LOCK_FILE}
 
 
 def certificate_of(path: Path) -> Certificate:

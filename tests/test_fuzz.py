@@ -1,7 +1,8 @@
 """Property-based fuzzing of every parser that reads outside input: a bad input gives a clear error.
 
 The allowed outcomes are a result or the project's own error type (UserError, RequestError); any
-other exception, or a hang, fails. The suite runs FUZZ_EXAMPLES cases per input kind (200 by
+other exception, or a hang, fails. Where a pass must mean more (a GGUF's hyperparameters, a registry
+manifest), the test asserts what the pass promises. The suite runs FUZZ_EXAMPLES cases per input kind (200 by
 default); scripts/fuzz.sh runs 10,000 each. Crashes found become examples in REGRESSIONS below.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import math
 import os
 import struct
 from collections.abc import Iterator
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from gguf import GGUFValueType
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -24,14 +27,24 @@ from granite_gguf.bindings.batching import Batcher
 from granite_gguf.bindings.embedder import Embedder
 from granite_gguf.bindings.server import parse_json_object
 from granite_gguf.bindings.service import EmbeddingService, RequestError, ServedModel
-from granite_gguf.convert.check import GGUFCheckError, check_gguf
+from granite_gguf.certificate import key_entries, rewrite_keys
+from granite_gguf.convert.check import GGUFCheckError, check_gguf, read_header
 from granite_gguf.convert.modern_bert import ModernBertSpec
 from granite_gguf.convert.source import open_checkpoint, read_safetensors_header
 from granite_gguf.convert.tokenizer import build_vocab
 from granite_gguf.errors import UserError
 from granite_gguf.fixtures import build_fixture
+from granite_gguf.modelfiles import registry
 from granite_gguf.modelfiles.modelfile import check_modelfile
-from granite_gguf.modelfiles.store import ModelName, manifest_file_path
+from granite_gguf.modelfiles.store import (
+    CONFIG_MEDIA_TYPE,
+    MANIFEST_MEDIA_TYPE,
+    MODEL_MEDIA_TYPE,
+    PARAMS_MEDIA_TYPE,
+    ModelName,
+    blob_file_name,
+    manifest_file_path,
+)
 
 pytestmark = [pytest.mark.slow]
 
@@ -134,6 +147,73 @@ def test_tokenizer_json(tokenizer_parts: tuple[dict[str, Any], ...], path: list[
         build_vocab(*parts)
     except UserError:
         pass
+
+
+HYPERPARAMETERS = ["attention.layer_norm_epsilon", "rope.freq_base", "rope.freq_base_swa", "rope.scaling.factor",
+                   "rope.scaling.attn_factor", "block_count", "attention.head_count", "attention.head_count_kv",
+                   "attention.key_length", "rope.dimension_count", "attention.sliding_window", "pooling_type",
+                   "expert_count", "rope.scaling.type", "hidden_activation"]
+hyper_values = st.one_of(
+    st.tuples(st.just(GGUFValueType.FLOAT32), st.floats(width=32, allow_nan=True, allow_infinity=True)),
+    st.tuples(st.just(GGUFValueType.UINT32), st.integers(0, 2**32 - 1)),
+    st.tuples(st.just(GGUFValueType.INT32), st.integers(-(2**31), 2**31 - 1)),
+    st.tuples(st.just(GGUFValueType.STRING), st.sampled_from(["none", "linear", "yarn", "gelu", "silu", "", "x"])),
+)
+
+
+@FUZZ
+@given(changes=st.dictionaries(st.sampled_from(HYPERPARAMETERS), hyper_values, min_size=1, max_size=4))
+@example(changes={"attention.layer_norm_epsilon": (GGUFValueType.FLOAT32, -1.0)})  # passed check, aborted llama.cpp
+@example(changes={"attention.layer_norm_epsilon": (GGUFValueType.FLOAT32, float("nan"))})
+def test_gguf_hyperparameters(good_gguf: bytes, tmp_path_factory: pytest.TempPathFactory,
+                              changes: dict[str, tuple[GGUFValueType, Any]]) -> None:
+    """A file whose modern-bert keys `check` passes meets every assert llama.cpp 0.3.36 makes on them."""
+    path = tmp_path_factory.getbasetemp() / "hyper.gguf"
+    path.write_bytes(good_gguf)
+    header = read_header(path)
+    named = {f"modern-bert.{key}": change for key, change in changes.items()}
+    rewrite_keys(path, header, [e for e in key_entries(header) if e[0] not in named] +
+                 [(key, value_type, value, None) for key, (value_type, value) in named.items()])
+    try:
+        meta = check_gguf(path).metadata
+    except GGUFCheckError:
+        return
+    arch = {key.removeprefix("modern-bert."): value for key, value in meta.items() if key.startswith("modern-bert.")}
+    head = arch["embedding_length"] // arch["attention.head_count"]
+    assert math.isfinite(arch["attention.layer_norm_epsilon"]) and arch["attention.layer_norm_epsilon"] > 0
+    assert 0 < arch["block_count"] <= 512 and head % 2 == 0
+    assert arch.get("rope.scaling.type", "none") in ("none", "linear")
+    assert 0 < arch.get("rope.dimension_count", head) <= head and arch.get("rope.dimension_count", head) % 2 == 0
+    assert arch.get("attention.head_count_kv", arch["attention.head_count"]) == arch["attention.head_count"]
+    assert arch.get("expert_count", 0) == 0 and arch["pooling_type"] in (0, 1, 2, 3)
+    for key in ("rope.freq_base", "rope.freq_base_swa", "rope.scaling.attn_factor"):
+        assert key not in arch or (math.isfinite(arch[key]) and arch[key] > 0)
+
+
+manifest_layers = st.lists(st.fixed_dictionaries({
+    "mediaType": st.sampled_from([MODEL_MEDIA_TYPE, PARAMS_MEDIA_TYPE, "application/vnd.ollama.image.adapter"]) | json_values,
+    "digest": st.sampled_from(["sha256:" + "ab" * 32, "sha256:../x", "md5:0"]) | json_values,
+    "size": st.integers(-1, 2**70) | json_values}), max_size=4)
+
+
+@FUZZ
+@given(layers=manifest_layers, config_size=st.integers(-1, 2**70) | json_values,
+       media_type=st.sampled_from([MANIFEST_MEDIA_TYPE]) | json_values, junk=st.binary(max_size=64))
+@example(layers=[{"mediaType": MODEL_MEDIA_TYPE, "digest": "sha256:" + "ab" * 32, "size": 10**20}], config_size=2,
+         media_type=MANIFEST_MEDIA_TYPE, junk=b"")  # was a MemoryError in pull
+def test_registry_manifest(layers: list[dict[str, Any]], config_size: Any, media_type: Any, junk: bytes) -> None:
+    """A manifest is refused with a UserError, or every blob it names is of a known kind, a sane digest and size."""
+    manifest = {"schemaVersion": 2, "mediaType": media_type, "layers": layers,
+                "config": {"mediaType": CONFIG_MEDIA_TYPE, "digest": "sha256:" + "cd" * 32, "size": config_size}}
+    for body in (json.dumps(manifest).encode(), junk, json.dumps(manifest).encode()[: len(junk)]):
+        try:
+            entries = registry._manifest_entries(body, "h:1/a/b:c")
+        except UserError:
+            continue
+        for entry in entries:
+            blob_file_name(entry["digest"])
+            limit = registry.MAX_MODEL_LAYER_BYTES if entry["mediaType"] == MODEL_MEDIA_TYPE else registry.MAX_OTHER_LAYER_BYTES
+            assert isinstance(entry["size"], int) and 0 <= entry["size"] <= limit
 
 
 MODELFILE_WORDS = ["FROM", "from", "PARAMETER", "num_ctx", "num_batch", "LICENSE", "TEMPLATE", "SYSTEM", "ADAPTER",

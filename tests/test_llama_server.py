@@ -1,7 +1,14 @@
-"""A real llama.cpp `llama-server` (built from the same llama.cpp as the bindings by
-scripts/build-llama-server.sh) serves the converted files: same tokens, same vectors as the Embedder.
+"""Real llama.cpp `llama-server`s serve the converted files: same tokens, same vectors as the Embedder and PyTorch.
 
-What the server returns, for a pooled (CLS/MEAN) model, llama.cpp 0.3.36:
+Two binaries, each test through both (RUNNERS):
+- llama-server 0.3.36, built by scripts/build-llama-server.sh from the same llama.cpp as the bindings, started the
+  way docs/commands.md's llama-server section says;
+- ollama's runner: llama-server at llama.cpp b10488 with ollama's compat hooks (scripts/build-ollama-runner.sh),
+  started with the arguments ollama fb30760 passes for an embedding model (ollama_runner_arguments), num_ctx and
+  num_batch taken from the Modelfile granite-gguf writes for the file. The nearest test to `ollama embed` this
+  machine allows; ollama's Go API layer in front of it is not run (docs/ollama.md).
+
+What the server returns, for a pooled (CLS/MEAN) model:
 - POST /v1/embeddings {"input": [...]} → {"data": [{"index", "embedding": [floats]}], "usage":
   {"prompt_tokens", "total_tokens"}}: one flat vector per input, already L2-normalized (the server's
   default `embd_normalize` is 2); prompt_tokens is the sum over all inputs, BOS/EOS included.
@@ -13,11 +20,8 @@ The vectors are normalized again here anyway, so the comparison does not depend 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,13 +32,19 @@ import requests
 from tokenizers import Tokenizer
 
 from granite_gguf.bindings.embedder import Embedder
+from granite_gguf.convert.check import read_header
+from granite_gguf.convert.quantize import convert_set
+from granite_gguf.convert.source import open_checkpoint
+from granite_gguf.convert.types import OutType
+from granite_gguf.modelfiles.modelfile import generate_modelfile, parse_modelfile
 from granite_gguf.probes import CODE, EMOJI, LONG_WORDS, long_text
-from tests.conftest import FAMILIES, free_port
+from granite_gguf.verify import gate_of
+from tests.conftest import FAMILIES, Workspace, free_port
+from tests.services import installed_binary, log_tail, started
 
 pytestmark = [pytest.mark.slow, pytest.mark.llama_server]
 
 MIN_COSINE_F32 = 0.99999
-START_TIMEOUT_S = 60.0
 REQUEST_TIMEOUT_S = 120.0
 
 SHORT_TEXTS = [
@@ -49,11 +59,42 @@ SHORT_TEXTS = [
 ]
 
 
-def server_binary() -> Path:
-    override = os.environ.get("GRANITE_GGUF_LLAMA_SERVER")
-    if override:
-        return Path(override)
-    return Path(sys.prefix) / "bin" / "llama-server"  # linked there by scripts/build-llama-server.sh
+def readme_arguments(gguf: Path, port: int, n: int) -> list[str]:
+    """llama-server as docs/commands.md runs it: context, batch and micro-batch all `n` (a non-causal model must get each
+    input in one micro-batch), one slot, flash attention on as the bindings run it."""
+    return ["-m", str(gguf), "--embedding", "--host", "127.0.0.1", "--port", str(port), "-c", str(n), "-b", str(n),
+            "-ub", str(n), "-np", "1", "-t", "2", "-fa", "on", "--no-webui"]
+
+
+def ollama_runner_arguments(gguf: Path, port: int, n: int) -> list[str]:
+    """What ollama fb30760 starts llama-server with for an embedding model on a CPU (llm/llama_server.go
+    startLlamaServer, appendBatchArgs, embeddingBatchSize; server/sched.go: embedding models get one slot; no -ngl or
+    -t unless num_gpu/num_thread are set; flash attention "auto" when every device supports it, as the CPU does).
+    num_ctx and num_batch are those of the Modelfile granite-gguf generates for the file; `n` is not used."""
+    modelfile = gguf.with_name(gguf.stem + ".Modelfile")
+    params = parse_modelfile(generate_modelfile(gguf, modelfile))[0].parameters()
+    num_ctx, num_parallel = params["num_ctx"], 1
+    batch = min(params["num_batch"], num_ctx * num_parallel)
+    return ["--model", str(gguf), "--port", str(port), "--host", "127.0.0.1", "--no-webui", "--offline",
+            "-c", str(num_ctx * num_parallel), "-np", str(num_parallel),
+            "--log-verbosity", "4", "--no-log-prefix", "--no-log-timestamps",
+            "--flash-attn", "auto", "--embedding", "-b", str(batch), "-ub", str(batch)]
+
+
+@dataclass(frozen=True)
+class Runner:
+    name: str
+    binary: str  # in .venv/bin
+    variable: str  # overrides the binary's path
+    script: str  # builds it
+    arguments: Callable[[Path, int, int], list[str]]
+
+
+RUNNERS = [
+    Runner("llama-server-0.3.36", "llama-server", "GRANITE_GGUF_LLAMA_SERVER", "build-llama-server.sh", readme_arguments),
+    Runner("ollama-runner-b10488", "ollama-llama-server", "GRANITE_GGUF_OLLAMA_RUNNER", "build-ollama-runner.sh",
+           ollama_runner_arguments),
+]
 
 
 @dataclass
@@ -63,9 +104,10 @@ class Server:
     embedder: Embedder
     texts: list[str]
     checkpoint: Path
+    runner: Runner
 
     def log_text(self) -> str:
-        return f"server log {self.log}:\n{self.log.read_text(errors='replace')[-6000:]}"
+        return f"server {log_tail(self.log)}"
 
     def post(self, route: str, body: dict[str, Any]) -> Any:
         response = requests.post(self.url + route, json=body, timeout=REQUEST_TIMEOUT_S)
@@ -78,13 +120,19 @@ def unit(rows: np.ndarray) -> np.ndarray:
     return rows / np.linalg.norm(rows, axis=-1, keepdims=True)
 
 
-@pytest.fixture(scope="module", params=FAMILIES)
-def server(request: pytest.FixtureRequest, workspace, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    binary = server_binary()
-    if not (binary.is_file() and os.access(binary, os.X_OK)):
-        pytest.fail(f"{binary}: no llama-server binary; run `bash scripts/build-llama-server.sh` "
-                    "(or set GRANITE_GGUF_LLAMA_SERVER)")
-    family = request.param
+@contextmanager
+def serving(runner: Runner, gguf: Path, n: int, log: Path) -> Iterator[str]:
+    """The runner serving `gguf` on a free loopback port; yields its URL."""
+    binary = installed_binary(runner.binary, runner.variable, runner.script)
+    port = free_port()
+    with started([str(binary), *runner.arguments(gguf, port, n)], f"http://127.0.0.1:{port}/health", log):
+        yield f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="module", params=[(runner, family) for runner in RUNNERS for family in FAMILIES],
+                ids=[f"{runner.name}-{family}" for runner in RUNNERS for family in FAMILIES])
+def server(request: pytest.FixtureRequest, workspace: Workspace, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    runner, family = request.param
     gguf = workspace.gguf(family, "f32")
     embedder = Embedder(gguf)
     # Inputs up to the Embedder's own limit (the file's context, at most 8,192), and the
@@ -93,38 +141,11 @@ def server(request: pytest.FixtureRequest, workspace, tmp_path_factory: pytest.T
     texts = SHORT_TEXTS + [long_text(0, 2_500), long_text(5_000, 6_000)]
     texts = [t for t in texts if len(embedder.tokenize(t)) <= n]
     assert max(len(embedder.tokenize(t)) for t in texts) >= 1_000, "no long input within the limit"
-    port = free_port()
-    log = tmp_path_factory.mktemp(f"llama-server-{family}") / "server.log"
-    # Flash attention on, as the bindings run it (Embedder(flash_attn=True) → LLAMA_FLASH_ATTN_TYPE_ENABLED;
-    # the server's default is "auto"). One slot, so the whole context is one sequence's.
-    command = [str(binary), "-m", str(gguf), "--embedding", "--host", "127.0.0.1", "--port", str(port),
-               "-c", str(n), "-b", str(n), "-ub", str(n), "-np", "1", "-t", "2", "-fa", "on", "--no-webui"]
-    with log.open("wb") as log_file:
-        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    log = tmp_path_factory.mktemp(f"{runner.name}-{family}") / "server.log"
     try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"llama-server exited with {process.returncode}: {' '.join(command)}\n"
-                            f"server log {log}:\n{log.read_text(errors='replace')[-6000:]}")
-            try:
-                if requests.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"llama-server not ready after {START_TIMEOUT_S:.0f} s: {' '.join(command)}\n"
-                            f"server log {log}:\n{log.read_text(errors='replace')[-6000:]}")
-            time.sleep(0.1)
-        yield Server(url, log, embedder, texts, workspace.checkpoint(family))
+        with serving(runner, gguf, n, log) as url:
+            yield Server(url, log, embedder, texts, workspace.checkpoint(family), runner)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
         embedder.close()
 
 
@@ -195,3 +216,57 @@ def test_embedder_parses_special_token_strings_like_the_server(server: Server) -
     text = special_token_text(server.checkpoint)
     ids = server.post("/tokenize", {"content": text, "add_special": True})["tokens"]
     assert server.embedder.tokenize(text) == ids
+
+
+def test_the_ollama_runner_loads_through_the_compat_hooks(server: Server) -> None:
+    """scripts/ollama-runner/compat-hooks.patch is in the binary: its loader called the hook, which let the file be."""
+    hooked = "architecture 'modern-bert' has no ollama translation; loaded as it is"
+    assert (hooked in server.log.read_text(errors="replace")) == (server.runner.name == "ollama-runner-b10488")
+
+
+# The parity matrix: each tokenizer family in the gguf-py types, and llama.cpp's K-quant and a recipe on one family.
+PARITY_FILES = [(family, label) for family in FAMILIES for label in ("f32", "f16", "q8_0")] + [
+    ("tiny-o200k", "q4_k_m"), ("tiny-o200k", "q8_0+emb_q4_k")]
+
+
+def parity_file(workspace: Workspace, family: str, label: str) -> Path:
+    """The GGUF of `family` written as `label`: gguf-py's types by the Workspace, llama.cpp's by the quantizer."""
+    output = OutType.parse(label)
+    if label in ("f32", "f16", "q8_0"):
+        return workspace.gguf(family, label)
+    folder = workspace.root / f"parity-{family}-{output.file_label}"
+    path = folder / f"{family}-{output.file_label}.gguf"
+    if not path.exists():
+        folder.mkdir(exist_ok=True)
+        convert_set(open_checkpoint(str(workspace.checkpoint(family))), folder, [output], model_name=family)
+    return path
+
+
+@pytest.mark.parametrize("runner", RUNNERS, ids=[runner.name for runner in RUNNERS])
+@pytest.mark.parametrize("family, label", PARITY_FILES, ids=[f"{family}-{label}" for family, label in PARITY_FILES])
+def test_parity_with_pytorch_through_the_server(runner: Runner, family: str, label: str, workspace: Workspace,
+                                                 tmp_path: Path) -> None:
+    """The server's token ids equal HF's and its vectors reach the gate of the file's type against the PyTorch
+    reference (verify.py), for every probe text that fits the reference's limit uncut."""
+    gguf = parity_file(workspace, family, label)
+    gate = gate_of(read_header(gguf))
+    assert gate is not None, f"{label}: no gate"
+    reference = workspace.reference(family)
+    with Embedder(gguf) as embedder:
+        n = embedder.max_tokens
+    chosen = [i for i, ids in enumerate(reference.token_ids) if len(ids) <= min(reference.limit, n)]
+    assert len(chosen) >= 0.9 * len(reference.texts) and max(len(reference.token_ids[i]) for i in chosen) >= 500
+    with serving(runner, gguf, n, tmp_path / "server.log") as url:
+        def post(route: str, body: dict[str, Any]) -> Any:
+            response = requests.post(url + route, json=body, timeout=REQUEST_TIMEOUT_S)
+            assert response.status_code == 200, f"{route}: {response.status_code} {response.text[:300]}"
+            return response.json()
+
+        for i in chosen:
+            got = post("/tokenize", {"content": reference.texts[i], "add_special": True})["tokens"]
+            assert got == reference.token_ids[i], f"text {i}: {reference.texts[i][:60]!r}"
+        vectors = np.array([post("/v1/embeddings", {"input": reference.texts[i], "model": "x"})["data"][0]["embedding"]
+                            for i in chosen])
+    cosines = np.sum(unit(vectors) * unit(reference.vectors[chosen]), axis=1)
+    worst = int(np.argmin(cosines))
+    assert cosines[worst] >= gate, f"{label}: cosine {cosines[worst]:.6f} < {gate} on {reference.texts[chosen[worst]][:60]!r}"

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 
+from granite_gguf import __version__
 from granite_gguf.errors import UserError
 from granite_gguf.modelfiles.granite_r2 import CONTEXT_LENGTHS, FILE_TYPES, FOLDER, shipped_modelfiles
 from granite_gguf.modelfiles.modelfile import (
@@ -50,8 +52,9 @@ def test_valid_modelfile_parses_as_ollama_reads_it() -> None:
     assert [(ins.keyword, ins.line) for ins in modelfile.instructions][:2] == [("FROM", 3), ("PARAMETER", 4)]
     assert modelfile.values("FROM") == ["./model.gguf"]
     assert modelfile.values("SYSTEM") == ["You are # a value, not a comment"]
-    assert modelfile.values("TEMPLATE") == ["{{ .Prompt }}\n# inside quotes this line is text\n"]
-    assert modelfile.values("LICENSE") == ['apache-2.0\nwith "quotes" inside', "second license"]
+    # ollama keeps line breaks inside quotes as they are: CRLF here
+    assert modelfile.values("TEMPLATE") == ["{{ .Prompt }}\r\n# inside quotes this line is text\r\n"]
+    assert modelfile.values("LICENSE") == ['apache-2.0\r\nwith "quotes" inside', "second license"]
     assert modelfile.values("MESSAGE") == ["hello there"]
     assert modelfile.parameters() == {
         "num_batch": 8192, "num_ctx": 8192, "seed": -1, "stop": ["<|end|>", "#not a comment here"],
@@ -203,7 +206,7 @@ def test_generated_from_a_gguf(workspace: Workspace, tmp_path: Path, family: str
     assert modelfile.parameters() == {"num_batch": context, "num_ctx": context}
     assert modelfile.values("LICENSE") == ["apache-2.0"]
     assert [line for line in text.splitlines() if line.startswith("#")][:4] == [
-        f"# model: {family}", "# file type: f16", "# pooling: CLS", "# converter: granite-gguf 0.1.0"]
+        f"# model: {family}", "# file type: f16", "# pooling: CLS", f"# converter: granite-gguf {__version__}"]
     assert text.splitlines()[4].startswith("# num_batch = num_ctx")
     beside = generate_modelfile(gguf, gguf.with_name("Modelfile"))
     assert parse_modelfile(beside)[0].values("FROM") == [f"./{gguf.name}"]
@@ -246,3 +249,48 @@ def test_cli_usage_errors(capsys: pytest.CaptureFixture[str], argv: list[str]) -
     assert run_cli(*argv) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and len(captured.err.splitlines()) == 1 and captured.err.startswith("error: ")
+
+
+def test_an_unclosed_triple_quote_is_parsed_in_linear_time() -> None:
+    """Issue 21 item 13: 400k lines after an unclosed \"\"\" took 33 s (the whole value re-trimmed at every line break).
+    Eight times the lines must take about eight times as long, not sixty-four (best of three, so load does not decide)."""
+    def seconds(lines: int) -> float:
+        text = 'FROM x.gguf\nSYSTEM """never closed\n' + "a line of text\n" * lines
+        best = float("inf")
+        for _ in range(3):
+            start = time.perf_counter()
+            problems = check_modelfile(text)
+            best = min(best, time.perf_counter() - start)
+        assert [(p.line, "unterminated quote" in p.message) for p in problems] == [(2, True)]
+        return best
+
+    small, large = seconds(10_000), seconds(80_000)
+    assert large < 24 * small, f"{small:.3f} s for 10k lines, {large:.3f} s for 80k"
+
+
+def test_float_parameters_are_stored_as_ollama_stores_them() -> None:
+    """The params blob ollama 0.5.4 wrote for these lines (float32, printed the Go way): see the differential."""
+    from granite_gguf.modelfiles.store import _go_json
+
+    text = "FROM x.gguf\nPARAMETER num_ctx 512\nPARAMETER temperature 0.1234567891\nPARAMETER top_p 1e-07\n"
+    assert _go_json(parse_modelfile(text)[0].parameters()) == b'{"num_ctx":512,"temperature":0.12345679,"top_p":1e-7}\n'
+
+
+@pytest.mark.parametrize("line, value, dropped", [
+    ("SYSTEM a\u00a0b", "ab", "U+00A0 (no-break space)"),
+    ("SYSTEM \U0001f469\u200d\U0001f4bb", "\U0001f469\U0001f4bb", "U+200D (zero width joiner)"),
+    ('SYSTEM """x\u2028y"""', "xy", "U+2028 (line separator)"),
+    ("\u00a0SYSTEM z", "z", "U+00A0 (no-break space)"),
+])
+def test_characters_go_does_not_print_are_dropped_with_a_warning(line: str, value: str, dropped: str) -> None:
+    modelfile, problems = parse_modelfile(f"FROM x.gguf\n{line}\n")
+    assert modelfile.values("SYSTEM") == [value]
+    assert [(p.line, p.fatal, dropped in p.message) for p in problems] == [(2, False, True)]
+
+
+@pytest.mark.parametrize("template, words", [("{{ .Prompt", "unclosed action"), ("{{ foo }}", 'function "foo" not defined'),
+                                             ("{{ if .System }}x", "unexpected EOF"), ("{{ end }}", "unexpected {{end}}")])
+def test_a_template_go_cannot_parse_is_refused(template: str, words: str) -> None:
+    problems = check_modelfile(f'FROM x.gguf\nTEMPLATE "{template}"\n')
+    assert [(p.line, p.fatal, words in p.message) for p in problems] == [(2, True, True)]
+    assert check_modelfile('FROM x.gguf\nTEMPLATE "{{ if .System }}{{ .System }}{{ end }}{{ json .Prompt }}"\n') == []

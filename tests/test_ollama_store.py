@@ -9,11 +9,10 @@ from typing import Any
 
 import pytest
 
-from granite_gguf.convert.inspect import read_summary
 from granite_gguf.errors import UserError
 from granite_gguf.modelfiles import store
 from granite_gguf.modelfiles.modelfile import generate_modelfile
-from granite_gguf.modelfiles.store import ModelName, install, list_models, remove
+from granite_gguf.modelfiles.store import LOCK_FILE, ModelName, install, list_models, remove
 from tests.conftest import Workspace, run_cli, tree
 
 MEDIA = "application/vnd.ollama.image."
@@ -55,7 +54,7 @@ def test_install_from_gguf(gguf: Path, tmp_path: Path) -> None:
     config = json.loads(blob(tmp_path, manifest["config"]["digest"]))
     assert config == {
         "model_format": "gguf", "model_family": "modern-bert", "model_families": ["modern-bert"],
-        "model_type": read_summary(gguf).metadata["general.size_label"], "file_type": "F16",
+        "model_type": "353K", "file_type": "F16",  # ollama 0.5.4's `ollama show` of this file: "parameters 353K"
         "architecture": "amd64", "os": "linux",
         "rootfs": {"type": "layers", "diff_ids": [layer["digest"] for layer in manifest["layers"]]},
     }
@@ -63,7 +62,7 @@ def test_install_from_gguf(gguf: Path, tmp_path: Path) -> None:
                             "architecture", "os", "rootfs"]
     assert model.name == "granite-embedding:f16" and model.size == sum(
         entry["size"] for entry in [manifest["config"], *manifest["layers"]])
-    assert not [p for p in tmp_path.rglob(".*")], "no temporary files are left"
+    assert not [p for p in tmp_path.rglob(".*") if p.name != LOCK_FILE], "no temporary files are left"
 
 
 def test_gguf_and_its_generated_modelfile_install_the_same_model(gguf: Path, tmp_path: Path) -> None:
@@ -85,6 +84,15 @@ def test_install_from_hand_written_modelfile(gguf: Path, tmp_path: Path) -> None
     assert list(layers) == ["model", "system", "params"]
     params = blob(tmp_path / "models", layers["params"])
     assert params == b'{"num_ctx":512,"stop":["\\u003ca\\u0026b\\u003e","x"],"temperature":0.5}\n'  # as Go writes it
+
+
+# ollama's format.HumanNumber (format/format.go): whole numbers bare, else K rounded, M two decimals, B one.
+@pytest.mark.parametrize("count, label", [(0, "0"), (999, "999"), (1000, "1K"), (353_500, "354K"), (354_500, "354K"),
+                                          (970_499, "970K"), (999_999, "1000K"), (1_000_000, "1M"), (1_234_567, "1.23M"),
+                                          (149_015_000, "149.01M"), (311_000_000, "311M"), (999_999_999, "1000.00M"),
+                                          (2_000_000_000, "2B"), (1_550_000_000, "1.6B"), (1_450_000_000, "1.4B")])
+def test_parameter_size_label_is_ollamas(count: int, label: str) -> None:
+    assert store.parameter_size(count) == label
 
 
 @pytest.mark.parametrize("text, words", [

@@ -9,10 +9,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
-import signal
-import subprocess
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -27,49 +23,17 @@ from granite_gguf.modelfiles import registry
 from granite_gguf.modelfiles.registry import add_registry_commands, pull, push
 from granite_gguf.modelfiles.store import MANIFEST_MEDIA_TYPE, install, list_models
 from tests.conftest import Workspace, free_port, tree
+from tests.services import start_registry
 
 pytestmark = [pytest.mark.slow, pytest.mark.registry]
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "start-registry.sh"
 NAME = "tiny-gemma3:q8_0"
 MANIFEST = "manifests/registry.ollama.ai/library/tiny-gemma3/q8_0"
 
 
-def start_registry(tmp_path_factory: pytest.TempPathFactory, *flags: str) -> Iterator[tuple[str, Path]]:
-    """(host:port, storage folder) of a registry started by scripts/start-registry.sh; stops every process it started."""
-    for binary in ("docker-registry", "nginx"):
-        if shutil.which(binary, path=f"{os.environ.get('PATH', '')}:/usr/sbin") is None:
-            pytest.fail(f"{binary} is missing: .ci/run installs it (scripts/install-test-services.sh)")
-    data = tmp_path_factory.mktemp("registry")
-    port = free_port()
-    started = subprocess.run([str(SCRIPT), *flags, str(port), str(data)], check=False, capture_output=True,
-                             text=True, timeout=60)
-    assert started.returncode == 0, started.stderr
-    pids = [int(line) for line in started.stdout.split()]
-    assert len(pids) == (1 if flags else 2)
-    try:
-        yield f"127.0.0.1:{port}", data / "storage"
-    finally:
-        for pid in pids:
-            os.kill(pid, signal.SIGTERM)
-        for pid in pids:
-            for _ in range(50):
-                if not running(pid):
-                    break
-                time.sleep(0.1)
-
-
-def running(pid: int) -> bool:
-    """True while `pid` exists and is not a zombie (a process whose parent script has exited may stay one)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
-    """The redirecting registry: docker-registry on 127.0.0.1, its blobs served by nginx on localhost."""
+    """The redirecting registry: docker-registry on 127.0.0.1, its blobs served by nginx on 127.0.0.2."""
     yield from start_registry(tmp_path_factory)
 
 
@@ -286,7 +250,7 @@ def expected_tree(store: Path, host: str) -> dict[str, bytes]:
 def blob_file_urls(log: list[tuple[str, str, dict[str, Any]]], host: str) -> list[str]:
     """The URLs of ranged GETs: each must be a blob file on nginx, known only from the registry's Location."""
     urls = [url for method, url, headers in log if method == "GET" and "Range" in headers]
-    blob_file = re.compile(r"http://localhost:[0-9]+/docker/registry/v2/blobs/sha256/[0-9a-f]{2}/[0-9a-f]{64}/data")
+    blob_file = re.compile(r"http://127\.0\.0\.2:[0-9]+/docker/registry/v2/blobs/sha256/[0-9a-f]{2}/[0-9a-f]{64}/data")
     assert urls and all(blob_file.fullmatch(url) for url in urls), urls
     assert not any(url.startswith(f"http://{host}/") and "Range" in headers for _, url, headers in log)
     return urls

@@ -49,7 +49,7 @@ def test_manifest_entries_are_config_then_layers() -> None:
 
 
 @pytest.mark.parametrize(("body", "message"), [
-    (b"not json", "not a Docker v2 manifest"),
+    (b"not json", "manifest: not valid JSON"),
     (manifest(layers=[{"digest": DIGEST, "size": -1}]), "bad size -1"),
     (manifest(layers=[{"digest": "md5:00", "size": 1}]), "invalid blob digest 'md5:00'"),
     (manifest(config=None), "not a Docker v2 manifest"),

@@ -11,6 +11,7 @@ import requests
 
 from granite_gguf import cli
 from granite_gguf import release as release_module
+from granite_gguf.certificate import generate_key
 from granite_gguf.convert.quantize import QuantizedFile
 from granite_gguf.convert.source import Checkpoint, open_checkpoint
 from granite_gguf.convert.types import OutType
@@ -52,13 +53,16 @@ def stored_blob(store: Path, name: str) -> Path:
 def test_release_installs_pushes_and_resumes(workspace: Workspace, server: tuple[str, Path], tmp_path: Path,  # noqa: F811
                                              capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     source, outdir, store = workspace.checkpoint(FAMILY), tmp_path / "out", tmp_path / "store"
+    public = generate_key(tmp_path / "releaser.key")
     args = [str(source), "--outdir", str(outdir), "--quant", QUANT, "--name", "test/tiny",
-            "--push", f"{server[0]}/test/released", "--insecure", "--models-dir", str(store)]
+            "--push", f"{server[0]}/test/released", "--insecure", "--models-dir", str(store),
+            "--signing-key", str(tmp_path / "releaser.key")]
     code, out, err = release_cli(capsys, *args)
     assert code == 0, err
     files = {path.name: path for path in outdir.glob("*.gguf")}
     assert set(files) == {f"{FAMILY}-f16.gguf", f"{FAMILY}-q8_0-emb_q4_k-mostly-q8_0-emb_q5_0.gguf"}
     for path in files.values():
+        assert cli.main(["check", str(path), "--public-key", str(public)]) == 0
         certificate = certificate_of(path)
         assert certificate.result == "PASS" and certificate.probe_set == "gate"
         assert certificate.probe_texts == len(gate_texts()) and certificate.reference == str(source)
@@ -74,7 +78,7 @@ def test_release_installs_pushes_and_resumes(workspace: Workspace, server: tuple
     stamps = {path: path.stat().st_mtime_ns for path in [*outdir.iterdir(), *store.rglob("manifests/**/*")] if path.is_file()}
     monkeypatch.setattr(release_module, "run_reference", lambda *a, **k: pytest.fail("the reference ran again"))
     monkeypatch.setattr(release_module, "convert_set", lambda *a, **k: pytest.fail("the set was converted again"))
-    code, out, err = release_cli(capsys, *args)
+    code, out, err = release_cli(capsys, *args)  # signed by this key: proved verified, not verified again
     assert code == 0, err
     assert out.count("(verified before)") == 2
     assert {path: path.stat().st_mtime_ns for path in stamps} == stamps, "a second run rewrote nothing"
