@@ -158,7 +158,7 @@ def start(command: list[str], url: str, env: dict[str, str], log: Path) -> Runni
         try:
             if requests.get(url + "/health", timeout=2).status_code == 200:
                 return Running(process, url)
-        except requests.ConnectionError:
+        except requests.RequestException:  # not listening yet, or too busy starting to answer within 2 s
             pass
         time.sleep(0.2)
     process.kill()
