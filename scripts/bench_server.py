@@ -12,7 +12,7 @@ Servers, each started here in its own process, one after another on the same mac
                 sentence-transformers 3 and numpy 1, which this project's environment does not take). Its
                 sentence-transformers 3 hands ModernBERT the tokenizer's token_type_ids (TypeError, and the
                 request never answers) unless tokenizer_config.json lists model_input_names
-                ["input_ids", "attention_mask"], as ModernBERT tokenizers do; the full-size builder's does not
+                ["input_ids", "attention_mask"]; the full-size builder's does not
 Scenarios: `short` (64 clients, queries of 5-30 tokens) and `passages` (8 clients, 512-token passages).
 Each client sends one text per request to /v1/embeddings and sends the next as soon as the answer is
 in; every answer is checked against the Embedder's vector for that text. Servers take turns round by
