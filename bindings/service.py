@@ -33,7 +33,7 @@ from granite_gguf.bindings.batching import (
     TooLong,
 )
 from granite_gguf.bindings.defaults import Limits
-from granite_gguf.bindings.embedder import Embedder, Embeddings, LongInputs
+from granite_gguf.bindings.embedder import Embedder, Embeddings, LongInputs, NonFiniteVectorError
 from granite_gguf.bindings.metrics import Metrics
 from granite_gguf.errors import UserError
 
@@ -286,7 +286,7 @@ class EmbeddingService:
             result: Embeddings = await asyncio.wrap_future(future)
         except TooLong as exc:
             raise _too_long(exc, api) from None
-        except NonFiniteVectors:
+        except (NonFiniteVectors, NonFiniteVectorError):  # the batcher's check, or the Embedder's (a UserError too)
             raise RequestError(f"{OLLAMA_NON_FINITE}: the model file gives no usable vectors (check the GGUF)",
                                HTTPStatus.INTERNAL_SERVER_ERROR) from None
         except UserError as exc:
