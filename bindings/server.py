@@ -246,16 +246,13 @@ class RequestLog:
         request_id.set(rid)
         started = time.perf_counter()
         status = [500]
+        recorded = [False]
 
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-                MutableHeaders(scope=message).append(REQUEST_ID_HEADER, rid)
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_with_id)
-        finally:
+        def record() -> None:
+            """Counted and logged once, before the last byte goes out: a client that has its answer sees it."""
+            if recorded[0]:
+                return
+            recorded[0] = True
             elapsed = time.perf_counter() - started
             route = scope["path"] if scope["path"] in KNOWN_PATHS else "other"
             self.metrics.requests.labels(route, scope["method"], str(status[0])).inc()
@@ -263,6 +260,19 @@ class RequestLog:
                 self.metrics.errors.labels(route, str(status[0])).inc()
             self.metrics.latency.labels(route).observe(elapsed)
             log.info("[%s] %s %s %d %.1f ms", rid, scope["method"], scope["path"], status[0], elapsed * 1000)
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+                MutableHeaders(scope=message).append(REQUEST_ID_HEADER, rid)
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                record()
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            record()  # no answer went out (the client left, or a bug below): still one line and one count
 
 
 class ApiKeys:

@@ -7,12 +7,22 @@ Servers, each started here in its own process, one after another on the same mac
   old           with `--old-commit REV`: `granite-gguf serve` of that commit (the hand-written
                 http.server one), run from a `git archive` of it
   llama-server  llama.cpp's own server (scripts/build-llama-server.sh) with `--parallel` slots
+  infinity      infinity-emb (PyPI, torch backend, fp32 on the CPU) on the checkpoint the GGUF came from
+                (`--checkpoint`), from its own virtual environment (`--infinity`: it pins transformers 4,
+                sentence-transformers 3 and numpy 1, which this project's environment does not take). Its
+                sentence-transformers 3 hands ModernBERT the tokenizer's token_type_ids (TypeError, and the
+                request never answers) unless tokenizer_config.json lists model_input_names
+                ["input_ids", "attention_mask"], as ModernBERT tokenizers do; the full-size builder's does not
 Scenarios: `short` (64 clients, queries of 5-30 tokens) and `passages` (8 clients, 512-token passages).
 Each client sends one text per request to /v1/embeddings and sends the next as soon as the answer is
 in; every answer is checked against the Embedder's vector for that text. Servers take turns round by
 round; requests/s and latency percentiles are medians over rounds.
 
     .venv/bin/python scripts/bench_server.py /tmp/granite-gguf-bench/full97m-f16.gguf --old-commit d259862
+    python3 -m venv ~/.cache/granite-gguf/infinity-venv   # once: infinity-emb beside its own torch
+    ~/.cache/granite-gguf/infinity-venv/bin/pip install torch==2.13.0 "infinity-emb[torch,server]==0.0.78"
+    .venv/bin/python scripts/bench_server.py full97m-f16.gguf --servers ours llama-server infinity \
+        --checkpoint /tmp/full97m
 """
 
 from __future__ import annotations
@@ -105,7 +115,8 @@ def old_tree(commit: str, dest: Path) -> Path:
     return root
 
 
-def server_command(kind: str, gguf: Path, port: int, threads: int, parallel: int, llama_server: Path) -> list[str]:
+def server_command(kind: str, gguf: Path, port: int, threads: int, parallel: int, llama_server: Path,
+                   infinity: Path | None = None, checkpoint: Path | None = None) -> list[str]:
     serve = [sys.executable, "-m", "granite_gguf.cli", "serve", str(gguf), "--port", str(port), "--max-tokens", "512",
              "--threads", str(threads), "--model-name", "m"]  # the name every request asks for
     if kind.startswith("ours:"):
@@ -120,6 +131,12 @@ def server_command(kind: str, gguf: Path, port: int, threads: int, parallel: int
         return [str(llama_server), "-m", str(gguf), "--embedding", "--host", "127.0.0.1", "--port", str(port),
                 "-c", str(512 * parallel), "-b", "1024", "-ub", "1024", "-np", str(parallel), "-t", str(threads),
                 "-fa", "on", "--threads-http", str(max(64, parallel) + 8)]
+    if kind == "infinity":  # its own batching (up to --batch-size inputs per forward pass), on the checkpoint
+        if infinity is None or checkpoint is None:
+            raise SystemExit("infinity needs --infinity (its environment's infinity_emb) and --checkpoint")
+        return [str(infinity), "v2", "--model-id", str(checkpoint), "--served-model-name", "m", "--engine", "torch",
+                "--device", "cpu", "--dtype", "float32", "--batch-size", "64", "--port", str(port),
+                "--host", "127.0.0.1", "--url-prefix", "/v1", "--no-model-warmup"]
     raise ValueError(kind)
 
 
@@ -205,6 +222,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=15.0, help="measured seconds per scenario and round")
     parser.add_argument("--llama-server", type=Path, default=Path(sys.prefix) / "bin" / "llama-server")
     parser.add_argument("--markdown", type=Path, help="append the table to this file")
+    parser.add_argument("--infinity", type=Path, default=Path.home() / ".cache/granite-gguf/infinity-venv/bin/infinity_emb",
+                        help="infinity-emb's command, in its own environment")
+    parser.add_argument("--checkpoint", type=Path, help="the checkpoint the GGUF was converted from (for infinity)")
     args = parser.parse_args(argv)
     servers = [s for s in args.servers if s != "old" or args.old_commit]
 
@@ -225,8 +245,12 @@ def main(argv: list[str] | None = None) -> int:
             order = servers[round_index % len(servers):] + servers[:round_index % len(servers)]
             for kind in order:
                 port = free_port()
-                command = server_command(kind, args.gguf, port, args.threads, args.parallel, args.llama_server)
-                running = start(command, f"http://127.0.0.1:{port}", old_env if kind == "old" else env, log)
+                command = server_command(kind, args.gguf, port, args.threads, args.parallel, args.llama_server,
+                                         args.infinity, args.checkpoint)
+                threads = {"OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
+                           "DO_NOT_TRACK": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0"}  # infinity: no telemetry
+                running = start(command, f"http://127.0.0.1:{port}", old_env if kind == "old" else dict(env, **threads),
+                                log)
                 try:
                     for name in args.scenarios:
                         count, latencies, errors, wrong, worst = asyncio.run(

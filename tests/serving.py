@@ -38,6 +38,14 @@ class RunningServer:
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
 
+    def wait_for_log(self, text: str, timeout_s: float = 10.0) -> str:
+        """The log once it holds `text` (a request's line is written after its answer has gone out)."""
+        deadline = time.monotonic() + timeout_s
+        while text not in (log := self.log_text()):
+            assert time.monotonic() < deadline, f"{text!r} not in the log:\n{log[-2000:]}"
+            time.sleep(0.05)
+        return log
+
 
 @contextmanager
 def running_server(gguf: Path | str | None, log: Path, *options: str,

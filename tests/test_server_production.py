@@ -188,7 +188,7 @@ def test_json_log_lines_carry_the_request_id(server: Served) -> None:
                              headers={"X-Request-ID": "trace-42", **auth()}, timeout=30)
     assert response.headers["X-Request-ID"] == "trace-42"
     lines: list[dict[str, Any]] = []
-    for line in server.log_text().splitlines():
+    for line in server.wait_for_log('"request_id": "trace-42"').splitlines():
         if line.startswith("{"):
             lines.append(json.loads(line))
     mine = [line for line in lines if line["request_id"] == "trace-42"]
