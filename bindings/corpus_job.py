@@ -11,7 +11,6 @@ Memory is bounded by one batch whatever the corpus size.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from array import array
 from collections.abc import Collection, Iterator
@@ -137,8 +136,8 @@ class CorpusReader:
         return rows, self.id_type
 
     def _refuse_duplicate_ids(self) -> None:
-        """Every id once (a duplicate would make two output rows one key). One pass, 8 bytes per row: integer
-        ids as they are, strings by a 64-bit BLAKE2b digest; equal digests are then compared as the ids."""
+        """Every id once (a duplicate would make two output rows one key). One pass, 8 bytes per row (a 64-bit
+        key per id, sorted); only ids whose keys repeat are then compared, in a second pass."""
         if self.id_type is None:
             for _ in self._rows():
                 pass
@@ -156,7 +155,10 @@ class CorpusReader:
                 seen.add(identifier)
 
     def _json_row(self, line: bytes, row: int) -> dict[str, Any]:
-        value = parse_json(line, f"{self.path}: line {row + 1}")
+        try:
+            value = json.loads(line)
+        except (ValueError, RecursionError):  # parsed again for the one-line message: no f-string per good row
+            value = parse_json(line, f"{self.path}: line {row + 1}")
         if not isinstance(value, dict):
             raise UserError(f"{self.path}: line {row + 1} is not a JSON object")
         return value
@@ -214,11 +216,9 @@ class CorpusReader:
 
 
 def _id_key(identifier: int | str) -> int:
-    """An id as a signed 64-bit key: an integer itself, a string its 64-bit BLAKE2b digest."""
-    if isinstance(identifier, int):
-        return identifier
-    return int.from_bytes(hashlib.blake2b(identifier.encode("utf-8", "surrogatepass"), digest_size=8).digest(),
-                          "little", signed=True)
+    """An id as a signed 64-bit key: Python's own hash, stable within the process, the only place keys are
+    compared (equal keys are then compared as the ids)."""
+    return hash(identifier)
 
 
 @dataclass(frozen=True)

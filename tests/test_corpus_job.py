@@ -113,7 +113,7 @@ def test_bad_inputs_and_a_changed_job_are_refused(workspace: Workspace, tmp_path
     (tmp_path / "data.csv").write_text("text\na\n")
     cases = [
         ([str(tmp_path / "bad.jsonl")], "row 1: field 'text' is missing, not a string"),
-        ([str(tmp_path / "broken.jsonl")], "line 2 is not JSON"),
+        ([str(tmp_path / "broken.jsonl")], "line 2: not valid JSON"),
         ([str(tmp_path / "data.csv")], "unknown input type '.csv'"),
         ([str(tmp_path / "missing.jsonl")], "no such input file"),
         ([str(good), "--dim", "20"], "not a Matryoshka dimension"),

@@ -4,6 +4,7 @@ line, in bounded time and memory, and nothing unchecked enters the store."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import signal
@@ -196,6 +197,22 @@ def test_a_layer_larger_than_the_free_space_is_refused(stub: tuple[Stub, str], m
     serve_model(served, model)
     monkeypatch.setattr(registry.shutil, "disk_usage", lambda path: type("Usage", (), {"free": 1000})())
     refused(host, tmp_path, r"bytes to download, 1000 free")
+
+
+def test_a_write_the_file_system_refuses_leaves_no_part_files(stub: tuple[Stub, str], model: bytes, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Item 2: `OSError: File too large` was a traceback that left thousands of part files behind."""
+    served, host = stub
+    serve_model(served, model)
+
+    def too_large(*args: Any) -> None:
+        raise OSError(errno.EFBIG, "File too large")
+
+    monkeypatch.setattr(registry, "ThreadPoolExecutor", too_large)  # after the part records and the truncate
+    with pytest.raises(UserError, match=r"-partial: cannot write \(File too large\)"):
+        timed_pull(host, tmp_path)
+    assert [name for name in stored_files(tmp_path) if "partial" in name] == []
+    assert not list_models(tmp_path)
 
 
 def test_a_blob_sent_a_byte_at_a_time_is_abandoned(stub: tuple[Stub, str], model: bytes, tmp_path: Path,
