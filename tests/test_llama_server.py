@@ -235,10 +235,10 @@ def parity_file(workspace: Workspace, family: str, label: str) -> Path:
     if label in ("f32", "f16", "q8_0"):
         return workspace.gguf(family, label)
     folder = workspace.root / f"parity-{family}-{output.file_label}"
-    path = folder / f"{family}-{output.file_label}.gguf"
-    if not path.exists():
-        folder.mkdir(exist_ok=True)
+    if not folder.exists():
+        folder.mkdir()
         convert_set(open_checkpoint(str(workspace.checkpoint(family))), folder, [output], model_name=family)
+    (path,) = folder.glob("*.gguf")  # named for what it holds: hidden 64 leaves no tensor a K-quant
     return path
 
 
