@@ -1,4 +1,5 @@
-"""The one exception type that the command line turns into `error: …` and exit status 2."""
+"""The exception type that the command line turns into `error: …` and exit status 2, and the one-line advice it
+prints for an optional dependency whose extra is not installed."""
 
 
 class UserError(ValueError):
