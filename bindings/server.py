@@ -49,6 +49,7 @@ from granite_gguf.bindings.defaults import Access, Limits
 from granite_gguf.bindings.metrics import Metrics
 from granite_gguf.bindings.service import EmbeddingService, RequestError, request_id
 from granite_gguf.errors import UserError
+from granite_gguf.files import parse_json
 
 log = logging.getLogger(__name__)
 
@@ -100,16 +101,14 @@ async def _json_body(request: Request, limits: Limits) -> dict[str, Any]:
 
 
 def parse_json_object(raw: bytes) -> dict[str, Any]:
-    """A JSON object from bytes, or a RequestError (400): bad UTF-8 or JSON, nesting past what Python's
-    parser recurses into, and integers past Python's 4,300-digit conversion limit are the client's errors."""
+    """A JSON object from bytes, or a RequestError (400): bad UTF-8, and what `files.parse_json` refuses (bad JSON,
+    nesting past what Python's parser recurses into, integers past its 4,300-digit limit), are the client's errors."""
     try:
-        body = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RequestError(f"body is not JSON in UTF-8: {exc}") from None
-    except RecursionError:
-        raise RequestError("body is not usable JSON: nested too deeply") from None
-    except ValueError as exc:  # e.g. "Exceeds the limit (4300 digits) for integer string conversion"
-        raise RequestError(f"body is not usable JSON: {exc}") from None
+        body = parse_json(raw.decode("utf-8"), "body")
+    except UnicodeDecodeError as exc:
+        raise RequestError(f"body is not UTF-8: {exc}") from None
+    except UserError as exc:
+        raise RequestError(str(exc)) from None
     if not isinstance(body, dict):
         raise RequestError("body must be a JSON object")
     return body
