@@ -9,7 +9,8 @@ its token budget; the rows are then cut back per request, in order, and cut to e
 dimension. Only `long_inputs="chunk"` (several windows per input) goes through `Embedder.embed`.
 Requests with different normalization, long-input mode or token limit go into separate calls. When
 a shared call fails anyway (a bug), each request of it is run on its own, so only the request at
-fault gets the error. A request whose vectors come back NaN or infinite gets `NonFiniteVectors`.
+fault gets the error. A request whose vectors come back NaN or infinite gets the Embedder's
+`NonFiniteVectorError`, logged: the model file is at fault, not the client.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from granite_gguf.bindings.embedder import Embedder, Embeddings, LongInputs
+from granite_gguf.bindings.embedder import Embedder, Embeddings, LongInputs, NonFiniteVectorError
 from granite_gguf.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -52,10 +53,6 @@ class LimitTooSmall(UserError):
     def __init__(self, limit: int, specials: int) -> None:
         super().__init__(f"a limit of {limit} tokens leaves no room beside the {specials} special token(s)")
         self.limit, self.specials = limit, specials
-
-
-class NonFiniteVectors(RuntimeError):
-    """The model gave NaN or infinite values (a broken file, not the client's input): a 500, never bare NaN."""
 
 
 @dataclass(frozen=True)
@@ -192,7 +189,7 @@ class Batcher:
                 for job in jobs:
                     self._run(embedder, [job])
                 return
-            if not isinstance(exc, UserError):  # bad input is the client's to fix; anything else is logged
+            if not isinstance(exc, UserError) or isinstance(exc, NonFiniteVectorError):  # bad input is the client's to fix
                 log.exception("[%s] embedding failed", jobs[0].label, extra={"request_id": jobs[0].label})
             jobs[0].future.set_exception(exc)
             return
@@ -200,11 +197,7 @@ class Batcher:
         for job in ready:
             end = start + len(job.inputs)
             rows = _cut(vectors[start:end], job.options.truncate_dim, job.options.normalize)
-            if not np.isfinite(rows).all():
-                log.error("[%s] the model gave NaN or infinite values", job.label, extra={"request_id": job.label})
-                job.future.set_exception(NonFiniteVectors("embedding contains NaN or Inf values"))
-            else:
-                job.future.set_result(Embeddings(rows, counts[start:end], truncated[start:end]))
+            job.future.set_result(Embeddings(rows, counts[start:end], truncated[start:end]))  # finite: the Embedder checked
             start = end
 
     def _chunked(self, job: _Job) -> bool:

@@ -27,7 +27,6 @@ from granite_gguf.bindings.batching import (
     Batcher,
     Input,
     LimitTooSmall,
-    NonFiniteVectors,
     Options,
     Overloaded,
     TooLong,
@@ -286,7 +285,7 @@ class EmbeddingService:
             result: Embeddings = await asyncio.wrap_future(future)
         except TooLong as exc:
             raise _too_long(exc, api) from None
-        except (NonFiniteVectors, NonFiniteVectorError):  # the batcher's check or the Embedder's: the file's fault
+        except NonFiniteVectorError:  # the Embedder's check: the file's fault, a 500
             raise RequestError(f"{OLLAMA_NON_FINITE}: the model file gives no usable vectors (check the GGUF)",
                                HTTPStatus.INTERNAL_SERVER_ERROR) from None
         except UserError as exc:
