@@ -31,8 +31,24 @@ class KeyRule:
     expect: str  # what `allowed` accepts, for the message
 
 
+@dataclass(frozen=True)
+class Dimensions:
+    """The sizes that fix every tensor shape of an encoder (with the vocabulary size)."""
+
+    hidden: int
+    intermediate: int  # per GLU half for gated FFNs (ModernBERT's Wi has 2 * intermediate rows)
+    layers: int
+    heads: int
+
+
 class Spec(Protocol):
     """One checkpoint's hyper-parameters, as the unit read them."""
+
+    @property
+    def dims(self) -> Dimensions: ...
+
+    @property
+    def context_length(self) -> int: ...
 
     def write_metadata(self, writer: GGUFWriter) -> None: ...
 
@@ -53,8 +69,8 @@ class Architecture:
     read_spec: Callable[[Checkpoint, tuple[int, ...] | None], Spec]
     required_keys: Mapping[str, KeyKind]  # GGUF keys llama.cpp's loader needs
     key_rules: Mapping[str, KeyRule]  # every key llama.cpp reads for this architecture, checked when present
-    dimensions_from_metadata: Callable[[Mapping[str, Any]], Any]
-    tensor_shapes: Callable[[Any, int], dict[str, tuple[int, ...]]]  # (dimensions, vocab) → GGUF name → numpy shape
+    dimensions_from_metadata: Callable[[Mapping[str, Any]], Dimensions]  # from already type-checked metadata
+    tensor_shapes: Callable[[Dimensions, int], dict[str, tuple[int, ...]]]  # (dimensions, vocab) → GGUF name → numpy shape
 
     @property
     def name(self) -> str:

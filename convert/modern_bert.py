@@ -30,7 +30,7 @@ from gguf import (
 )
 
 from granite_gguf.convert import keys
-from granite_gguf.convert.architecture import Architecture, KeyKind, KeyRule
+from granite_gguf.convert.architecture import Architecture, Dimensions, KeyKind, KeyRule
 from granite_gguf.convert.source import Checkpoint
 from granite_gguf.errors import UserError
 
@@ -51,16 +51,6 @@ KNOWN_MATRYOSHKA_DIMS: dict[str, tuple[int, ...]] = {
 CONFIG_LIMITS = {"num_hidden_layers": 1_024, "vocab_size": 1 << 20, "max_position_embeddings": 1 << 20}
 DEFAULT_CONFIG_LIMIT = 1 << 16
 IGNORED_PREFIXES = ("head.", "decoder.")  # the masked-LM head is not part of the encoder
-
-
-@dataclass(frozen=True)
-class Dimensions:
-    """The sizes that fix every tensor shape (with the vocabulary size)."""
-
-    hidden: int
-    intermediate: int  # per GLU half: Wi has 2 * intermediate rows
-    layers: int
-    heads: int
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 from gguf import MODEL_TENSOR
 
-from granite_gguf.convert.modern_bert import Dimensions, layout
+from granite_gguf.convert.architecture import Dimensions
+from granite_gguf.convert.modern_bert import layout
 from granite_gguf.convert.tokenizer import O200K_SPLIT_REGEX, SPACE_ESCAPE, TokenizerFamily
 from granite_gguf.corpus import cldr_sentences
 

@@ -24,7 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from granite_gguf.convert.modern_bert import Dimensions, layout
+from granite_gguf.convert.architecture import Dimensions
+from granite_gguf.convert.modern_bert import layout
 from granite_gguf.convert.tokenizer import BYTE_PIECES
 from granite_gguf.fixtures import (
     FIXTURES,
