@@ -66,7 +66,7 @@ class Architecture:
     arch: MODEL_ARCH
     hf_model_type: str  # config.json `model_type`
     hf_architectures: tuple[str, ...]  # config.json `architectures` it converts
-    read_spec: Callable[[Checkpoint, tuple[int, ...] | None], Spec]
+    read_spec: Callable[[Checkpoint, tuple[int, ...]], Spec]  # (checkpoint, Matryoshka dimensions to declare)
     required_keys: Mapping[str, KeyKind]  # GGUF keys llama.cpp's loader needs
     key_rules: Mapping[str, KeyRule]  # every key llama.cpp reads for this architecture, checked when present
     dimensions_from_metadata: Callable[[Mapping[str, Any]], Dimensions]  # from already type-checked metadata

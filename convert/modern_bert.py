@@ -42,10 +42,6 @@ SUPPORTED_ARCHITECTURES = ("ModernBertModel", "ModernBertForMaskedLM")
 ACTIVATIONS = {"gelu": "GeGLU", "silu": "SwiGLU"}
 DEFAULT_NORM_EPS = 1e-5  # transformers' ModernBertConfig default
 
-# Matryoshka dimensions of the published Granite R2 models, by repository name (largest first).
-KNOWN_MATRYOSHKA_DIMS: dict[str, tuple[int, ...]] = {
-    "granite-embedding-311m-multilingual-r2": (768, 512, 384, 256, 128),
-}
 # Upper bounds on config.json integers, far above any ModernBERT, so a hostile config cannot make the
 # converter loop or allocate without end (docs/security.md).
 CONFIG_LIMITS = {"num_hidden_layers": 1_024, "vocab_size": 1 << 20, "max_position_embeddings": 1 << 20}
@@ -231,7 +227,8 @@ class ModernBertSpec:
     matryoshka_dims: tuple[int, ...]
 
     @classmethod
-    def from_checkpoint(cls, ckpt: Checkpoint, matryoshka_dims: tuple[int, ...] | None = None) -> ModernBertSpec:
+    def from_checkpoint(cls, ckpt: Checkpoint, matryoshka_dims: tuple[int, ...] = ()) -> ModernBertSpec:
+        """The spec of `ckpt`, declaring the Matryoshka dimensions the caller names (the unit knows no model)."""
         try:
             return cls._from_checkpoint(ckpt, matryoshka_dims)
         except UserError:  # a ValueError too, but already says what is wrong
@@ -240,7 +237,7 @@ class ModernBertSpec:
             raise UserError(f"config.json: unexpected structure ({type(exc).__name__}: {exc})") from None
 
     @classmethod
-    def _from_checkpoint(cls, ckpt: Checkpoint, matryoshka_dims: tuple[int, ...] | None) -> ModernBertSpec:
+    def _from_checkpoint(cls, ckpt: Checkpoint, matryoshka_dims: tuple[int, ...]) -> ModernBertSpec:
         config = ckpt.config
         for flag in ("attention_bias", "mlp_bias", "norm_bias"):
             if config.get(flag):
@@ -261,8 +258,7 @@ class ModernBertSpec:
         if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not _small_positive(eps):
             raise UserError(f"config.json: norm_eps {eps!r} is not a small positive number")
         pooling, normalize = _pooling(ckpt)
-        dims = matryoshka_dims if matryoshka_dims is not None else _known_matryoshka(ckpt)
-        dims = tuple(sorted(set(dims), reverse=True))
+        dims = tuple(sorted(set(matryoshka_dims), reverse=True))
         if dims and (dims[0] > hidden or dims[-1] <= 0):
             raise UserError(f"Matryoshka dimensions {list(dims)} must lie in 1..{hidden}")
         return cls(
@@ -414,14 +410,6 @@ def _pooling(ckpt: Checkpoint) -> tuple[PoolingType, bool]:
     if modes == {"mean"}:
         return PoolingType.MEAN, ckpt.has_normalize
     raise UserError(f"unsupported pooling {sorted(modes) or 'none'}; only CLS or MEAN pooling alone converts")
-
-
-def _known_matryoshka(ckpt: Checkpoint) -> tuple[int, ...]:
-    names = {ckpt.source.rstrip("/").rsplit("/", 1)[-1], str(ckpt.config.get("_name_or_path", "")).rsplit("/", 1)[-1]}
-    for name in names:
-        if name in KNOWN_MATRYOSHKA_DIMS:
-            return KNOWN_MATRYOSHKA_DIMS[name]
-    return ()
 
 
 MODERN_BERT = Architecture(

@@ -20,6 +20,7 @@ from granite_gguf.bindings.cli import add_gpu_layers
 from granite_gguf.errors import UserError, missing_extra_message
 from granite_gguf.modelfiles.cli import add_commands as add_modelfile_commands
 from granite_gguf.modelfiles.registry import add_registry_commands
+from granite_gguf.models import ENGLISH, MULTILINGUAL_311M
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -62,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     convert = commands.add_parser("convert", help="convert a checkpoint folder or hub repo id to GGUF")
-    convert.add_argument("source", help="checkpoint folder, or a hub repo id such as ibm-granite/granite-embedding-english-r2")
+    convert.add_argument("source", help=f"checkpoint folder, or a hub repo id such as {ENGLISH.hub_id}")
     convert.add_argument("-o", "--output", type=Path, help="output .gguf (default: <model>-<type>.gguf here)")
     convert.add_argument("--outtype", default="f16", help="f32, f16, bf16 or q8_0 (default f16)")
     convert.add_argument("--quant", help="several llama.cpp types at once, e.g. f16,q8_0,q6_k,q5_k_m,q4_k_m,q4_0 "
@@ -84,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     release = commands.add_parser("release", help="convert the recommended set, verify each file, certify, install "
                                                   "into the ollama store and push (exit 1 if any file fails)")
     release.add_argument("source", help="checkpoint folder, hub repo id, or a Granite R2 model name "
-                                        "(e.g. granite-embedding-311m-multilingual-r2)")
+                                        f"(e.g. {MULTILINGUAL_311M.name})")
     release.add_argument("--outdir", type=Path, required=True, help="folder for the GGUF files and Modelfiles")
     release.add_argument("--quant", help="types and recipes (default: the recommended set of the model, docs/quality.md)")
     release.add_argument("--name", help="store the files as NS/MODEL:TYPE (default: the model's name)")
