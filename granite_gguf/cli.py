@@ -16,10 +16,9 @@ from types import FrameType
 
 from granite_gguf import __version__
 from granite_gguf.bindings.cli import add_commands as add_embedding_commands
-from granite_gguf.bindings.cli import add_gpu_layers
+from granite_gguf.cli_options import add_gpu_layers, add_insecure, add_models_dir, add_no_progress
 from granite_gguf.errors import UserError, missing_extra_message
 from granite_gguf.modelfiles.cli import add_commands as add_modelfile_commands
-from granite_gguf.modelfiles.registry import add_registry_commands
 from granite_gguf.models import ENGLISH, MULTILINGUAL_311M
 
 
@@ -70,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
                                          "(written as <model>-<type>.gguf in --outdir)")
     convert.add_argument("--outdir", type=Path, default=Path("."), help="folder for --quant (default: here)")
     convert.add_argument("--matryoshka-dims", help="comma-separated dimensions, e.g. 768,512,256 (default: built-in table)")
-    convert.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_no_progress(convert)
     convert.set_defaults(run=run_convert)
 
     verify = commands.add_parser("verify", help="check a GGUF against the PyTorch reference (exit 1 on failure)")
@@ -90,14 +89,14 @@ def build_parser() -> argparse.ArgumentParser:
     release.add_argument("--quant", help="types and recipes (default: the recommended set of the model, docs/quality.md)")
     release.add_argument("--name", help="store the files as NS/MODEL:TYPE (default: the model's name)")
     release.add_argument("--push", metavar="HOST:PORT/NS/MODEL", help="also push each file as HOST:PORT/NS/MODEL:TYPE")
-    release.add_argument("--insecure", action="store_true", help="push over plain http")
-    release.add_argument("--models-dir", type=Path, help="the ollama store (default: $OLLAMA_MODELS or ~/.ollama/models)")
+    add_insecure(release)
+    add_models_dir(release)
     release.add_argument("--full-probes", action="store_true",
                          help="verify on the full probe set instead of the smaller gate set")
     release.add_argument("--signing-key", type=Path, metavar="KEY",
                          help="sign each certificate with this ed25519 private key (`granite-gguf keygen`); a rerun "
                               "trusts only certificates signed by it and verifies every other file again")
-    release.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_no_progress(release)
     release.set_defaults(run=run_release)
 
     keygen = commands.add_parser("keygen", help="make an ed25519 key pair for signing release certificates")
@@ -126,7 +125,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_embedding_commands(commands)
     add_modelfile_commands(commands)
-    add_registry_commands(commands)
     return parser
 
 

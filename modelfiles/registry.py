@@ -12,7 +12,6 @@ under its final name; a partial download stays for the next pull.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -32,7 +31,7 @@ from granite_gguf.files import parse_json
 if TYPE_CHECKING:
     import requests
 
-# requests and the store (which imports gguf) load on first use: the CLI imports this module at start.
+# requests and the store (which imports gguf) load on first use.
 
 # ollama's part sizes (server/download.go: numDownloadParts, minDownloadPartSize, maxDownloadPartSize; MB = 10**6).
 PARTS, MIN_PART, MAX_PART = 16, 100 * 10**6, 1000 * 10**6
@@ -52,32 +51,6 @@ _SAVE_EVERY = 64 << 20  # bytes between saves of a part's progress record
 _ERROR_BYTES = 64 << 10  # of an error response's body, read for its message
 _REDIRECTS = (301, 302, 303, 307, 308)  # the statuses Go's http.Client follows
 _TIMEOUT = (10, 30)  # connect, read (seconds)
-
-
-def add_registry_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    push_command = commands.add_parser("push", help="upload a model from the ollama store to a registry")
-    push_command.add_argument("name", help="the model in the store: [host/][namespace/]model[:tag]")
-    push_command.add_argument("target", help="[http[s]://]host:port/namespace/model:tag")
-    push_command.set_defaults(run=run_push)
-    pull_command = commands.add_parser("pull", help="download a model from a registry into the ollama store")
-    pull_command.add_argument("target", help="[http[s]://]host:port/namespace/model:tag")
-    pull_command.add_argument("--name", help="store it under this name (default: TARGET, as ollama does)")
-    pull_command.set_defaults(run=run_pull)
-    for command in (push_command, pull_command):
-        command.add_argument("--insecure", action="store_true", help="plain http instead of https")
-        command.add_argument("--models-dir", type=Path, help="the store (default: $OLLAMA_MODELS or ~/.ollama/models)")
-
-
-def run_push(args: argparse.Namespace) -> int:
-    push(args.name, args.target, args.models_dir, args.insecure)
-    print(f"pushed {args.name} to {args.target}")
-    return 0
-
-
-def run_pull(args: argparse.Namespace) -> int:
-    pull(args.target, args.models_dir, args.insecure, args.name)
-    print(f"pulled {args.target}" + (f" as {args.name}" if args.name else ""))
-    return 0
 
 
 def push(name: str, target: str, models_dir: Path | None, insecure: bool) -> None:

@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -18,9 +17,10 @@ from urllib.parse import urljoin, urlsplit
 import pytest
 import requests
 
+from granite_gguf.cli import main
 from granite_gguf.errors import UserError
 from granite_gguf.modelfiles import registry
-from granite_gguf.modelfiles.registry import add_registry_commands, pull, push
+from granite_gguf.modelfiles.registry import pull, push
 from granite_gguf.modelfiles.store import MANIFEST_MEDIA_TYPE, install, list_models
 from tests.conftest import Workspace, free_port, tree
 from tests.services import start_registry
@@ -432,12 +432,8 @@ def test_push_of_a_missing_model_and_a_bad_target(store_a: Path) -> None:
 
 
 def test_commands(server: tuple[str, Path], store_a: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    parser = argparse.ArgumentParser()
-    add_registry_commands(parser.add_subparsers(dest="command", required=True))
     target = f"{server[0]}/test/cli:v1"
-    args = parser.parse_args(["push", NAME, target, "--insecure", "--models-dir", str(store_a)])
-    assert args.run(args) == 0
-    args = parser.parse_args(["pull", target, "--insecure", "--models-dir", str(tmp_path), "--name", NAME])
-    assert args.run(args) == 0
+    assert main(["push", NAME, target, "--insecure", "--models-dir", str(store_a)]) == 0
+    assert main(["pull", target, "--insecure", "--models-dir", str(tmp_path), "--name", NAME]) == 0
     assert tree(tmp_path) == tree(store_a)
     assert capsys.readouterr().out.splitlines() == [f"pushed {NAME} to {target}", f"pulled {target} as {NAME}"]
