@@ -59,6 +59,14 @@ class Spec(Protocol):
     def parameter_count(self) -> int: ...
 
 
+class Vocab(Protocol):
+    """A checkpoint's vocabulary, as the architecture's `vocab` hook read it."""
+
+    def write(self, writer: GGUFWriter) -> None:
+        """The `tokenizer.ggml.*` keys."""
+        ...
+
+
 @dataclass(frozen=True)
 class Architecture:
     """One encoder family: how to read its checkpoints and what a GGUF of it must hold."""
@@ -67,6 +75,7 @@ class Architecture:
     hf_model_type: str  # config.json `model_type`
     hf_architectures: tuple[str, ...]  # config.json `architectures` it converts
     read_spec: Callable[[Checkpoint, tuple[int, ...]], Spec]  # (checkpoint, Matryoshka dimensions to declare)
+    vocab: Callable[[Checkpoint], Vocab]  # as llama.cpp's converter has set_vocab
     required_keys: Mapping[str, KeyKind]  # GGUF keys llama.cpp's loader needs
     key_rules: Mapping[str, KeyRule]  # every key llama.cpp reads for this architecture, checked when present
     dimensions_from_metadata: Callable[[Mapping[str, Any]], Dimensions]  # from already type-checked metadata

@@ -32,6 +32,7 @@ from gguf import (
 from granite_gguf.convert import keys
 from granite_gguf.convert.architecture import Architecture, Dimensions, KeyKind, KeyRule
 from granite_gguf.convert.source import Checkpoint
+from granite_gguf.convert.tokenizer import bpe_vocab
 from granite_gguf.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -417,6 +418,7 @@ MODERN_BERT = Architecture(
     hf_model_type="modernbert",
     hf_architectures=SUPPORTED_ARCHITECTURES,
     read_spec=ModernBertSpec.from_checkpoint,
+    vocab=bpe_vocab,
     required_keys=REQUIRED_KEYS,
     key_rules=KEY_RULES,
     dimensions_from_metadata=dimensions_from_metadata,

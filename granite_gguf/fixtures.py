@@ -22,7 +22,7 @@ from gguf import MODEL_TENSOR
 
 from granite_gguf.convert.architecture import Dimensions
 from granite_gguf.convert.modern_bert import layout
-from granite_gguf.convert.tokenizer import O200K_SPLIT_REGEX, SPACE_ESCAPE, TokenizerFamily
+from granite_gguf.convert.tokenizer import GEMMA3, GPT2, O200K, O200K_SPLIT_REGEX, SPACE_ESCAPE, TokenizerFamily
 from granite_gguf.corpus import cldr_sentences
 from granite_gguf.models import ENGLISH, MULTILINGUAL_97M, MULTILINGUAL_311M, Model
 
@@ -126,7 +126,7 @@ def train_tokenizer(shape: FixtureShape) -> tuple[Any, dict[str, str]]:
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
     corpus = training_corpus()
-    if shape.family is TokenizerFamily.GEMMA3:
+    if shape.family is GEMMA3:
         specials = {"pad": "<pad>", "eos": "<eos>", "bos": "<bos>", "unk": "<unk>", "mask": "<mask>"}
         # Train on newline-free pieces: llama.cpp splits Gemma-style text at newlines before merging.
         trainer_tok = Tokenizer(models.BPE(byte_fallback=True, unk_token=None))
@@ -146,8 +146,8 @@ def train_tokenizer(shape: FixtureShape) -> tuple[Any, dict[str, str]]:
         tok.decoder = decoders.Sequence([decoders.Replace(SPACE_ESCAPE, " "), decoders.ByteFallback(), decoders.Fuse()])
         tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", vocab["<bos>"])])
         return tok, specials
-    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=shape.family is TokenizerFamily.GPT2)
-    if shape.family is TokenizerFamily.O200K:
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=shape.family is GPT2)
+    if shape.family is O200K:
         specials = {"bos": "<|startoftext|>", "eos": "<|endoftext|>", "pad": "<|pad|>", "mask": "<|mask|>"}
         pre: pre_tokenizers.PreTokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(O200K_SPLIT_REGEX), "isolated"), byte_level])
         model_flags: dict[str, Any] = {"ignore_merges": True}
@@ -168,7 +168,7 @@ def train_tokenizer(shape: FixtureShape) -> tuple[Any, dict[str, str]]:
     tok.decoder = decoders.ByteLevel()
     single, bos, eos = template
     tok.post_processor = processors.TemplateProcessing(single=single, special_tokens=[(bos, vocab[bos]), (eos, vocab[eos])])
-    if shape.family is TokenizerFamily.GPT2:
+    if shape.family is GPT2:
         tok.add_tokens([AddedToken(USER_DEFINED_TOKEN, normalized=False, special=False)])  # as fine-tunes do
     return tok, specials
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from granite_gguf.convert.architecture import Dimensions
-from granite_gguf.convert.tokenizer import TokenizerFamily
+from granite_gguf.convert.tokenizer import GEMMA3, GPT2, O200K, TokenizerFamily
 from granite_gguf.convert.types import OutType
 
 HUB_ORG = "ibm-granite"
@@ -53,20 +53,20 @@ class Model:
 
 MULTILINGUAL_311M = Model(
     "granite-embedding-311m-multilingual-r2", "311m", context_length=32768, matryoshka_dims=(768, 512, 384, 256, 128),
-    family=TokenizerFamily.GEMMA3, shape=Shape(Dimensions(hidden=768, intermediate=1152, layers=22, heads=12), "gelu", 262_144),
+    family=GEMMA3, shape=Shape(Dimensions(hidden=768, intermediate=1152, layers=22, heads=12), "gelu", 262_144),
     normalize=True, recommended=DEFAULT_SET + RECIPES_ON_FRONT)
 MULTILINGUAL_97M = Model(
     "granite-embedding-97m-multilingual-r2", "97m", context_length=32768, matryoshka_dims=(),
-    family=TokenizerFamily.O200K, shape=Shape(Dimensions(hidden=384, intermediate=1536, layers=12, heads=12), "silu", 180_000),
+    family=O200K, shape=Shape(Dimensions(hidden=384, intermediate=1536, layers=12, heads=12), "silu", 180_000),
     # iq4_nl: the 97m's recommended CPU file (blocks llama.cpp repacks; docs/performance.md)
     normalize=True, recommended=DEFAULT_SET + (OutType.IQ4_NL,) + RECIPES_ON_FRONT)
 ENGLISH = Model(
     "granite-embedding-english-r2", "english", context_length=8192, matryoshka_dims=(),
-    family=TokenizerFamily.GPT2, shape=Shape(Dimensions(hidden=768, intermediate=1152, layers=22, heads=12), "gelu", 50368),
+    family=GPT2, shape=Shape(Dimensions(hidden=768, intermediate=1152, layers=22, heads=12), "gelu", 50368),
     normalize=False, recommended=DEFAULT_SET)
 SMALL_ENGLISH = Model(
     "granite-embedding-small-english-r2", "small-english", context_length=8192, matryoshka_dims=(),
-    family=TokenizerFamily.GPT2, shape=Shape(Dimensions(hidden=384, intermediate=1536, layers=12, heads=12), "gelu", 50368),
+    family=GPT2, shape=Shape(Dimensions(hidden=384, intermediate=1536, layers=12, heads=12), "gelu", 50368),
     normalize=False, recommended=DEFAULT_SET)
 MODELS = (MULTILINGUAL_311M, MULTILINGUAL_97M, ENGLISH, SMALL_ENGLISH)
 
