@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _fixture_names() -> list[str]:
-    from granite_gguf.fixtures import FIXTURES
+    from granite_gguf.dev.fixtures import FIXTURES
 
     return list(FIXTURES)
 
@@ -297,7 +297,7 @@ def run_check(args: argparse.Namespace) -> int:
 
 
 def run_fixture(args: argparse.Namespace) -> int:
-    from granite_gguf.fixtures import build_fixture
+    from granite_gguf.dev.fixtures import build_fixture
 
     print(f"built {build_fixture(args.name, args.dest)}")
     return 0
@@ -311,7 +311,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from granite_gguf.convert.source import open_checkpoint
     from granite_gguf.convert.types import OutType
     from granite_gguf.convert.writer import convert
-    from granite_gguf.fixtures import build_fixture
+    from granite_gguf.dev.fixtures import build_fixture
     from granite_gguf.verify import compare, run_reference
 
     args.outdir.mkdir(parents=True, exist_ok=True)

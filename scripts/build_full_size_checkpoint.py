@@ -27,7 +27,7 @@ import numpy as np
 from granite_gguf.convert.architecture import Dimensions
 from granite_gguf.convert.modern_bert import layout
 from granite_gguf.convert.tokenizer import BYTE_PIECES
-from granite_gguf.fixtures import (
+from granite_gguf.dev.fixtures import (
     FIXTURES,
     FixtureShape,
     train_tokenizer,

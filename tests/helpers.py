@@ -1,4 +1,5 @@
-"""Shared test helpers, and session-scoped fixtures: the three tiny checkpoints, their GGUFs and reference runs.
+"""Shared test helpers: the workspace of tiny checkpoints, their GGUFs and reference runs (tests/conftest.py holds
+one per session), free ports, store trees, certificates, the command line in and out of process.
 
 Everything is generated here (nothing is downloaded); results are cached per test session because
 the PyTorch reference on the full probe set takes ~15 s per checkpoint.
@@ -6,28 +7,19 @@ the PyTorch reference on the full probe set takes ~15 s per checkpoint.
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-# Ray (tests/test_ray_job.py) on loopback only, with no usage report: see bindings/ray_job.py start_ray.
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-
-from granite_gguf.certificate import Certificate, read_certificate  # noqa: E402
-from granite_gguf.convert.check import read_header  # noqa: E402
-from granite_gguf.convert.source import open_checkpoint  # noqa: E402
-from granite_gguf.convert.types import OutType  # noqa: E402
-from granite_gguf.convert.writer import convert  # noqa: E402
-from granite_gguf.fixtures import FIXTURES, build_fixture  # noqa: E402
-from granite_gguf.modelfiles.store import LOCK_FILE  # noqa: E402
-from granite_gguf.verify import Reference, run_reference  # noqa: E402
+from granite_gguf.certificate import Certificate, read_certificate
+from granite_gguf.convert.check import read_header
+from granite_gguf.convert.source import open_checkpoint
+from granite_gguf.convert.types import OutType
+from granite_gguf.convert.writer import convert
+from granite_gguf.dev.fixtures import FIXTURES, build_fixture
+from granite_gguf.modelfiles.store import LOCK_FILE
+from granite_gguf.verify import Reference, run_reference
 
 FAMILIES = list(FIXTURES)
 
@@ -88,8 +80,3 @@ class Workspace:
         if name not in self._references:
             self._references[name] = run_reference(str(self.checkpoint(name)))
         return self._references[name]
-
-
-@pytest.fixture(scope="session")
-def workspace(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
-    return Workspace(tmp_path_factory.mktemp("fixtures"))

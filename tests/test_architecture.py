@@ -13,7 +13,7 @@ from granite_gguf.convert.architecture import Dimensions, for_config, for_gguf
 from granite_gguf.convert.modern_bert import MODERN_BERT, TENSOR_PLAN, ModernBertSpec, layout, tensor_shapes
 from granite_gguf.convert.source import open_checkpoint
 from granite_gguf.errors import UserError
-from tests.conftest import Workspace
+from tests.helpers import Workspace
 
 DIMS = Dimensions(hidden=64, intermediate=96, layers=4, heads=2)
 

@@ -18,10 +18,10 @@ from granite_gguf.convert.inspect import read_summary
 from granite_gguf.convert.source import open_checkpoint
 from granite_gguf.convert.types import OutType
 from granite_gguf.convert.writer import convert
+from granite_gguf.dev.fixtures import USER_DEFINED_TOKEN
 from granite_gguf.errors import UserError
-from granite_gguf.fixtures import USER_DEFINED_TOKEN
 from granite_gguf.models import MULTILINGUAL_311M
-from tests.conftest import FAMILIES, Workspace
+from tests.helpers import FAMILIES, Workspace
 
 EXPECTED_PRE = {"tiny-gemma3": "granite-embed-multi-311m", "tiny-o200k": "granite-embed-multi-97m", "tiny-gpt2": "modern-bert"}
 
@@ -239,7 +239,7 @@ def test_matryoshka_dims_from_option_and_builtin_table(workspace: Workspace, tmp
 @pytest.mark.slow
 def test_fixtures_are_identical_across_processes(workspace: Workspace, tmp_path: Path) -> None:
     """Tokenizer training must not depend on per-process hash seeds (tie-breaking) or anything else."""
-    script = "import sys; from pathlib import Path; from granite_gguf.fixtures import FIXTURES, build_fixture\n" \
+    script = "import sys; from pathlib import Path; from granite_gguf.dev.fixtures import FIXTURES, build_fixture\n" \
              "[build_fixture(n, Path(sys.argv[1]) / n) for n in FIXTURES]"
     subprocess.run([sys.executable, "-c", script, str(tmp_path)], check=True)
     for name in FAMILIES:

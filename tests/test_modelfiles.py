@@ -23,7 +23,7 @@ from granite_gguf.modelfiles.modelfile import (
     read_modelfile,
 )
 from granite_gguf.models import DEFAULT_SET, MODELS, by_name
-from tests.conftest import Workspace, run_cli
+from tests.helpers import Workspace, run_cli
 
 VALID = '\ufeff' + """# provenance comment
    # an indented comment is a comment too

