@@ -207,7 +207,7 @@ def test_registry_manifest(layers: list[dict[str, Any]], config_size: Any, media
                 "config": {"mediaType": CONFIG_MEDIA_TYPE, "digest": "sha256:" + "cd" * 32, "size": config_size}}
     for body in (json.dumps(manifest).encode(), junk, json.dumps(manifest).encode()[: len(junk)]):
         try:
-            entries = registry._manifest_entries(body, "h:1/a/b:c")
+            entries = registry.parse_manifest(body, "h:1/a/b:c")
         except UserError:
             continue
         for entry in entries:

@@ -272,10 +272,10 @@ def test_an_unclosed_triple_quote_is_parsed_in_linear_time() -> None:
 
 def test_float_parameters_are_stored_as_ollama_stores_them() -> None:
     """The params blob ollama 0.5.4 wrote for these lines (float32, printed the Go way): see the differential."""
-    from granite_gguf.modelfiles.store import _go_json
+    from granite_gguf.modelfiles.store import go_json
 
     text = "FROM x.gguf\nPARAMETER num_ctx 512\nPARAMETER temperature 0.1234567891\nPARAMETER top_p 1e-07\n"
-    assert _go_json(parse_modelfile(text)[0].parameters()) == b'{"num_ctx":512,"temperature":0.12345679,"top_p":1e-7}\n'
+    assert go_json(parse_modelfile(text)[0].parameters()) == b'{"num_ctx":512,"temperature":0.12345679,"top_p":1e-7}\n'
 
 
 @pytest.mark.parametrize("line, value, dropped", [

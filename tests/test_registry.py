@@ -252,7 +252,7 @@ def test_manifest_digests_are_checked_before_use() -> None:
     manifest = {"schemaVersion": 2, "mediaType": MANIFEST_MEDIA_TYPE,
                 "config": {"digest": "sha256:../../../etc/passwd", "size": 1}, "layers": []}
     with pytest.raises(UserError, match="invalid blob digest"):
-        registry._manifest_entries(json.dumps(manifest).encode(), "h:1/a/b:c")
+        registry.parse_manifest(json.dumps(manifest).encode(), "h:1/a/b:c")
 
 
 def test_push_of_a_missing_model_and_a_bad_target(store_a: Path) -> None:
