@@ -26,9 +26,7 @@ from granite_gguf.modelfiles.store import (
     manifest_entries,
     manifest_file_path,
 )
-from granite_gguf.models import ENGLISH, MODELS, MULTILINGUAL_311M
 from granite_gguf.probes import gate_texts
-from granite_gguf.release import hub_id, recommended_set
 from tests.helpers import Workspace, certificate_of
 from tests.mutations import mutated_copy
 from tests.test_registry import server  # noqa: F401  (the registry this module pushes to)
@@ -110,15 +108,6 @@ def test_a_file_that_fails_is_neither_installed_nor_pushed(workspace: Workspace,
     assert requests.head(f"{registry}/q8_0", headers=accept, timeout=10).status_code == 200
     assert certificate_of(outdir / f"{FAMILY}-f32.gguf").result == "FAIL"
     assert not (outdir / f"{FAMILY}-f32.Modelfile").exists()
-
-
-def test_knows_the_four_granite_r2_models() -> None:
-    assert len({model.name for model in MODELS}) == len({model.short for model in MODELS}) == 4
-    assert hub_id(MULTILINGUAL_311M.name) == f"ibm-granite/{MULTILINGUAL_311M.name}"
-    assert hub_id("some/other") == "some/other"
-    assert [t.label for t in recommended_set(MULTILINGUAL_311M.name)] == [
-        "f16", "q8_0", "q8_0+emb_q4_k", "q6_k+emb_q4_k", "q4_0+emb_q4_0"]
-    assert recommended_set(ENGLISH.name) == recommended_set("anything-else") == [OutType.F16, OutType.Q8_0]
 
 
 def test_bad_names_are_refused_before_any_work(workspace: Workspace, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
