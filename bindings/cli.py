@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from granite_gguf.bindings.batching import DEFAULT_MAX_BATCH_INPUTS
 from granite_gguf.bindings.defaults import DEFAULT_BATCH_ROWS, Limits
 from granite_gguf.bindings.embedder import LongInputs
+from granite_gguf.cli_options import add_dim, add_gpu_layers, add_no_progress
 
 if TYPE_CHECKING:
     from granite_gguf.bindings.batching import Batcher
@@ -23,7 +24,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     embed = commands.add_parser("embed", help="print the vectors of texts as JSON lines")
     embed.add_argument("gguf", type=Path)
     embed.add_argument("texts", nargs="+", help="texts to embed; '-' reads one text per line from stdin")
-    embed.add_argument("--dim", type=int, help="Matryoshka dimension (one the GGUF declares)")
+    add_dim(embed)
     embed.add_argument("--verbose", action="store_true", help="say on stderr what llama.cpp repacked and the context size")
     embed.set_defaults(run=run_embed)
 
@@ -61,7 +62,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     corpus.add_argument("--text-field", default="text", help="column or JSON key of the text (default text)")
     corpus.add_argument("--id-field", default="id", help="column or JSON key of the id (default id; absent: the "
                                                         "row number)")
-    corpus.add_argument("--dim", type=int, help="Matryoshka dimension (one the GGUF declares)")
+    add_dim(corpus)
     corpus.add_argument("--batch-rows", type=int, default=DEFAULT_BATCH_ROWS, help=f"rows per shard (default "
                                                                                    f"{DEFAULT_BATCH_ROWS})")
     corpus.add_argument("--max-tokens", type=int, help="tokens per input, longer ones truncated (default: the "
@@ -73,7 +74,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
                              "HEAD:6379, from a node of it); input Parquet (file or folder) or JSONL with an id field")
     corpus.add_argument("--actors", type=int, help="with --ray: embedding actors (default: one per GPU, else one "
                                                    "per --threads CPUs, one CPU left for Ray Data's reads/writes)")
-    corpus.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_no_progress(corpus)
     corpus.set_defaults(run=run_embed_corpus)
     add_gpu_layers(corpus)
 
@@ -86,12 +87,6 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
                              help="hand the file to llama.cpp without validating it first (experts only)")
         add_gpu_layers(command)
     read_environment(serve)
-
-
-def add_gpu_layers(command: argparse.ArgumentParser) -> None:
-    command.add_argument("--gpu-layers", type=int, default=0, metavar="N",
-                         help="layers to offload to the GPU (-1: all; default 0, CPU only); needs a llama-cpp-python "
-                              "built for the GPU (scripts/install.sh with CMAKE_ARGS, docs/serving.md)")
 
 
 ENV_PREFIX = "GRANITE_GGUF_"

@@ -16,10 +16,10 @@ from types import FrameType
 
 from granite_gguf import __version__
 from granite_gguf.bindings.cli import add_commands as add_embedding_commands
-from granite_gguf.bindings.cli import add_gpu_layers
+from granite_gguf.cli_options import add_gpu_layers, add_insecure, add_models_dir, add_no_progress
 from granite_gguf.errors import UserError, missing_extra_message
 from granite_gguf.modelfiles.cli import add_commands as add_modelfile_commands
-from granite_gguf.modelfiles.registry import add_registry_commands
+from granite_gguf.models import ENGLISH, MULTILINGUAL_311M
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -62,14 +62,14 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     convert = commands.add_parser("convert", help="convert a checkpoint folder or hub repo id to GGUF")
-    convert.add_argument("source", help="checkpoint folder, or a hub repo id such as ibm-granite/granite-embedding-english-r2")
+    convert.add_argument("source", help=f"checkpoint folder, or a hub repo id such as {ENGLISH.hub_id}")
     convert.add_argument("-o", "--output", type=Path, help="output .gguf (default: <model>-<type>.gguf here)")
     convert.add_argument("--outtype", default="f16", help="f32, f16, bf16 or q8_0 (default f16)")
     convert.add_argument("--quant", help="several llama.cpp types at once, e.g. f16,q8_0,q6_k,q5_k_m,q4_k_m,q4_0 "
                                          "(written as <model>-<type>.gguf in --outdir)")
     convert.add_argument("--outdir", type=Path, default=Path("."), help="folder for --quant (default: here)")
     convert.add_argument("--matryoshka-dims", help="comma-separated dimensions, e.g. 768,512,256 (default: built-in table)")
-    convert.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_no_progress(convert)
     convert.set_defaults(run=run_convert)
 
     verify = commands.add_parser("verify", help="check a GGUF against the PyTorch reference (exit 1 on failure)")
@@ -84,19 +84,19 @@ def build_parser() -> argparse.ArgumentParser:
     release = commands.add_parser("release", help="convert the recommended set, verify each file, certify, install "
                                                   "into the ollama store and push (exit 1 if any file fails)")
     release.add_argument("source", help="checkpoint folder, hub repo id, or a Granite R2 model name "
-                                        "(e.g. granite-embedding-311m-multilingual-r2)")
+                                        f"(e.g. {MULTILINGUAL_311M.name})")
     release.add_argument("--outdir", type=Path, required=True, help="folder for the GGUF files and Modelfiles")
     release.add_argument("--quant", help="types and recipes (default: the recommended set of the model, docs/quality.md)")
     release.add_argument("--name", help="store the files as NS/MODEL:TYPE (default: the model's name)")
     release.add_argument("--push", metavar="HOST:PORT/NS/MODEL", help="also push each file as HOST:PORT/NS/MODEL:TYPE")
-    release.add_argument("--insecure", action="store_true", help="push over plain http")
-    release.add_argument("--models-dir", type=Path, help="the ollama store (default: $OLLAMA_MODELS or ~/.ollama/models)")
+    add_insecure(release)
+    add_models_dir(release)
     release.add_argument("--full-probes", action="store_true",
                          help="verify on the full probe set instead of the smaller gate set")
     release.add_argument("--signing-key", type=Path, metavar="KEY",
                          help="sign each certificate with this ed25519 private key (`granite-gguf keygen`); a rerun "
                               "trusts only certificates signed by it and verifies every other file again")
-    release.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_no_progress(release)
     release.set_defaults(run=run_release)
 
     keygen = commands.add_parser("keygen", help="make an ed25519 key pair for signing release certificates")
@@ -125,12 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_embedding_commands(commands)
     add_modelfile_commands(commands)
-    add_registry_commands(commands)
     return parser
 
 
 def _fixture_names() -> list[str]:
-    from granite_gguf.fixtures import FIXTURES
+    from granite_gguf.dev.fixtures import FIXTURES
 
     return list(FIXTURES)
 
@@ -298,7 +297,7 @@ def run_check(args: argparse.Namespace) -> int:
 
 
 def run_fixture(args: argparse.Namespace) -> int:
-    from granite_gguf.fixtures import build_fixture
+    from granite_gguf.dev.fixtures import build_fixture
 
     print(f"built {build_fixture(args.name, args.dest)}")
     return 0
@@ -312,7 +311,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from granite_gguf.convert.source import open_checkpoint
     from granite_gguf.convert.types import OutType
     from granite_gguf.convert.writer import convert
-    from granite_gguf.fixtures import build_fixture
+    from granite_gguf.dev.fixtures import build_fixture
     from granite_gguf.verify import compare, run_reference
 
     args.outdir.mkdir(parents=True, exist_ok=True)

@@ -44,25 +44,11 @@ from granite_gguf.convert.quantize import convert_set
 from granite_gguf.convert.source import open_checkpoint
 from granite_gguf.convert.types import OutType
 from granite_gguf.files import write_atomic
-from granite_gguf.modelfiles.granite_r2 import CONTEXT_LENGTHS
+from granite_gguf.models import DEFAULT_SET, by_name
 from granite_gguf.probes import gate_texts, probe_texts
 from granite_gguf.quality import effective_types
 from granite_gguf.verify import Reference, default_threshold, measure, report_of, run_reference, texts_digest
 
-HUB_ORG = "ibm-granite"
-# f16, q8_0 and the recipes on each model's Pareto front of (size, docs/s, cosine mean) in docs/quality.md
-# (full311m, full97m: seeded-noise weights of the real shapes). The English models have no measured
-# table yet: f16 and q8_0. Any other checkpoint gets DEFAULT_SET.
-RECIPES_ON_FRONT = (OutType.Q8_0_EMB_Q4_K, OutType.Q6_K_EMB_Q4_K, OutType.Q4_0_EMB_Q4_0)
-DEFAULT_SET = (OutType.F16, OutType.Q8_0)
-RECOMMENDED: dict[str, tuple[OutType, ...]] = {
-    "granite-embedding-311m-multilingual-r2": DEFAULT_SET + RECIPES_ON_FRONT,
-    # iq4_nl: the 97m's recommended CPU file (blocks llama.cpp repacks; docs/performance.md)
-    "granite-embedding-97m-multilingual-r2": DEFAULT_SET + (OutType.IQ4_NL,) + RECIPES_ON_FRONT,
-    "granite-embedding-english-r2": DEFAULT_SET,
-    "granite-embedding-small-english-r2": DEFAULT_SET,
-}
-assert set(RECOMMENDED) == set(CONTEXT_LENGTHS), "one entry per Granite R2 model"
 PROBE_SETS: dict[str, Callable[[], tuple[str, ...]]] = {"gate": gate_texts, "full": probe_texts}
 
 
@@ -83,11 +69,14 @@ class ReleasedFile:
 
 def hub_id(source: str) -> str:
     """A Granite R2 model name stands for its hub repo id; anything else is passed through."""
-    return f"{HUB_ORG}/{source}" if source in RECOMMENDED else source
+    model = by_name(source)
+    return model.hub_id if model else source
 
 
 def recommended_set(model_name: str) -> list[OutType]:
-    return list(RECOMMENDED.get(model_name, DEFAULT_SET))
+    """The published model's recommended types (granite_gguf.models); any other checkpoint gets the default set."""
+    model = by_name(model_name)
+    return list(model.recommended if model else DEFAULT_SET)
 
 
 def release(source: str, outdir: Path, *, outputs: list[OutType] | None = None, name: str | None = None,

@@ -24,9 +24,9 @@ from typing import cast
 import numpy as np
 
 from granite_gguf.bindings.embedder import Embedder, cut_tokens
+from granite_gguf.convert.architecture import for_config
 from granite_gguf.convert.check import CheckedFile
 from granite_gguf.convert.inspect import summarize
-from granite_gguf.convert.modern_bert import ModernBertSpec
 from granite_gguf.convert.quantize import written_type
 from granite_gguf.convert.source import Checkpoint, open_checkpoint
 from granite_gguf.convert.tokenizer import template_specials
@@ -76,7 +76,7 @@ def texts_digest(texts: Sequence[str]) -> str:
 def token_limit(ckpt: Checkpoint, max_tokens: int | None = None) -> int:
     """The longest input both sides take: the context the GGUF gets, the sentence-transformers
     `max_seq_length`, and `max_tokens` if given."""
-    limits = [ModernBertSpec.from_checkpoint(ckpt).context_length]
+    limits = [for_config(ckpt.config).read_spec(ckpt, ()).context_length]
     st_config = ckpt.root / "sentence_bert_config.json"
     if st_config.is_file():
         max_seq_length = json.loads(st_config.read_text()).get("max_seq_length")

@@ -155,10 +155,10 @@ def install(source: Path, name: str, models_dir: Path | None = None) -> StoredMo
                    for value in _text_values(modelfile, keyword)]
         params = modelfile.parameters()
         if params:
-            layers.append(_put_bytes(blobs, PARAMS_MEDIA_TYPE, _go_json(params)))
-        config = _put_bytes(blobs, CONFIG_MEDIA_TYPE, _go_json(_config(summary, layers)))
+            layers.append(_put_bytes(blobs, PARAMS_MEDIA_TYPE, go_json(params)))
+        config = _put_bytes(blobs, CONFIG_MEDIA_TYPE, go_json(_config(summary, layers)))
         manifest = {"schemaVersion": 2, "mediaType": MANIFEST_MEDIA_TYPE, "config": config, "layers": layers}
-        data = _go_json(manifest)
+        data = go_json(manifest)
         write_atomic(path, lambda out: out.write(data))
         return _stored(model_name, path)
 
@@ -242,7 +242,7 @@ def parameter_size(parameters: int) -> str:
     return f"{parameters / 1000:.0f}K" if parameters >= 1000 else str(parameters)
 
 
-def _go_json(value: Any) -> bytes:
+def go_json(value: Any) -> bytes:
     """JSON as Go's json.Encoder writes it: compact, UTF-8, HTML characters escaped, one trailing newline; floats are
     api.Options float32s, printed as Go prints a float32 (go_float32_json)."""
     return (_go_encode(value) + "\n").encode()

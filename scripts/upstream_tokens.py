@@ -2,7 +2,7 @@
 
     .venv/bin/python scripts/upstream_tokens.py LLAMA_CPP/convert_hf_to_gguf.py [--workdir DIR]
 
-Builds the real-vocabulary checkpoint (granite_gguf.real_vocab), converts it with upstream's
+Builds the real-vocabulary checkpoint (granite_gguf.dev.real_vocab), converts it with upstream's
 convert_hf_to_gguf.py (its vendored gguf-py), tries to load the file, then tokenizes the probe set,
 the whitespace texts and special tokens written in text with llama.cpp: first with upstream's
 epsilon key overridden at load, then with its `add_eos_token` overridden too, against HF tokenizers.
@@ -22,8 +22,8 @@ from gguf import Keys
 
 from granite_gguf.bindings.embedder import clean_text
 from granite_gguf.convert.check import read_header
+from granite_gguf.dev.real_vocab import build_real_vocab_checkpoint
 from granite_gguf.probes import probe_texts, special_token_texts, whitespace_texts
-from granite_gguf.real_vocab import build_real_vocab_checkpoint
 
 EPSILON = "modern-bert.attention.layer_norm_epsilon"
 

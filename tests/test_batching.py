@@ -13,7 +13,7 @@ import pytest
 
 from granite_gguf.bindings.batching import Batcher, LimitTooSmall, Options, Overloaded, TooLong
 from granite_gguf.bindings.embedder import Embedder, LongInputs
-from tests.conftest import Workspace
+from tests.helpers import Workspace
 
 pytestmark = pytest.mark.slow
 

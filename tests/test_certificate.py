@@ -21,7 +21,7 @@ from granite_gguf.certificate import (
 )
 from granite_gguf.convert.check import check_gguf, read_header
 from granite_gguf.convert.keys import CERTIFICATE_PREFIX
-from tests.conftest import Workspace, certificate_of, run_cli_process
+from tests.helpers import Workspace, certificate_of, run_cli_process
 
 pytestmark = pytest.mark.slow  # builds a fixture and runs it through llama.cpp
 

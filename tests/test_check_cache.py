@@ -21,7 +21,7 @@ from granite_gguf.convert.quantize import quantize_file
 from granite_gguf.convert.source import open_checkpoint
 from granite_gguf.convert.types import OutType
 from granite_gguf.convert.writer import convert
-from tests.conftest import Workspace
+from tests.helpers import Workspace
 from tests.test_check import duplicate_token
 
 

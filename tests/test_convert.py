@@ -18,9 +18,10 @@ from granite_gguf.convert.inspect import read_summary
 from granite_gguf.convert.source import open_checkpoint
 from granite_gguf.convert.types import OutType
 from granite_gguf.convert.writer import convert
+from granite_gguf.dev.fixtures import USER_DEFINED_TOKEN
 from granite_gguf.errors import UserError
-from granite_gguf.fixtures import USER_DEFINED_TOKEN
-from tests.conftest import FAMILIES, Workspace
+from granite_gguf.models import MULTILINGUAL_311M
+from tests.helpers import FAMILIES, Workspace
 
 EXPECTED_PRE = {"tiny-gemma3": "granite-embed-multi-311m", "tiny-o200k": "granite-embed-multi-97m", "tiny-gpt2": "modern-bert"}
 
@@ -229,7 +230,7 @@ def test_matryoshka_dims_from_option_and_builtin_table(workspace: Workspace, tmp
     out = convert(open_checkpoint(str(source)), tmp_path / "m.gguf", OutType.F16, matryoshka_dims=(32, 64, 16))
     assert read_summary(out).matryoshka_dims == (64, 32, 16)
     assert read_summary(workspace.gguf("tiny-gemma3", "f16")).matryoshka_dims == ()
-    named = tmp_path / "granite-embedding-311m-multilingual-r2"
+    named = tmp_path / MULTILINGUAL_311M.name  # a published model's dimensions (granite_gguf.models), too wide for the fixture
     shutil.copytree(source, named)
     with pytest.raises(UserError, match=r"\[768, 512, 384, 256, 128\] must lie in 1..64"):
         convert(open_checkpoint(str(named)), tmp_path / "n.gguf", OutType.F16)
@@ -238,7 +239,7 @@ def test_matryoshka_dims_from_option_and_builtin_table(workspace: Workspace, tmp
 @pytest.mark.slow
 def test_fixtures_are_identical_across_processes(workspace: Workspace, tmp_path: Path) -> None:
     """Tokenizer training must not depend on per-process hash seeds (tie-breaking) or anything else."""
-    script = "import sys; from pathlib import Path; from granite_gguf.fixtures import FIXTURES, build_fixture\n" \
+    script = "import sys; from pathlib import Path; from granite_gguf.dev.fixtures import FIXTURES, build_fixture\n" \
              "[build_fixture(n, Path(sys.argv[1]) / n) for n in FIXTURES]"
     subprocess.run([sys.executable, "-c", script, str(tmp_path)], check=True)
     for name in FAMILIES:

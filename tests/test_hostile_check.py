@@ -20,7 +20,7 @@ from granite_gguf.cli import main
 from granite_gguf.convert.check import GGUFCheckError, check_gguf, read_header
 from granite_gguf.convert.check_cache import checked_file
 from granite_gguf.errors import UserError
-from tests.conftest import Workspace, cli_command
+from tests.helpers import Workspace, cli_command
 
 F32, U32, STR, BOOL = GGUFValueType.FLOAT32, GGUFValueType.UINT32, GGUFValueType.STRING, GGUFValueType.BOOL
 ARCH = "modern-bert"

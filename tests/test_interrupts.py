@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from granite_gguf.convert.check import check_gguf
-from tests.conftest import Workspace, cli_command
+from tests.helpers import Workspace, cli_command
 
 pytestmark = [pytest.mark.slow]
 

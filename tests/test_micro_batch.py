@@ -25,7 +25,7 @@ from granite_gguf.convert.types import OutType
 from granite_gguf.convert.writer import convert
 from granite_gguf.probes import long_text, probe_texts
 from granite_gguf.verify import run_reference
-from tests.conftest import Workspace
+from tests.helpers import Workspace
 from tests.mutations import mutated_copy
 
 # llama-cpp-python's own context (n_seq_max = min(n_batch, 256)); prints "ok" once a vector came back.

