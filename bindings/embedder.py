@@ -27,10 +27,10 @@ from typing import Any
 
 import numpy as np
 
-from granite_gguf.convert.check import CheckedFile
-from granite_gguf.convert.check_cache import checked_file
-from granite_gguf.convert.inspect import summarize
 from granite_gguf.errors import UserError
+from granite_gguf.gguf_file.header import CheckedFile
+from granite_gguf.gguf_file.remembered import checked_file
+from granite_gguf.gguf_file.summary import summarize
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ class Embedder:
         if not self.path.is_file():
             raise UserError(f"{self.path}: no such GGUF file")
         # llama.cpp aborts the whole process on some malformed files: validate unless told not to
-        # (once per version of the file: a pass is remembered, convert/check_cache.py), and load the file
+        # (once per version of the file: a pass is remembered, granite_gguf/gguf_file/remembered.py), and load the file
         # that was checked, through its open descriptor, whatever is renamed over the path meanwhile.
         with checked_file(self.path, check=not unsafe_skip_check) as (header, load_path):
             self._load(header, load_path, n_threads, gpu_layers, max_tokens, batch_tokens, flash_attn, workers)

@@ -30,13 +30,13 @@ from pathlib import Path
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, Keys
 from tqdm import tqdm
 
-from granite_gguf.convert.check import CheckedFile
-from granite_gguf.convert.check_cache import checked_file, checked_header
 from granite_gguf.convert.source import Checkpoint
 from granite_gguf.convert.types import OutType, file_label
 from granite_gguf.convert.writer import convert
 from granite_gguf.errors import UserError
 from granite_gguf.files import atomic_output, held, remove_stale_temporaries
+from granite_gguf.gguf_file.header import CheckedFile
+from granite_gguf.gguf_file.remembered import checked_file, checked_header
 
 log = logging.getLogger(__name__)
 

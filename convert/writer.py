@@ -19,12 +19,12 @@ from tqdm import tqdm
 from granite_gguf import __version__
 from granite_gguf.convert import keys
 from granite_gguf.convert.architecture import Spec, for_config
-from granite_gguf.convert.check_cache import checked_header
 from granite_gguf.convert.source import Checkpoint
 from granite_gguf.convert.tokenizer import build_vocab, write_vocab
 from granite_gguf.convert.types import OutType, Writer
 from granite_gguf.errors import UserError
 from granite_gguf.files import atomic_output
+from granite_gguf.gguf_file.remembered import checked_header
 
 log = logging.getLogger(__name__)
 

@@ -30,11 +30,11 @@ from gguf import GGUFValueType, Keys
 
 from granite_gguf import __version__
 from granite_gguf.convert import keys
-from granite_gguf.convert.check import DEFAULT_ALIGNMENT, MAGIC, SCALARS, CheckedFile, OmittedArray, read_header
-from granite_gguf.convert.check_cache import checked_header
 from granite_gguf.convert.source import Checkpoint
 from granite_gguf.errors import UserError
 from granite_gguf.files import atomic_output, open_regular, write_atomic
+from granite_gguf.gguf_file.header import DEFAULT_ALIGNMENT, MAGIC, SCALARS, CheckedFile, OmittedArray, read_header
+from granite_gguf.gguf_file.remembered import checked_header
 
 CHUNK = 16 << 20  # bytes per read when copying tensor data
 MAX_KEY_FILE_BYTES = 64 << 10  # a PEM ed25519 key is about 120 bytes

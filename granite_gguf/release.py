@@ -38,12 +38,12 @@ from granite_gguf.certificate import (
     tensor_data_sha256,
     write_certificate,
 )
-from granite_gguf.convert.check import GGUFCheckError, read_header
-from granite_gguf.convert.inspect import summarize
 from granite_gguf.convert.quantize import convert_set
 from granite_gguf.convert.source import open_checkpoint
 from granite_gguf.convert.types import OutType
 from granite_gguf.files import write_atomic
+from granite_gguf.gguf_file.header import GGUFCheckError, read_header
+from granite_gguf.gguf_file.summary import summarize
 from granite_gguf.modelfiles.granite_r2 import CONTEXT_LENGTHS
 from granite_gguf.probes import gate_texts, probe_texts
 from granite_gguf.quality import effective_types

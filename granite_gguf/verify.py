@@ -24,13 +24,13 @@ from typing import cast
 import numpy as np
 
 from granite_gguf.bindings.embedder import Embedder, cut_tokens
-from granite_gguf.convert.check import CheckedFile
-from granite_gguf.convert.inspect import summarize
 from granite_gguf.convert.modern_bert import ModernBertSpec
 from granite_gguf.convert.quantize import written_type
 from granite_gguf.convert.source import Checkpoint, open_checkpoint
 from granite_gguf.convert.tokenizer import template_specials
 from granite_gguf.errors import UserError
+from granite_gguf.gguf_file.header import CheckedFile
+from granite_gguf.gguf_file.summary import summarize
 from granite_gguf.probes import probe_texts
 
 REFERENCE_BATCH = 8  # sequences per PyTorch forward pass

@@ -22,10 +22,10 @@ import numpy as np
 from gguf import Keys
 
 from granite_gguf.convert import keys
-from granite_gguf.convert.inspect import GGUFSummary, read_summary
 from granite_gguf.convert.types import OutType
 from granite_gguf.errors import UserError
 from granite_gguf.files import open_regular
+from granite_gguf.gguf_file.summary import GGUFSummary, read_summary
 from granite_gguf.modelfiles.gotemplate import template_error
 
 # Accepted by every ollama server; generated Modelfiles use only FROM, PARAMETER, LICENSE and comments.

@@ -19,11 +19,11 @@ from typing import Any, BinaryIO
 
 from gguf import Keys
 
-from granite_gguf.convert.check import check_gguf
-from granite_gguf.convert.check_cache import checked_header
-from granite_gguf.convert.inspect import GGUFSummary, summarize
 from granite_gguf.errors import UserError
 from granite_gguf.files import held, open_regular, parse_json, sha256_of_file, write_atomic
+from granite_gguf.gguf_file.header import check_gguf
+from granite_gguf.gguf_file.remembered import checked_header
+from granite_gguf.gguf_file.summary import GGUFSummary, summarize
 from granite_gguf.modelfiles.modelfile import (
     ModelFacts,
     Modelfile,

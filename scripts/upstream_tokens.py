@@ -21,7 +21,7 @@ from pathlib import Path
 from gguf import Keys
 
 from granite_gguf.bindings.embedder import clean_text
-from granite_gguf.convert.check import read_header
+from granite_gguf.gguf_file.header import read_header
 from granite_gguf.probes import probe_texts, special_token_texts, whitespace_texts
 from granite_gguf.real_vocab import build_real_vocab_checkpoint
 

@@ -21,11 +21,11 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 from granite_gguf.certificate import Certificate, read_certificate  # noqa: E402
-from granite_gguf.convert.check import read_header  # noqa: E402
 from granite_gguf.convert.source import open_checkpoint  # noqa: E402
 from granite_gguf.convert.types import OutType  # noqa: E402
 from granite_gguf.convert.writer import convert  # noqa: E402
 from granite_gguf.fixtures import FIXTURES, build_fixture  # noqa: E402
+from granite_gguf.gguf_file.header import read_header  # noqa: E402
 from granite_gguf.modelfiles.store import LOCK_FILE  # noqa: E402
 from granite_gguf.verify import Reference, run_reference  # noqa: E402
 

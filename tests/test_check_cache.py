@@ -14,13 +14,13 @@ from gguf import GGUFReader, Keys
 
 from granite_gguf.bindings.embedder import Embedder
 from granite_gguf.cli import main
-from granite_gguf.convert import check_cache
-from granite_gguf.convert.check import CheckedFile, GGUFCheckError, OmittedArray, check_gguf, without_large_arrays
-from granite_gguf.convert.check_cache import checked_header, entry_path
 from granite_gguf.convert.quantize import quantize_file
 from granite_gguf.convert.source import open_checkpoint
 from granite_gguf.convert.types import OutType
 from granite_gguf.convert.writer import convert
+from granite_gguf.gguf_file import remembered
+from granite_gguf.gguf_file.header import CheckedFile, GGUFCheckError, OmittedArray, check_gguf, without_large_arrays
+from granite_gguf.gguf_file.remembered import checked_header, entry_path
 from tests.conftest import Workspace
 from tests.test_check import duplicate_token
 
@@ -47,7 +47,7 @@ def count_checks(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
         calls.append(path)
         return check_gguf(path)
 
-    monkeypatch.setattr(check_cache, "check_gguf", counted)
+    monkeypatch.setattr(remembered, "check_gguf", counted)
     return calls
 
 
@@ -97,7 +97,7 @@ def test_another_copy_or_other_rules_are_checked_again(cache: Path, gguf: Path, 
     shutil.copyfile(moved, gguf)
     checked_header(gguf)  # the old path, another inode
     assert checks == [moved, gguf]
-    monkeypatch.setattr(check_cache, "_rules_digest", lambda: "the checker changed")
+    monkeypatch.setattr(remembered, "_rules_digest", lambda: "the checker changed")
     checked_header(gguf)
     assert checks == [moved, gguf, gguf]
 
@@ -130,7 +130,7 @@ def test_a_cache_that_cannot_be_written_is_skipped(tmp_path: Path, gguf: Path, m
 
 def test_only_the_newest_entries_are_kept(cache: Path, gguf: Path, tmp_path: Path,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(check_cache, "MAX_REMEMBERED", 2)
+    monkeypatch.setattr(remembered, "MAX_REMEMBERED", 2)
     copies = [tmp_path / f"copy{i}.gguf" for i in range(3)]
     for index, copy in enumerate(copies):
         shutil.copyfile(gguf, copy)

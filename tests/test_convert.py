@@ -14,12 +14,12 @@ import pytest
 from gguf import GGMLQuantizationType, GGUFReader, TokenType
 from safetensors.numpy import load_file
 
-from granite_gguf.convert.inspect import read_summary
 from granite_gguf.convert.source import open_checkpoint
 from granite_gguf.convert.types import OutType
 from granite_gguf.convert.writer import convert
 from granite_gguf.errors import UserError
 from granite_gguf.fixtures import USER_DEFINED_TOKEN
+from granite_gguf.gguf_file.summary import read_summary
 from tests.conftest import FAMILIES, Workspace
 
 EXPECTED_PRE = {"tiny-gemma3": "granite-embed-multi-311m", "tiny-o200k": "granite-embed-multi-97m", "tiny-gpt2": "modern-bert"}

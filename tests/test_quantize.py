@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from granite_gguf.bindings.embedder import Embedder
-from granite_gguf.convert.inspect import read_summary
 from granite_gguf.convert.quantize import convert_set
 from granite_gguf.convert.source import open_checkpoint
 from granite_gguf.convert.types import OutType
+from granite_gguf.gguf_file.summary import read_summary
 from granite_gguf.verify import compare
 from tests.conftest import Workspace
 

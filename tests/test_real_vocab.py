@@ -15,11 +15,11 @@ import pytest
 from tokenizers import Tokenizer
 
 from granite_gguf.bindings.embedder import Embedder
-from granite_gguf.convert.inspect import read_summary
 from granite_gguf.convert.keys import DROPPED_MERGES
 from granite_gguf.convert.source import open_checkpoint
 from granite_gguf.convert.types import OutType
 from granite_gguf.convert.writer import convert
+from granite_gguf.gguf_file.summary import read_summary
 from granite_gguf.probes import gate_texts, probe_texts, special_token_texts, whitespace_texts
 from granite_gguf.real_vocab import RegistryUnreachable, build_real_vocab_checkpoint
 from granite_gguf.release import release

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, LlamaFileType
 
-from granite_gguf.convert.check import CheckedFile, TensorInfo
-from granite_gguf.convert.inspect import summarize
 from granite_gguf.convert.quantize import TOKEN_EMBEDDING, written_type
 from granite_gguf.convert.types import OutType, Writer
 from granite_gguf.convert.writer import encode_rows
 from granite_gguf.errors import UserError
+from granite_gguf.gguf_file.header import CheckedFile, TensorInfo
+from granite_gguf.gguf_file.summary import summarize
 from granite_gguf.modelfiles.modelfile import file_type_label
 from granite_gguf.verify import default_threshold
 

@@ -13,7 +13,7 @@ from gguf import Keys, LlamaFileType, PoolingType
 from granite_gguf.convert import keys
 
 if TYPE_CHECKING:
-    from granite_gguf.convert.check import CheckedFile
+    from granite_gguf.gguf_file.header import CheckedFile
 
 
 VOCAB_ARRAYS = (Keys.Tokenizer.LIST, Keys.Tokenizer.TOKEN_TYPE, Keys.Tokenizer.MERGES)
@@ -56,7 +56,7 @@ class GGUFSummary:
 
 def read_summary(path: Path, with_vocab: bool = False) -> GGUFSummary:
     """Metadata as Python values (token arrays only if `with_vocab`), and tensor types by count and bytes."""
-    from granite_gguf.convert.check import read_header
+    from granite_gguf.gguf_file.header import read_header
 
     return summarize(read_header(Path(path)), with_vocab)
 

@@ -26,7 +26,9 @@ from typing import Any
 from gguf import GGMLQuantizationType, GGUFValueType
 
 from granite_gguf import __version__
-from granite_gguf.convert.check import (
+from granite_gguf.errors import UserError
+from granite_gguf.files import atomic_output, cache_dir, open_regular
+from granite_gguf.gguf_file.header import (
     CheckedFile,
     OmittedArray,
     TensorInfo,
@@ -34,8 +36,6 @@ from granite_gguf.convert.check import (
     read_header,
     without_large_arrays,
 )
-from granite_gguf.errors import UserError
-from granite_gguf.files import atomic_output, cache_dir, open_regular
 
 log = logging.getLogger(__name__)
 
@@ -86,11 +86,15 @@ def _identity(path: Path) -> dict[str, Any] | None:
 
 @cache
 def _rules_digest() -> str:
-    """sha256 of the tool's version and the code of every module the check runs (the convert package:
-    the checker, the architecture units, the tokenizer limits): editing any of them forgets all passes."""
+    """sha256 of the tool's version and the code of every module the check runs (this file layer: the parser and
+    the contract; the convert package: the architecture units, the tokenizer limits): editing any of them forgets
+    all passes."""
+    from granite_gguf import convert
+
     digest = hashlib.sha256(__version__.encode())
-    for source in sorted(Path(__file__).parent.glob("*.py")):
-        digest.update(source.name.encode() + b"\0" + source.read_bytes())
+    for folder in (Path(__file__).parent, Path(convert.__file__).parent):
+        for source in sorted(folder.glob("*.py")):
+            digest.update(f"{folder.name}/{source.name}".encode() + b"\0" + source.read_bytes())
     return digest.hexdigest()
 
 
