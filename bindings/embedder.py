@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from granite_gguf.errors import UserError
-from granite_gguf.gguf_file.header import CheckedFile
+from granite_gguf.gguf_file.header import Header
 from granite_gguf.gguf_file.remembered import checked_file
 from granite_gguf.gguf_file.summary import summarize
 
@@ -148,7 +148,7 @@ class Embedder:
         with checked_file(self.path, check=not unsafe_skip_check) as (header, load_path):
             self._load(header, load_path, n_threads, gpu_layers, max_tokens, batch_tokens, flash_attn, workers)
 
-    def _load(self, header: CheckedFile, load_path: str, n_threads: int | None, gpu_layers: int, max_tokens: int | None,
+    def _load(self, header: Header, load_path: str, n_threads: int | None, gpu_layers: int, max_tokens: int | None,
               batch_tokens: int, flash_attn: bool, workers: int | None) -> None:
         import llama_cpp
 

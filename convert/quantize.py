@@ -35,7 +35,7 @@ from granite_gguf.convert.types import OutType, file_label
 from granite_gguf.convert.writer import convert
 from granite_gguf.errors import UserError
 from granite_gguf.files import atomic_output, held, remove_stale_temporaries
-from granite_gguf.gguf_file.header import CheckedFile
+from granite_gguf.gguf_file.header import Header
 from granite_gguf.gguf_file.remembered import checked_file, checked_header
 
 log = logging.getLogger(__name__)
@@ -150,7 +150,7 @@ def _llama_log_to(bar: tqdm) -> Iterator[list[str]]:
         llama_cpp.llama_log_set(llama_cpp._logger.llama_log_callback, ctypes.c_void_p(0))
 
 
-def written_type(header: CheckedFile) -> OutType | None:
+def written_type(header: Header) -> OutType | None:
     """The type or recipe a file was written as, read back from its file type and the type of its
     token embedding table (a recipe's table, or its fallback for these rows); None when no type in
     the table writes this file type."""
@@ -166,7 +166,7 @@ def written_type(header: CheckedFile) -> OutType | None:
     return base
 
 
-def _table_type(source: CheckedFile, wanted: GGMLQuantizationType) -> GGMLQuantizationType:
+def _table_type(source: Header, wanted: GGMLQuantizationType) -> GGMLQuantizationType:
     """`wanted`, or llama.cpp's fallback for it when the token embedding rows do not fit its blocks."""
     row = next(t.dims[0] for t in source.tensors if t.name == TOKEN_EMBEDDING)
     for candidate in (wanted, _FALLBACK.get(wanted, GGMLQuantizationType.F16), GGMLQuantizationType.F16):

@@ -8,7 +8,7 @@ other key and every tensor info). With a signing key (an ed25519 key, `granite-g
 signs those fields; `granite-gguf check --public-key` then proves the file is the one that releaser
 verified. An unsigned certificate proves nothing against a forger, who can recompute both hashes: check
 says so (docs/security.md, "Certificates"). The header is rewritten into a new file that is renamed into
-place (`atomic_output`); the tensor data is copied byte for byte.
+place (gguf_file.rewrite); the tensor data is copied byte for byte.
 """
 
 from __future__ import annotations
@@ -16,8 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import struct
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -26,17 +24,17 @@ from typing import Any, BinaryIO, cast
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from gguf import GGUFValueType, Keys
+from gguf import GGUFValueType
 
 from granite_gguf import __version__
 from granite_gguf.convert import keys
 from granite_gguf.convert.source import Checkpoint
 from granite_gguf.errors import UserError
-from granite_gguf.files import atomic_output, open_regular, write_atomic
-from granite_gguf.gguf_file.header import DEFAULT_ALIGNMENT, MAGIC, SCALARS, CheckedFile, OmittedArray, read_header
+from granite_gguf.files import open_regular, write_atomic
+from granite_gguf.gguf_file.header import Header, OmittedArray, read_header
 from granite_gguf.gguf_file.remembered import checked_header
+from granite_gguf.gguf_file.rewrite import key_entries, rewrite_keys
 
-CHUNK = 16 << 20  # bytes per read when copying tensor data
 MAX_KEY_FILE_BYTES = 64 << 10  # a PEM ed25519 key is about 120 bytes
 
 
@@ -86,7 +84,7 @@ class Verdict:
     note: str
 
 
-def read_certificate(header: CheckedFile) -> Certificate | None:
+def read_certificate(header: Header) -> Certificate | None:
     """The certificate in a file's metadata, or None when it has none (or an incomplete one)."""
     values = {f.name: header.metadata.get(Certificate.key(f.name)) for f in fields(Certificate)}
     if any(value is None for value in values.values()):
@@ -99,7 +97,7 @@ def signed_bytes(certificate: Certificate) -> bytes:
     return _SIGNED_CONTEXT + json.dumps(certificate.as_dict(), sort_keys=True, separators=(",", ":")).encode()
 
 
-def metadata_sha256(header: CheckedFile) -> str:
+def metadata_sha256(header: Header) -> str:
     """sha256 of what the file says besides its certificate and tensor data: every other key with its type and
     value, in file order, and every tensor's name, shape, type and offset. `header` must hold every array
     (read_header's, not a remembered check's)."""
@@ -116,7 +114,7 @@ def metadata_sha256(header: CheckedFile) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def check_certificate(header: CheckedFile, certificate: Certificate, public_key: Ed25519PublicKey | None) -> Verdict:
+def check_certificate(header: Header, certificate: Certificate, public_key: Ed25519PublicKey | None) -> Verdict:
     """Does the file at `header.path` (read whole: `read_header`) still hold what `certificate` describes, and is
     the certificate signed by `public_key` (when one is given)?"""
     if tensor_data_sha256(header) != certificate.tensor_sha256:
@@ -188,7 +186,7 @@ def _load_key(path: Path, loader: Callable[..., Any], **kwargs: Any) -> Any:
         raise UserError(f"{path}: cannot read ({exc.strerror})") from None
 
 
-def tensor_data_sha256(header: CheckedFile) -> str:
+def tensor_data_sha256(header: Header) -> str:
     """sha256 of everything from the start of the tensor data section to the end of the file."""
     with header.path.open("rb") as handle:
         handle.seek(header.data_start)
@@ -208,46 +206,6 @@ def write_certificate(path: Path, certificate: Certificate, signing_key: Ed25519
         entries.append((SIGNER_KEY, GGUFValueType.STRING, public_hex(signing_key.public_key()), None))
     rewrite_keys(path, header, entries)
     checked_header(path)  # a new file under the old name: checked once now, as `convert` does
-
-
-KeyEntry = tuple[str, GGUFValueType, Any, "GGUFValueType | None"]  # key, value type, value, item type (arrays)
-
-
-def key_entries(header: CheckedFile) -> list[KeyEntry]:
-    """Every key of a header read whole (`read_header`), as `rewrite_keys` writes them."""
-    return [(key, header.value_types[key], value, header.item_types.get(key)) for key, value in header.metadata.items()]
-
-
-def rewrite_keys(path: Path, header: CheckedFile, entries: list[KeyEntry]) -> None:
-    """Replace the keys of the GGUF at `path` (whose header is `header`) by `entries`; the tensor infos and data are
-    copied unchanged, into a temporary file renamed over `path`. Not checked: the caller checks what it wrote."""
-    alignment = header.metadata.get(Keys.General.ALIGNMENT, DEFAULT_ALIGNMENT)
-    with atomic_output(path) as tmp, path.open("rb") as source, tmp.open("wb") as out:
-        out.write(MAGIC + struct.pack("<IQQ", header.version, len(header.tensors), len(entries)))
-        for key, value_type, value, item_type in entries:
-            out.write(_string(key) + struct.pack("<I", value_type) + _value(value_type, value, item_type))
-        source.seek(header.tensor_infos_start)
-        out.write(source.read(header.tensor_infos_end - header.tensor_infos_start))
-        out.write(b"\0" * (-out.tell() % alignment))
-        source.seek(header.data_start)
-        shutil.copyfileobj(source, out, CHUNK)
-
-
-def _string(text: str) -> bytes:
-    data = text.encode("utf-8")
-    return struct.pack("<Q", len(data)) + data
-
-
-def _value(value_type: GGUFValueType, value: Any, item_type: GGUFValueType | None) -> bytes:
-    if value_type in SCALARS:
-        return struct.pack(SCALARS[value_type], value)
-    if value_type == GGUFValueType.STRING:
-        return _string(value)
-    assert item_type is not None, "an array has an item type"
-    head = struct.pack("<IQ", item_type, len(value))
-    if item_type in SCALARS:
-        return head + struct.pack(f"<{len(value)}{SCALARS[item_type][1]}", *value)
-    return head + b"".join(_value(item_type, item, None) for item in value)
 
 
 def checkpoint_identity(ckpt: Checkpoint) -> str:

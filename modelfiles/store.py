@@ -21,7 +21,7 @@ from gguf import Keys
 
 from granite_gguf.errors import UserError
 from granite_gguf.files import held, open_regular, parse_json, sha256_of_file, write_atomic
-from granite_gguf.gguf_file.header import check_gguf
+from granite_gguf.gguf_file.contract import check_gguf
 from granite_gguf.gguf_file.remembered import checked_header
 from granite_gguf.gguf_file.summary import GGUFSummary, summarize
 from granite_gguf.modelfiles.modelfile import (

@@ -20,7 +20,8 @@ from granite_gguf.certificate import (
     write_certificate,
 )
 from granite_gguf.convert.keys import CERTIFICATE_PREFIX
-from granite_gguf.gguf_file.header import check_gguf, read_header
+from granite_gguf.gguf_file.contract import check_gguf
+from granite_gguf.gguf_file.header import read_header
 from tests.conftest import Workspace, certificate_of, run_cli_process
 
 pytestmark = pytest.mark.slow  # builds a fixture and runs it through llama.cpp

@@ -19,7 +19,8 @@ from granite_gguf.convert.source import open_checkpoint
 from granite_gguf.convert.types import OutType
 from granite_gguf.convert.writer import convert
 from granite_gguf.gguf_file import remembered
-from granite_gguf.gguf_file.header import CheckedFile, GGUFCheckError, OmittedArray, check_gguf, without_large_arrays
+from granite_gguf.gguf_file.contract import check_gguf
+from granite_gguf.gguf_file.header import GGUFCheckError, Header, OmittedArray, without_large_arrays
 from granite_gguf.gguf_file.remembered import checked_header, entry_path
 from tests.conftest import Workspace
 from tests.test_check import duplicate_token
@@ -43,7 +44,7 @@ def count_checks(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     """The paths `check_gguf` is called on from now on (it still runs)."""
     calls: list[Path] = []
 
-    def counted(path: Path) -> CheckedFile:
+    def counted(path: Path) -> Header:
         calls.append(path)
         return check_gguf(path)
 

@@ -15,11 +15,12 @@ import pytest
 from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType
 
 from granite_gguf.bindings.embedder import Embedder, NonFiniteVectorError
-from granite_gguf.certificate import key_entries, rewrite_keys
 from granite_gguf.cli import main
 from granite_gguf.errors import UserError
-from granite_gguf.gguf_file.header import GGUFCheckError, check_gguf, read_header
+from granite_gguf.gguf_file.contract import check_gguf
+from granite_gguf.gguf_file.header import GGUFCheckError, read_header
 from granite_gguf.gguf_file.remembered import checked_file
+from granite_gguf.gguf_file.rewrite import key_entries, rewrite_keys
 from tests.conftest import Workspace, cli_command
 
 F32, U32, STR, BOOL = GGUFValueType.FLOAT32, GGUFValueType.UINT32, GGUFValueType.STRING, GGUFValueType.BOOL

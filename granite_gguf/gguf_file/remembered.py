@@ -28,11 +28,11 @@ from gguf import GGMLQuantizationType, GGUFValueType
 from granite_gguf import __version__
 from granite_gguf.errors import UserError
 from granite_gguf.files import atomic_output, cache_dir, open_regular
+from granite_gguf.gguf_file.contract import check_gguf
 from granite_gguf.gguf_file.header import (
-    CheckedFile,
+    Header,
     OmittedArray,
     TensorInfo,
-    check_gguf,
     read_header,
     without_large_arrays,
 )
@@ -43,7 +43,7 @@ MAX_REMEMBERED = 256  # entries kept; the oldest are removed beyond this
 FD_FOLDER = "/proc/self/fd"  # Linux: each open descriptor by number, opening the same file
 
 
-def checked_header(path: Path, recheck: bool = False) -> CheckedFile:
+def checked_header(path: Path, recheck: bool = False) -> Header:
     """`path` checked (`check_gguf`) unless a pass is remembered for this very version of it (or
     `recheck`); its header without vocabulary-sized arrays. A pass is remembered for next time."""
     before = _identity(path)
@@ -58,7 +58,7 @@ def checked_header(path: Path, recheck: bool = False) -> CheckedFile:
 
 
 @contextmanager
-def checked_file(path: Path, check: bool = True) -> Iterator[tuple[CheckedFile, str]]:
+def checked_file(path: Path, check: bool = True) -> Iterator[tuple[Header, str]]:
     """The checked header of the file `path` names now (`checked_header`; only read, not checked, if not
     `check`) and a name of that very file for the block: `/proc/self/fd/N` of a descriptor held open, so
     llama.cpp loads the file that was checked even if another is renamed over `path` meanwhile."""
@@ -98,7 +98,7 @@ def _rules_digest() -> str:
     return digest.hexdigest()
 
 
-def _recall(path: Path, identity: dict[str, Any]) -> CheckedFile | None:
+def _recall(path: Path, identity: dict[str, Any]) -> Header | None:
     """The remembered header of `path`, if its entry is for exactly `identity`; None otherwise (also for
     an entry that cannot be read: it is only a cache)."""
     try:
@@ -112,7 +112,7 @@ def _recall(path: Path, identity: dict[str, Any]) -> CheckedFile | None:
         return None
 
 
-def _remember(path: Path, identity: dict[str, Any], header: CheckedFile) -> None:
+def _remember(path: Path, identity: dict[str, Any], header: Header) -> None:
     """Write the entry (atomically); a cache that cannot be written is skipped, not an error."""
     target = entry_path(path)
     try:
@@ -130,7 +130,7 @@ def _forget_oldest(folder: Path) -> None:
         entry.unlink(missing_ok=True)
 
 
-def _header_to_json(header: CheckedFile) -> dict[str, Any]:
+def _header_to_json(header: Header) -> dict[str, Any]:
     omitted = {key: len(value) for key, value in header.metadata.items() if isinstance(value, OmittedArray)}
     return {
         "version": header.version,
@@ -144,10 +144,10 @@ def _header_to_json(header: CheckedFile) -> dict[str, Any]:
     }
 
 
-def _header_from_json(path: Path, data: dict[str, Any]) -> CheckedFile:
+def _header_from_json(path: Path, data: dict[str, Any]) -> Header:
     metadata = {key: data["metadata"][key] if key in data["metadata"] else OmittedArray(data["omitted"][key])
                 for key in data["value_types"]}  # the file's key order
-    return CheckedFile(
+    return Header(
         path=path, version=data["version"], metadata=metadata,
         value_types={key: GGUFValueType(value) for key, value in data["value_types"].items()},
         item_types={key: GGUFValueType(value) for key, value in data["item_types"].items()},

@@ -13,7 +13,7 @@ from gguf import Keys, LlamaFileType, PoolingType
 from granite_gguf.convert import keys
 
 if TYPE_CHECKING:
-    from granite_gguf.gguf_file.header import CheckedFile
+    from granite_gguf.gguf_file.header import Header
 
 
 VOCAB_ARRAYS = (Keys.Tokenizer.LIST, Keys.Tokenizer.TOKEN_TYPE, Keys.Tokenizer.MERGES)
@@ -61,7 +61,7 @@ def read_summary(path: Path, with_vocab: bool = False) -> GGUFSummary:
     return summarize(read_header(Path(path)), with_vocab)
 
 
-def summarize(header: CheckedFile, with_vocab: bool = False) -> GGUFSummary:
+def summarize(header: Header, with_vocab: bool = False) -> GGUFSummary:
     """The summary of a header already read (by `check_gguf` or `read_header`): no second parse."""
     metadata = {
         name: f"[{len(value)} entries]" if not with_vocab and name in VOCAB_ARRAYS else value
