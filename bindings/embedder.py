@@ -28,9 +28,7 @@ from typing import Any
 import numpy as np
 
 from granite_gguf.errors import UserError
-from granite_gguf.gguf_file.header import Header
-from granite_gguf.gguf_file.remembered import checked_file
-from granite_gguf.gguf_file.summary import summarize
+from granite_gguf.gguf_file import GGUFFile, load
 
 log = logging.getLogger(__name__)
 
@@ -144,15 +142,16 @@ class Embedder:
             raise UserError(f"{self.path}: no such GGUF file")
         # llama.cpp aborts the whole process on some malformed files: validate unless told not to
         # (once per version of the file: a pass is remembered, granite_gguf/gguf_file/remembered.py), and load the file
-        # that was checked, through its open descriptor, whatever is renamed over the path meanwhile.
-        with checked_file(self.path, check=not unsafe_skip_check) as (header, load_path):
-            self._load(header, load_path, n_threads, gpu_layers, max_tokens, batch_tokens, flash_attn, workers)
+        # that was checked, through a descriptor proven to be that version, whatever is renamed over the path meanwhile.
+        file = load(self.path, check=not unsafe_skip_check)
+        with file.opened() as load_path:
+            self._load(file, load_path, n_threads, gpu_layers, max_tokens, batch_tokens, flash_attn, workers)
 
-    def _load(self, header: Header, load_path: str, n_threads: int | None, gpu_layers: int, max_tokens: int | None,
+    def _load(self, file: GGUFFile, load_path: str, n_threads: int | None, gpu_layers: int, max_tokens: int | None,
               batch_tokens: int, flash_attn: bool, workers: int | None) -> None:
         import llama_cpp
 
-        summary = summarize(header)
+        summary = file.summary
         if summary.pooling not in ("CLS", "MEAN", "LAST"):
             raise UserError(f"{self.path}: pooling {summary.pooling} gives no sentence vector; not an embedding model")
         context = int(summary.arch_value("context_length", DEFAULT_MAX_TOKENS))
@@ -165,7 +164,7 @@ class Embedder:
         if batch_tokens < 1:
             raise UserError(f"batch_tokens must be positive, got {batch_tokens}")
         self.batch_tokens = min(batch_tokens, context)
-        self.header = header  # what was read and checked (no vocabulary arrays), for tensor-level facts
+        self.header = file.header  # what was read and checked (no vocabulary arrays), for tensor-level facts
         self.summary = summary
         self.pooling = summary.pooling
         self.normalize = summary.normalize  # the model's own Normalize module

@@ -35,8 +35,7 @@ from granite_gguf.convert.types import OutType, file_label
 from granite_gguf.convert.writer import convert
 from granite_gguf.errors import UserError
 from granite_gguf.files import atomic_output, held, remove_stale_temporaries
-from granite_gguf.gguf_file.header import Header
-from granite_gguf.gguf_file.remembered import checked_file, checked_header
+from granite_gguf.gguf_file import Header, load
 
 log = logging.getLogger(__name__)
 
@@ -97,10 +96,11 @@ def quantize_file(source: Path, dest: Path, output: OutType, nthread: int | None
     params.ftype = output.file_type.value
     params.nthread = nthread or os.cpu_count() or 1
     # llama.cpp's quantizer aborts on some malformed files: it reads the very file that was checked
-    with checked_file(source) as (checked, load_path), atomic_output(dest) as tmp, \
+    checked = load(source)
+    with checked.opened() as load_path, atomic_output(dest) as tmp, \
             tqdm(desc=dest.name, unit="tensor", disable=not progress) as bar:
         if output.table_type is not None:
-            params.token_embedding_type = _table_type(checked, output.table_type).value
+            params.token_embedding_type = _table_type(checked.header, output.table_type).value
         with _llama_log_to(bar) as errors:
             status = llama_cpp.llama_model_quantize(load_path.encode(), str(tmp).encode(), ctypes.byref(params))
         if status != 0:
@@ -116,7 +116,7 @@ def quantize_file(source: Path, dest: Path, output: OutType, nthread: int | None
         log.warning("%s: asked for %s but most weights are %s (see `granite-gguf inspect`); named %s",
                     dest.name, output.label, actual.upper(), truthful.name)
         result = QuantizedFile(output, truthful, result.dominant_type, False, result.table_type)
-    checked_header(result.path)  # as `convert` does: checked once now, not at its first load (renamed: again)
+    load(result.path)  # as `convert` does: checked once now, not at its first load (renamed: again)
     return result
 
 
@@ -181,7 +181,7 @@ def describe(path: Path, output: OutType) -> QuantizedFile:
     as it is read (a pass remembered: its first load, and `quantize_file`'s final check, reuse it)."""
     weights: Counter[GGMLQuantizationType] = Counter()
     table = None
-    for tensor in checked_header(path).tensors:
+    for tensor in load(path).header.tensors:
         if output.is_recipe and tensor.name == TOKEN_EMBEDDING:
             table = tensor.ggml_type
         elif tensor.ggml_type != GGMLQuantizationType.F32 or output is OutType.F32:

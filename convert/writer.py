@@ -24,7 +24,7 @@ from granite_gguf.convert.tokenizer import build_vocab, write_vocab
 from granite_gguf.convert.types import OutType, Writer
 from granite_gguf.errors import UserError
 from granite_gguf.files import atomic_output
-from granite_gguf.gguf_file.remembered import checked_header
+from granite_gguf.gguf_file import load
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def convert(
         fout.flush()
         os.fsync(fout.fileno())
         writer.close()
-    checked_header(out_path)  # our output passes the check before anything loads it, and its first load won't repeat it
+    load(out_path)  # our output passes the check before anything loads it, and its first load won't repeat it
     return out_path
 
 

@@ -31,8 +31,7 @@ from granite_gguf.convert import keys
 from granite_gguf.convert.source import Checkpoint
 from granite_gguf.errors import UserError
 from granite_gguf.files import open_regular, write_atomic
-from granite_gguf.gguf_file.header import Header, OmittedArray, read_header
-from granite_gguf.gguf_file.remembered import checked_header
+from granite_gguf.gguf_file import Header, OmittedArray, load
 from granite_gguf.gguf_file.rewrite import key_entries, rewrite_keys
 
 MAX_KEY_FILE_BYTES = 64 << 10  # a PEM ed25519 key is about 120 bytes
@@ -92,6 +91,23 @@ def read_certificate(header: Header) -> Certificate | None:
     return Certificate(**cast(dict[str, Any], values))
 
 
+def describe(header: Header) -> list[str]:
+    """What `inspect` says of a file's certificate, line by line: that it has none, or what was verified against
+    what, the result, the hashes and who signed (the signature itself is checked by `check --public-key`)."""
+    c = read_certificate(header)
+    if c is None:
+        return ["none (files from `granite-gguf release` carry one)"]
+    signer = header.metadata.get(SIGNER_KEY)
+    return [f"{c.result}: {c.label} against {c.reference} ({c.checkpoint})",
+            f"{c.probe_set} probe set, {c.probe_texts} texts (sha256 {c.probe_sha256}), token limit {c.token_limit} "
+            f"({c.texts_cut} cut)",
+            f"token mismatches {c.token_mismatches}, cosine min {c.cosine_min:.7f}, mean {c.cosine_mean:.7f}, "
+            f"threshold {c.threshold}; granite-gguf {c.tool_version}",
+            f"tensor data sha256 {c.tensor_sha256}, metadata sha256 {c.metadata_sha256}",
+            f"signed by key {signer} (`granite-gguf check --public-key` verifies)" if signer else
+            "unsigned: proves nothing against a forger"]
+
+
 def signed_bytes(certificate: Certificate) -> bytes:
     """What the signature covers: every field of the certificate, canonical JSON, after a context string."""
     return _SIGNED_CONTEXT + json.dumps(certificate.as_dict(), sort_keys=True, separators=(",", ":")).encode()
@@ -100,7 +116,7 @@ def signed_bytes(certificate: Certificate) -> bytes:
 def metadata_sha256(header: Header) -> str:
     """sha256 of what the file says besides its certificate and tensor data: every other key with its type and
     value, in file order, and every tensor's name, shape, type and offset. `header` must hold every array
-    (read_header's, not a remembered check's)."""
+    (a file loaded `whole`, not a remembered check's)."""
     entries = []
     for key, value in header.metadata.items():
         if key.startswith(keys.CERTIFICATE_PREFIX):
@@ -115,7 +131,7 @@ def metadata_sha256(header: Header) -> str:
 
 
 def check_certificate(header: Header, certificate: Certificate, public_key: Ed25519PublicKey | None) -> Verdict:
-    """Does the file at `header.path` (read whole: `read_header`) still hold what `certificate` describes, and is
+    """Does the file at `header.path` (loaded `whole`) still hold what `certificate` describes, and is
     the certificate signed by `public_key` (when one is given)?"""
     if tensor_data_sha256(header) != certificate.tensor_sha256:
         return Verdict(False, f"tensor data changed since it was certified (sha256 is not {certificate.tensor_sha256})")
@@ -197,7 +213,7 @@ def write_certificate(path: Path, certificate: Certificate, signing_key: Ed25519
     """Put `certificate` into the GGUF at `path` (replacing an earlier one), signed with `signing_key` if given:
     the keys are written anew, the tensor infos and data copied unchanged, into a temporary file renamed over
     `path`."""
-    header = read_header(path)
+    header = load(path, check=False, whole=True).header
     entries = [entry for entry in key_entries(header) if not entry[0].startswith(keys.CERTIFICATE_PREFIX)]
     for name, value in certificate.as_dict().items():
         entries.append((Certificate.key(name), _VALUE_TYPES[type(value)], value, None))
@@ -205,7 +221,7 @@ def write_certificate(path: Path, certificate: Certificate, signing_key: Ed25519
         entries.append((SIGNATURE_KEY, GGUFValueType.STRING, signing_key.sign(signed_bytes(certificate)).hex(), None))
         entries.append((SIGNER_KEY, GGUFValueType.STRING, public_hex(signing_key.public_key()), None))
     rewrite_keys(path, header, entries)
-    checked_header(path)  # a new file under the old name: checked once now, as `convert` does
+    load(path)  # a new file under the old name: checked once now, as `convert` does
 
 
 def checkpoint_identity(ckpt: Checkpoint) -> str:

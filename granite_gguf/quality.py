@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from granite_gguf.corpus import cldr_sentences
-from granite_gguf.gguf_file.summary import GGUFSummary
+from granite_gguf.gguf_file import GGUFSummary
 
 N_PASSAGES = 200
 QUERY_EVERY = 4  # a query from every 4th passage: 50 queries

@@ -29,7 +29,7 @@ from granite_gguf.convert.quantize import written_type
 from granite_gguf.convert.source import Checkpoint, open_checkpoint
 from granite_gguf.convert.tokenizer import template_specials
 from granite_gguf.errors import UserError
-from granite_gguf.gguf_file.header import Header
+from granite_gguf.gguf_file import Header
 from granite_gguf.gguf_file.summary import summarize
 from granite_gguf.probes import probe_texts
 

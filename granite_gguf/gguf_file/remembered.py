@@ -16,9 +16,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -27,45 +25,50 @@ from gguf import GGMLQuantizationType, GGUFValueType
 
 from granite_gguf import __version__
 from granite_gguf.errors import UserError
-from granite_gguf.files import atomic_output, cache_dir, open_regular
+from granite_gguf.files import atomic_output, cache_dir
 from granite_gguf.gguf_file.contract import check_gguf
 from granite_gguf.gguf_file.header import (
     Header,
     OmittedArray,
     TensorInfo,
-    read_header,
     without_large_arrays,
 )
 
 log = logging.getLogger(__name__)
 
 MAX_REMEMBERED = 256  # entries kept; the oldest are removed beyond this
-FD_FOLDER = "/proc/self/fd"  # Linux: each open descriptor by number, opening the same file
 
 
-def checked_header(path: Path, recheck: bool = False) -> Header:
-    """`path` checked (`check_gguf`) unless a pass is remembered for this very version of it (or
-    `recheck`); its header without vocabulary-sized arrays. A pass is remembered for next time."""
+def checked_header(path: Path, *, whole: bool = False) -> Header:
+    """`path` checked (`check_gguf`) unless a pass is remembered for this very version of it; its header without
+    vocabulary-sized arrays. `whole`: always checked, and the header with every array (a remembered pass holds
+    none). A pass is remembered for next time either way."""
     before = _identity(path)
-    if not recheck and before is not None:
+    if not whole and before is not None:
         remembered = _recall(path, before)
         if remembered is not None:
             return remembered
-    header = without_large_arrays(check_gguf(path))
+    header = check_gguf(path)
+    trimmed = without_large_arrays(header)
     if before is not None and _identity(path) == before:  # unchanged while it was read
-        _remember(path, before, header)
-    return header
+        _remember(path, before, trimmed)
+    return header if whole else trimmed
 
 
-@contextmanager
-def checked_file(path: Path, check: bool = True) -> Iterator[tuple[Header, str]]:
-    """The checked header of the file `path` names now (`checked_header`; only read, not checked, if not
-    `check`) and a name of that very file for the block: `/proc/self/fd/N` of a descriptor held open, so
-    llama.cpp loads the file that was checked even if another is renamed over `path` meanwhile."""
-    with open_regular(path) as handle:
-        alias = Path(f"{FD_FOLDER}/{handle.fileno()}") if os.path.isdir(FD_FOLDER) else path
-        header = checked_header(alias) if check else without_large_arrays(read_header(alias))
-        yield replace(header, path=path), str(alias)
+@dataclass(frozen=True)
+class FileIdentity:
+    """Which version of which file: equal only for the same file, unchanged (any write, rename, `touch` or `utime`
+    moves ctime, which user space cannot set back)."""
+
+    device: int
+    inode: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> FileIdentity:
+        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def entry_path(path: Path) -> Path:
@@ -80,8 +83,7 @@ def _identity(path: Path) -> dict[str, Any] | None:
         st = os.stat(path)
     except OSError:
         return None
-    return {"path": os.path.realpath(path), "device": st.st_dev, "inode": st.st_ino, "size": st.st_size,
-            "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns, "rules": _rules_digest()}
+    return {"path": os.path.realpath(path), **asdict(FileIdentity.of(st)), "rules": _rules_digest()}
 
 
 @cache

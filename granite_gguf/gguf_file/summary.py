@@ -1,4 +1,5 @@
-"""Reading back what a GGUF holds: metadata, tensor types, tokenizer family (for `inspect` and the bindings)."""
+"""What a GGUF header says, for people (`render`: `granite-gguf inspect`) and programs (the Embedder, Modelfiles,
+the ollama store): metadata, tensor types by count and bytes, pooling, file type, Matryoshka dims."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ from typing import TYPE_CHECKING, Any
 from gguf import Keys, LlamaFileType, PoolingType
 
 from granite_gguf.convert import keys
+from granite_gguf.gguf_file.header import Header, OmittedArray
 
 if TYPE_CHECKING:
-    from granite_gguf.gguf_file.header import Header
+    from granite_gguf.gguf_file import GGUFFile
 
 
 VOCAB_ARRAYS = (Keys.Tokenizer.LIST, Keys.Tokenizer.TOKEN_TYPE, Keys.Tokenizer.MERGES)
@@ -54,17 +56,11 @@ class GGUFSummary:
         return bool(self.metadata.get(keys.NORMALIZE, False))
 
 
-def read_summary(path: Path, with_vocab: bool = False) -> GGUFSummary:
-    """Metadata as Python values (token arrays only if `with_vocab`), and tensor types by count and bytes."""
-    from granite_gguf.gguf_file.header import read_header
-
-    return summarize(read_header(Path(path)), with_vocab)
-
-
-def summarize(header: Header, with_vocab: bool = False) -> GGUFSummary:
-    """The summary of a header already read (by `check_gguf` or `read_header`): no second parse."""
+def summarize(header: Header) -> GGUFSummary:
+    """The summary of a header already read: no second parse. Vocabulary arrays (and any array the header does
+    not hold, `OmittedArray`) appear as their length, `[N entries]`."""
     metadata = {
-        name: f"[{len(value)} entries]" if not with_vocab and name in VOCAB_ARRAYS else value
+        name: f"[{len(value)} entries]" if name in VOCAB_ARRAYS or isinstance(value, OmittedArray) else value
         for name, value in header.metadata.items()
     }
     summary = GGUFSummary(header.path, metadata)
@@ -74,3 +70,25 @@ def summarize(header: Header, with_vocab: bool = False) -> GGUFSummary:
         summary.tensor_bytes[name] += tensor.n_bytes
         summary.tensor_elements[name] += math.prod(tensor.dims)
     return summary
+
+
+def render(file: GGUFFile, certificate: list[str]) -> str:
+    """What `granite-gguf inspect` prints: the facts a reader looks for first, the lines of the certificate
+    (`certificate`, from `certificate.describe`), then every key but the certificate's."""
+    summary, meta = file.summary, file.summary.metadata
+    lines = [
+        f"file          {file.path} ({file.identity.size / 2**20:.1f} MiB)",
+        f"architecture  {meta.get(Keys.General.ARCHITECTURE)}   file type {summary.file_type_name}",
+        f"pooling       {summary.pooling}   normalize {summary.normalize}   matryoshka {list(summary.matryoshka_dims) or 'none'}",
+        f"tokenizer     {meta.get(keys.TOKENIZER_FAMILY, '?')} (pre {meta.get(Keys.Tokenizer.PRE)}), "
+        f"add_bos {meta.get(Keys.Tokenizer.ADD_BOS)}, add_eos {meta.get(Keys.Tokenizer.ADD_EOS)}",
+    ]
+    if keys.DROPPED_MERGES in meta:
+        lines.append(f"merges        {len(file.header.metadata.get(Keys.Tokenizer.MERGES, []))}, "
+                     f"{meta[keys.DROPPED_MERGES]} of the tokenizer's left out (they can never apply)")
+    lines.append("tensor types  " + ", ".join(f"{name} ×{count} ({summary.tensor_bytes[name] / 2**20:.2f} MiB)"
+                                              for name, count in summary.tensor_types.most_common()))
+    lines += [("certificate" if index == 0 else "").ljust(14) + line for index, line in enumerate(certificate)]
+    lines.append("metadata:")
+    lines += [f"  {key} = {value}" for key, value in meta.items() if not key.startswith(keys.CERTIFICATE_PREFIX)]
+    return "\n".join(lines)
