@@ -26,7 +26,7 @@ from types import TracebackType
 import numpy as np
 
 from granite_gguf.errors import UserError
-from granite_gguf.gguf_file import GGUFFile, load
+from granite_gguf.gguf_file import load
 from granite_gguf.llama_backend import MAX_SEQUENCES_PER_DECODE, Context, Model
 
 log = logging.getLogger(__name__)
@@ -124,11 +124,6 @@ class Embedder:
         # (once per version of the file: a pass is remembered, granite_gguf/gguf_file/remembered.py), and load the file
         # that was checked, through a descriptor proven to be that version, whatever is renamed over the path meanwhile.
         file = load(self.path, check=not unsafe_skip_check)
-        with file.opened() as load_path:
-            self._load(file, load_path, n_threads, gpu_layers, max_tokens, batch_tokens, flash_attn, workers)
-
-    def _load(self, file: GGUFFile, load_path: str, n_threads: int | None, gpu_layers: int, max_tokens: int | None,
-              batch_tokens: int, flash_attn: bool, workers: int | None) -> None:
         summary = file.summary
         if summary.pooling not in ("CLS", "MEAN", "LAST"):
             raise UserError(f"{self.path}: pooling {summary.pooling} gives no sentence vector; not an embedding model")
@@ -151,7 +146,8 @@ class Embedder:
         if workers is not None and workers < 1:
             raise UserError(f"workers must be positive, got {workers}")
         self.layout = Layout(workers, max(1, cpus // workers)) if workers else default_layout(cpus)
-        self._model = Model(load_path, threads=self.layout.threads, gpu_layers=gpu_layers, flash_attn=flash_attn)
+        with file.opened() as load_path:
+            self._model = Model(load_path, threads=self.layout.threads, gpu_layers=gpu_layers, flash_attn=flash_attn)
         self.repacked = self._model.repacked
         self._contexts = self._model.contexts(self.layout.workers)
         self._prefix = 1 if self._model.add_bos else 0
