@@ -19,12 +19,12 @@ from tqdm import tqdm
 from granite_gguf import __version__
 from granite_gguf.convert import keys
 from granite_gguf.convert.architecture import Spec, for_config
-from granite_gguf.convert.check_cache import checked_header
 from granite_gguf.convert.source import Checkpoint
 from granite_gguf.convert.types import OutType, Writer
 from granite_gguf.errors import UserError
 from granite_gguf.files import atomic_output
 from granite_gguf.models import recognise
+from granite_gguf.gguf_file import load
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ def convert(
         fout.flush()
         os.fsync(fout.fileno())
         writer.close()
-    checked_header(out_path)  # our output passes the check before anything loads it, and its first load won't repeat it
+    load(out_path)  # our output passes the check before anything loads it, and its first load won't repeat it
     return out_path
 
 

@@ -220,50 +220,18 @@ def run_keygen(args: argparse.Namespace) -> int:
 
 
 def run_inspect(args: argparse.Namespace) -> int:
-    from gguf import Keys
+    from granite_gguf import certificate
+    from granite_gguf.gguf_file import load
+    from granite_gguf.gguf_file.summary import render
 
-    from granite_gguf.certificate import SIGNER_KEY, read_certificate
-    from granite_gguf.convert import keys
-    from granite_gguf.convert.check import read_header
-    from granite_gguf.convert.inspect import summarize
-    from granite_gguf.convert.keys import CERTIFICATE_PREFIX, DROPPED_MERGES
-
-    header = read_header(args.gguf)
-    summary = summarize(header)
-    certificate = read_certificate(header)
+    file = load(args.gguf, check=False, whole=True)  # any GGUF, even one the check refuses
     if args.json:
-        print(json.dumps({"metadata": summary.metadata, "tensor_types": summary.tensor_types,
-                          "tensor_bytes": summary.tensor_bytes,
-                          "certificate": certificate.as_dict() if certificate else None}, indent=2, ensure_ascii=False))
-        return 0
-    meta = summary.metadata
-    print(f"file          {args.gguf} ({args.gguf.stat().st_size / 2**20:.1f} MiB)")
-    print(f"architecture  {meta.get(Keys.General.ARCHITECTURE)}   file type {summary.file_type_name}")
-    print(f"pooling       {summary.pooling}   normalize {summary.normalize}   matryoshka {list(summary.matryoshka_dims) or 'none'}")
-    print(f"tokenizer     {meta.get(keys.TOKENIZER_FAMILY, '?')} (pre {meta.get(Keys.Tokenizer.PRE)}), "
-          f"add_bos {meta.get(Keys.Tokenizer.ADD_BOS)}, add_eos {meta.get(Keys.Tokenizer.ADD_EOS)}")
-    if DROPPED_MERGES in meta:
-        print(f"merges        {len(header.metadata.get(Keys.Tokenizer.MERGES, []))}, {meta[DROPPED_MERGES]} of the "
-              "tokenizer's left out (they can never apply)")
-    print("tensor types  " + ", ".join(f"{name} ×{count} ({summary.tensor_bytes[name] / 2**20:.2f} MiB)"
-                                        for name, count in summary.tensor_types.most_common()))
-    if certificate is None:
-        print("certificate   none (files from `granite-gguf release` carry one)")
+        found = certificate.read_certificate(file.header)
+        print(json.dumps({"metadata": file.summary.metadata, "tensor_types": file.summary.tensor_types,
+                          "tensor_bytes": file.summary.tensor_bytes,
+                          "certificate": found.as_dict() if found else None}, indent=2, ensure_ascii=False))
     else:
-        c = certificate
-        print(f"certificate   {c.result}: {c.label} against {c.reference} ({c.checkpoint})")
-        print(f"              {c.probe_set} probe set, {c.probe_texts} texts (sha256 {c.probe_sha256}), "
-              f"token limit {c.token_limit} ({c.texts_cut} cut)")
-        print(f"              token mismatches {c.token_mismatches}, cosine min {c.cosine_min:.7f}, "
-              f"mean {c.cosine_mean:.7f}, threshold {c.threshold}; granite-gguf {c.tool_version}")
-        print(f"              tensor data sha256 {c.tensor_sha256}, metadata sha256 {c.metadata_sha256}")
-        signer = header.metadata.get(SIGNER_KEY)
-        print(f"              signed by key {signer} (`granite-gguf check --public-key` verifies)" if signer else
-              "              unsigned: proves nothing against a forger")
-    print("metadata:")
-    for key, value in meta.items():
-        if not key.startswith(CERTIFICATE_PREFIX):
-            print(f"  {key} = {value}")
+        print(render(file, certificate.describe(file.header)))
     return 0
 
 
@@ -271,21 +239,20 @@ def run_check(args: argparse.Namespace) -> int:
     from gguf import Keys
 
     from granite_gguf.certificate import check_certificate, load_public_key, read_certificate
-    from granite_gguf.convert.check import GGUFCheckError, read_header
-    from granite_gguf.convert.check_cache import checked_header
+    from granite_gguf.gguf_file import GGUFCheckError, load
 
     public_key = load_public_key(args.public_key) if args.public_key else None
     bad = 0
     for path in args.gguf:
         try:
-            checked = checked_header(path, recheck=True)  # checked now, and remembered for the Embedder
+            checked = load(path, whole=True).header  # checked now, and remembered for the Embedder
         except GGUFCheckError as exc:
             bad += 1
             print(f"INVALID {exc}")
             continue
         vocab = len(checked.metadata[Keys.Tokenizer.LIST])
         certificate = read_certificate(checked)
-        verdict = check_certificate(read_header(path), certificate, public_key) if certificate else None
+        verdict = check_certificate(checked, certificate, public_key) if certificate else None
         if verdict is not None and not verdict.ok or verdict is None and public_key is not None:
             bad += 1
             print(f"INVALID {path}: {verdict.note if verdict else 'no certificate, and --public-key asks for a signed one'}")

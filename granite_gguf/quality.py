@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from granite_gguf.convert.inspect import GGUFSummary
+from granite_gguf.gguf_file import GGUFSummary
 from granite_gguf.probe_text import cldr_sentences
 
 N_PASSAGES = 200

@@ -38,12 +38,11 @@ from granite_gguf.certificate import (
     tensor_data_sha256,
     write_certificate,
 )
-from granite_gguf.convert.check import GGUFCheckError, read_header
-from granite_gguf.convert.inspect import summarize
 from granite_gguf.convert.quantize import convert_set
 from granite_gguf.convert.source import open_checkpoint
 from granite_gguf.convert.types import OutType
 from granite_gguf.files import write_atomic
+from granite_gguf.gguf_file import GGUFCheckError, load
 from granite_gguf.models import DEFAULT_SET, by_name
 from granite_gguf.probes import gate_texts, probe_texts
 from granite_gguf.quality import effective_types
@@ -129,14 +128,15 @@ def certified_files(outdir: Path, identity: str, probes_sha256: str,
     found = []
     for path in sorted(outdir.glob("*.gguf")):
         try:
-            header = read_header(path)
+            file = load(path, check=False, whole=True)
         except GGUFCheckError:
             continue
+        header = file.header
         certificate = read_certificate(header)
         if (certificate is not None and certificate.checkpoint == identity and certificate.probe_sha256 == probes_sha256
                 and certificate.tool_version == __version__):
             proven = signing_key is not None and check_certificate(header, certificate, signing_key.public_key()).ok
-            found.append(ReleasedFile(certificate.label, path, certificate, proven, effective_types(summarize(header))))
+            found.append(ReleasedFile(certificate.label, path, certificate, proven, effective_types(file.summary)))
     return found
 
 
@@ -147,17 +147,17 @@ def certify(label: str, path: Path, reference: Reference, probe_set: str,
         threshold = default_threshold(embedder.header)
         metrics = measure(embedder, reference)
         report = report_of(reference, metrics, path, embedder.summary.file_type_name, threshold)
-        header = embedder.header
+        header, summary = embedder.header, embedder.summary
     certificate = new_certificate(
         label=label, reference=reference.source, checkpoint=reference.checkpoint_id, probe_set=probe_set,
         probe_sha256=reference.texts_digest, probe_texts=report.n_texts, token_limit=report.token_limit,
         texts_cut=len(report.truncated_texts), token_mismatches=report.token_mismatches,
         cosine_min=report.cosine_min, cosine_mean=report.cosine_mean, threshold=threshold,
         result="PASS" if report.passed else "FAIL", tensor_sha256=tensor_data_sha256(header),
-        metadata_sha256=metadata_sha256(read_header(path)),
+        metadata_sha256=metadata_sha256(load(path, check=False, whole=True).header),
     )
     write_certificate(path, certificate, signing_key)
-    return ReleasedFile(label, path, certificate, False, effective_types(summarize(header)))
+    return ReleasedFile(label, path, certificate, False, effective_types(summary))
 
 
 def install(path: Path, store_name: str, models_dir: Path | None) -> str:

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from granite_gguf.certificate import Certificate, read_certificate
-from granite_gguf.convert.check import read_header
+from granite_gguf.gguf_file.header import read_header
 from granite_gguf.convert.source import open_checkpoint
 from granite_gguf.convert.types import OutType
 from granite_gguf.convert.writer import convert

