@@ -23,8 +23,8 @@ from granite_gguf.convert.source import Checkpoint
 from granite_gguf.convert.types import OutType, Writer
 from granite_gguf.errors import UserError
 from granite_gguf.files import atomic_output
-from granite_gguf.models import recognise
 from granite_gguf.gguf_file import load
+from granite_gguf.models import recognise
 
 log = logging.getLogger(__name__)
 

@@ -13,11 +13,11 @@ import sys
 from pathlib import Path
 
 from granite_gguf.certificate import Certificate, read_certificate
-from granite_gguf.gguf_file.header import read_header
 from granite_gguf.convert.source import open_checkpoint
 from granite_gguf.convert.types import OutType
 from granite_gguf.convert.writer import convert
 from granite_gguf.dev.fixtures import FIXTURES, build_fixture
+from granite_gguf.gguf_file.header import read_header
 from granite_gguf.modelfiles.store import LOCK_FILE
 from granite_gguf.verify import Reference, run_reference
 
