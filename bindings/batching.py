@@ -201,9 +201,10 @@ class Batcher:
                 counts = [n for p in prepared for n in p.token_counts]
                 truncated = [t for p in prepared for t in p.truncated]
         except Exception as exc:
-            if len(jobs) > 1:  # find the request at fault: each on its own
+            if len(jobs) > 1:  # find the request at fault: each on its own (not those _prepare answered already)
                 for job in jobs:
-                    self._run(embedder, [job])
+                    if not job.future.done():
+                        self._run(embedder, [job])
                 return
             if not isinstance(exc, UserError) or isinstance(exc, NonFiniteVectorError):  # bad input is the client's to fix
                 log.exception("[%s] embedding failed", jobs[0].label, extra={"request_id": jobs[0].label})

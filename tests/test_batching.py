@@ -170,3 +170,33 @@ def test_idle_workers_split_a_burst_between_them(gguf: Path, reference: Embedder
     assert len({name for name, _ in taken}) == 2
     for texts, result in zip(jobs, results):
         assert min_cosine(result.vectors, reference.encode(texts)) > COSINE
+
+
+def test_a_shared_call_that_fails_is_retried_without_answering_a_refused_request_twice(gguf: Path,
+                                                                                       reference: Embedder) -> None:
+    """A shared call fails (a bug) in a batch that also holds a request _prepare refused: every other request is
+    retried on its own and answered, the refused one keeps its TooLong, and the worker lives on."""
+    strict = Options(long_inputs=LongInputs.ERROR)
+    jobs = [["one"], ["fine", LONG], ["three"], ["four"]]
+    embedder = Embedder(gguf, max_tokens=MAX_TOKENS)
+    real = embedder.encode_tokens
+
+    def fails_when_shared(sequences: list[list[int]], **kwargs: object) -> np.ndarray:
+        if len(sequences) > 1:
+            raise RuntimeError("a planted bug in the shared call")
+        return real(sequences, **kwargs)  # type: ignore[arg-type]
+
+    batcher = Batcher([embedder])
+    try:
+        with mock.patch.object(embedder, "encode_tokens", side_effect=fails_when_shared):
+            with batcher._ready:  # one batch: queued before the worker wakes
+                futures = [batcher.submit(texts, strict) for texts in jobs]
+            with pytest.raises(TooLong):
+                futures[1].result(timeout=120)
+            for texts, future in zip(jobs, futures):
+                if texts is not jobs[1]:
+                    assert min_cosine(future.result(timeout=120).vectors, reference.encode(texts)) >= COSINE
+        after = batcher.submit(["still working"]).result(timeout=120)
+        assert min_cosine(after.vectors, reference.encode(["still working"])) >= COSINE
+    finally:
+        batcher.close()
