@@ -48,7 +48,7 @@ class Runner:
     precision: str | None = None  # OpenVINO: INFERENCE_PRECISION_HINT ("f32"; None: the plugin's default, bf16 on AVX512_BF16)
 
 
-def _tokenized(model: str) -> Callable[[list[str]], tuple[object, object]]:
+def exported_tokenizer(model: str) -> Callable[[list[str]], tuple[object, object]]:
     """`texts -> (input_ids, attention_mask)` as int64 arrays, padded to the longest, by the tokenizer.json
     beside an exported model (ONNX Runtime and OpenVINO)."""
     import numpy as np
@@ -104,7 +104,7 @@ def _load(runner: Runner) -> Callable[[list[str], int], object]:
         options.intra_op_num_threads = runner.threads
         session = onnxruntime.InferenceSession(runner.model, options, providers=["CPUExecutionProvider"])
         return _cls_batches(lambda ids, mask: session.run(None, {"input_ids": ids, "attention_mask": mask})[0],
-                            _tokenized(runner.model))
+                            exported_tokenizer(runner.model))
     if runner.kind is Kind.OPENVINO:
         import openvino
 
@@ -114,7 +114,7 @@ def _load(runner: Runner) -> Callable[[list[str], int], object]:
         compiled = openvino.Core().compile_model(runner.model, "CPU", config)
         request = compiled.create_infer_request()
         return _cls_batches(lambda ids, mask: request.infer({"input_ids": ids, "attention_mask": mask})[0],
-                            _tokenized(runner.model))
+                            exported_tokenizer(runner.model))
     from granite_gguf.bindings.embedder import Embedder
 
     embedder = Embedder(runner.model, n_threads=runner.threads, batch_tokens=runner.batch_tokens, workers=runner.workers)
@@ -288,7 +288,7 @@ def export_openvino(fp32_onnx: Path, checkpoint: Path, folder: Path, calibration
     if not int8.exists():
         import nncf
 
-        tokenize = _tokenized(str(fp32_onnx))
+        tokenize = exported_tokenizer(str(fp32_onnx))
         documents = make_documents(checkpoint, DOC_TOKENS, calibration * 2)[calibration:]  # not the benchmark's first ones
         samples = [dict(zip(("input_ids", "attention_mask"), tokenize([document]), strict=True)) for document in documents]
         quantized = nncf.quantize(openvino.Core().read_model(str(ir)), nncf.Dataset(samples),
