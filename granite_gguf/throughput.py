@@ -45,6 +45,7 @@ class Runner:
     threads: int
     workers: int | None = None  # GGUF: Embedder contexts (None: the Embedder's default layout)
     batch_tokens: int = DEFAULT_BATCH_TOKENS  # GGUF: tokens per decode when packing short inputs
+    flash_attn: bool = True  # GGUF: llama.cpp's flash attention (the Embedder's default: on)
     precision: str | None = None  # OpenVINO: INFERENCE_PRECISION_HINT ("f32"; None: the plugin's default, bf16 on AVX512_BF16)
 
 
@@ -117,7 +118,8 @@ def _load(runner: Runner) -> Callable[[list[str], int], object]:
                             exported_tokenizer(runner.model))
     from granite_gguf.bindings.embedder import Embedder
 
-    embedder = Embedder(runner.model, n_threads=runner.threads, batch_tokens=runner.batch_tokens, workers=runner.workers)
+    embedder = Embedder(runner.model, n_threads=runner.threads, batch_tokens=runner.batch_tokens, workers=runner.workers,
+                        flash_attn=runner.flash_attn)
     return lambda texts, _: embedder.encode(texts)
 
 

@@ -169,6 +169,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--layouts", nargs="+", default=[],
                         help="Embedder worker layouts WORKERSxTHREADS to run per type (default: the Embedder's own)")
+    parser.add_argument("--flash-attn", nargs="+", choices=["on", "off"], default=["on"],
+                        help="GGUF runners with llama.cpp's flash attention on and/or off (default: on, the Embedder's)")
     parser.add_argument("--onnx", action="store_true", help="also ONNX Runtime fp32 and int8 (needs the bench extra)")
     parser.add_argument("--openvino", action="store_true",
                         help="also OpenVINO: the IR of the ONNX export at the plugin's default precision and at f32, and NNCF int8")
@@ -203,12 +205,14 @@ def main() -> None:
         gguf = str(ensure_gguf(args.checkpoint, outtype, args.gguf_dir))
         for budget in args.batch_tokens:
             for layout in layouts:
-                name = f"gguf-{outtype}" + ("" if args.batch_tokens == [DEFAULT_BATCH_TOKENS] else f"@{budget}")
-                if layout:
-                    runners.append(Runner(f"{name} {layout[0]}x{layout[1]}", Kind.GGUF, gguf, layout[0] * layout[1],
-                                          workers=layout[0], batch_tokens=budget))
-                else:
-                    runners.append(Runner(name, Kind.GGUF, gguf, args.threads, batch_tokens=budget))
+                for flash in args.flash_attn:
+                    name = f"gguf-{outtype}" + ("" if args.batch_tokens == [DEFAULT_BATCH_TOKENS] else f"@{budget}")
+                    name += "" if args.flash_attn == ["on"] else f" fa-{flash}"
+                    if layout:
+                        runners.append(Runner(f"{name} {layout[0]}x{layout[1]}", Kind.GGUF, gguf, layout[0] * layout[1],
+                                              workers=layout[0], batch_tokens=budget, flash_attn=flash == "on"))
+                    else:
+                        runners.append(Runner(name, Kind.GGUF, gguf, args.threads, batch_tokens=budget, flash_attn=flash == "on"))
 
     cases: list[Case] = []
     with Bench(runners) as bench:
