@@ -99,6 +99,10 @@ def cold_start(checkpoint: Path, ggufs: dict[str, Path], rounds: int, threads: i
                        stdout=subprocess.DEVNULL, env=dict(os.environ, GRANITE_GGUF_CACHE=remembered))
         commands[f"granite-gguf embed {label}, first run"] = (embed, "")  # "": a new empty cache per round
         commands[f"granite-gguf embed {label}, check remembered"] = (embed, remembered)
+        # the same command through main() without quick_exit: the model freed and the interpreter torn down
+        teardown = [sys.executable, "-c", "import sys; from granite_gguf.cli import main; sys.exit(main(sys.argv[1:]))",
+                    *embed[3:]]
+        commands[f"granite-gguf embed {label}, check remembered, full teardown"] = (teardown, remembered)
     runs = {name: ColdRuns([], [], []) for name in commands}
     try:
         _time_rounds(commands, rounds, caches, runs)
