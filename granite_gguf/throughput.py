@@ -46,6 +46,7 @@ class Runner:
     workers: int | None = None  # GGUF: Embedder contexts (None: the Embedder's default layout)
     batch_tokens: int = DEFAULT_BATCH_TOKENS  # GGUF: tokens per decode when packing short inputs
     flash_attn: bool = True  # GGUF: llama.cpp's flash attention (the Embedder's default: on)
+    llama_lib: str | None = None  # GGUF: a folder holding another build of libllama (LLAMA_CPP_LIB_PATH)
     precision: str | None = None  # OpenVINO: INFERENCE_PRECISION_HINT ("f32"; None: the plugin's default, bf16 on AVX512_BF16)
 
 
@@ -128,6 +129,8 @@ def _serve(connection: Connection, runner: Runner) -> None:
     answer its seconds, or its vectors (a float32 array, one normalized row per text) when `vectors`."""
     import numpy as np
 
+    if runner.llama_lib:  # before llama_cpp is imported: llama-cpp-python reads it once
+        os.environ["LLAMA_CPP_LIB_PATH"] = runner.llama_lib
     encode = _load(runner)
     connection.send("ready")
     while (job := connection.recv()) is not None:

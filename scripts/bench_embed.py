@@ -21,6 +21,7 @@ one-shot (wall time to the printed vector, peak RSS from wait4).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shutil
 import statistics
@@ -175,6 +176,8 @@ def main() -> None:
                         help="Embedder worker layouts WORKERSxTHREADS to run per type (default: the Embedder's own)")
     parser.add_argument("--flash-attn", nargs="+", choices=["on", "off"], default=["on"],
                         help="GGUF runners with llama.cpp's flash attention on and/or off (default: on, the Embedder's)")
+    parser.add_argument("--llama-lib", type=Path,
+                        help="also every GGUF runner on the libllama in this folder (another llama.cpp build: LLAMA_CPP_LIB_PATH)")
     parser.add_argument("--onnx", action="store_true", help="also ONNX Runtime fp32 and int8 (needs the bench extra)")
     parser.add_argument("--openvino", action="store_true",
                         help="also OpenVINO: the IR of the ONNX export at the plugin's default precision and at f32, and NNCF int8")
@@ -218,6 +221,9 @@ def main() -> None:
                     else:
                         runners.append(Runner(name, Kind.GGUF, gguf, args.threads, batch_tokens=budget, flash_attn=flash == "on"))
 
+    if args.llama_lib:
+        runners += [dataclasses.replace(r, name=f"{r.name} @{args.llama_lib.name}", llama_lib=str(args.llama_lib))
+                    for r in runners if r.kind is Kind.GGUF]
     cases: list[Case] = []
     with Bench(runners) as bench:
         for tokens in args.tokens:
