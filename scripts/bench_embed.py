@@ -235,10 +235,10 @@ def main() -> None:
 
             batch = max(1, PYTORCH_BATCH_TOKENS // tokens)
             vectors = bench.vectors(docs, batch)  # untimed; also the warm-up (first-call costs)
-            reference = np.asarray(vectors["pytorch-fp32"])
+            pytorch_vectors = np.asarray(vectors["pytorch-fp32"])
             seconds = bench.rounds(docs, batch, args.rounds, report)
             for name, values in seconds.items():
-                cosines = np.sum(np.asarray(vectors[name]) * reference, axis=1)
+                cosines = np.sum(np.asarray(vectors[name]) * pytorch_vectors, axis=1)
                 cases.append(Case(name, tokens, [count / s for s in values], float(cosines.min()), float(cosines.mean())))
 
     lines = [f"checkpoint `{args.checkpoint.name}`, {args.threads} threads, {args.rounds} rounds; machine: {machine()}", "",
