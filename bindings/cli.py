@@ -8,14 +8,11 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from granite_gguf.bindings.batching import DEFAULT_MAX_BATCH_INPUTS
 from granite_gguf.bindings.defaults import DEFAULT_BATCH_ROWS, Limits
 from granite_gguf.bindings.embedder import LongInputs
-
-if TYPE_CHECKING:
-    from granite_gguf.bindings.batching import Batcher
+from granite_gguf.cli_options import add_dim, add_gpu_layers, add_no_progress
 
 LOCAL_RAY = "local"  # `embed-corpus --ray` without an address: start a local cluster
 
@@ -24,7 +21,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     embed = commands.add_parser("embed", help="print the vectors of texts as JSON lines")
     embed.add_argument("gguf", type=Path)
     embed.add_argument("texts", nargs="+", help="texts to embed; '-' reads one text per line from stdin")
-    embed.add_argument("--dim", type=int, help="Matryoshka dimension (one the GGUF declares)")
+    add_dim(embed)
     embed.add_argument("--verbose", action="store_true", help="say on stderr what llama.cpp repacked and the context size")
     embed.set_defaults(run=run_embed)
 
@@ -62,7 +59,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     corpus.add_argument("--text-field", default="text", help="column or JSON key of the text (default text)")
     corpus.add_argument("--id-field", default="id", help="column or JSON key of the id (default id; absent: the "
                                                         "row number)")
-    corpus.add_argument("--dim", type=int, help="Matryoshka dimension (one the GGUF declares)")
+    add_dim(corpus)
     corpus.add_argument("--batch-rows", type=int, default=DEFAULT_BATCH_ROWS, help=f"rows per shard (default "
                                                                                    f"{DEFAULT_BATCH_ROWS})")
     corpus.add_argument("--max-tokens", type=int, help="tokens per input, longer ones truncated (default: the "
@@ -74,7 +71,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
                              "HEAD:6379, from a node of it); input Parquet (file or folder) or JSONL with an id field")
     corpus.add_argument("--actors", type=int, help="with --ray: embedding actors (default: one per GPU, else one "
                                                    "per --threads CPUs, one CPU left for Ray Data's reads/writes)")
-    corpus.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_no_progress(corpus)
     corpus.set_defaults(run=run_embed_corpus)
     add_gpu_layers(corpus)
 
@@ -87,12 +84,6 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
                              help="hand the file to llama.cpp without validating it first (experts only)")
         add_gpu_layers(command)
     read_environment(serve)
-
-
-def add_gpu_layers(command: argparse.ArgumentParser) -> None:
-    command.add_argument("--gpu-layers", type=int, default=0, metavar="N",
-                         help="layers to offload to the GPU (-1: all; default 0, CPU only); needs a llama-cpp-python "
-                              "built for the GPU (scripts/install.sh with CMAKE_ARGS, docs/serving.md)")
 
 
 ENV_PREFIX = "GRANITE_GGUF_"
@@ -162,47 +153,37 @@ def quick_exit(code: int) -> None:
 
 def run_serve(args: argparse.Namespace) -> int:
     from granite_gguf.bindings.defaults import Access
-    from granite_gguf.bindings.embedder import default_layout, usable_threads
     from granite_gguf.bindings.server import listen, make_server  # the serve extra; granite_gguf.cli names it if missing
-    from granite_gguf.bindings.service import EmbeddingService, ServedModel
+    from granite_gguf.bindings.service import EmbeddingService, Pool
     from granite_gguf.errors import UserError
 
     if args.environment_problems:
         raise UserError("; ".join(args.environment_problems))
     files = served_files(args.models, args.model_name)
-    total_threads = args.threads or usable_threads()
-    workers = default_layout(total_threads).workers if args.workers is None else args.workers
-    if workers < 1 or args.batch_inputs < 1 or args.request_timeout <= 0:
-        raise UserError("--workers, --batch-inputs and --request-timeout must be positive")
+    if args.batch_inputs < 1 or args.request_timeout <= 0:
+        raise UserError("--batch-inputs and --request-timeout must be positive")
+    pool = Pool.sized(args.threads, args.workers, max_tokens=args.max_tokens, gpu_layers=args.gpu_layers,
+                      unsafe_skip_check=args.unsafe_skip_check, batch_inputs=args.batch_inputs)
     configure_logging(args.log_format)
     sock = listen(args.host, args.port)
-    threads = max(1, total_threads // workers)
-    models: list[ServedModel] = []
     try:
-        for name, path in files:
-            models.append(ServedModel(name, load_batcher(path, args, workers, threads)))
-            size = models[-1].embedder.model_bytes
-            logging.getLogger("granite_gguf.bindings").info("loaded %s (%s): %.1f MiB of tensors, %d worker(s)",
-                                                            name, path, size / 2**20, workers)
-        service = EmbeddingService(models, LongInputs(args.long_inputs), Limits(request_timeout_s=args.request_timeout))
+        service = EmbeddingService.load(files, pool, LongInputs(args.long_inputs),
+                                        Limits(request_timeout_s=args.request_timeout))
     except BaseException:
-        for model in models:
-            model.batcher.close()
         sock.close()
         raise
     host, port = sock.getsockname()[:2]
     auth = "; API key required" if args.api_key else ""
-    print(f"serving {', '.join(m.name for m in models)} on http://{host}:{port} (POST /v1/embeddings, /api/embed; "
-          f"max {models[0].embedder.max_tokens} tokens per input; {workers} worker(s) × {threads} thread(s){auth})",
-          flush=True)
+    print(f"serving {', '.join(m.name for m in service.models)} on http://{host}:{port} (POST /v1/embeddings, "
+          f"/api/embed; max {service.default.embedder.max_tokens} tokens per input; {pool.workers} worker(s) × "
+          f"{pool.threads} thread(s){auth})", flush=True)
     access = Access(tuple(args.api_key or ()), tuple(args.cors_allow_origin or ()))
     try:
         make_server(service, access).run(sockets=[sock])
     except KeyboardInterrupt:  # uvicorn re-raises the SIGINT/SIGTERM it handled, after its graceful shutdown
         pass
     finally:
-        for model in models:
-            model.batcher.close()
+        service.close()
         sock.close()
     print("stopped", flush=True)
     return 0
@@ -223,23 +204,6 @@ def served_files(specs: list[str], model_name: str | None) -> list[tuple[str, Pa
             name, path = "", spec
         files.append((model_name or name or Path(path).name.removesuffix(".gguf"), Path(path)))
     return files
-
-
-def load_batcher(path: Path, args: argparse.Namespace, workers: int, threads: int) -> Batcher:
-    """`workers` Embedders of one file behind a Batcher (all closed again if one fails to load)."""
-    from granite_gguf.bindings.batching import Batcher
-    from granite_gguf.bindings.embedder import Embedder
-
-    embedders: list[Embedder] = []
-    try:
-        for _ in range(workers):
-            embedders.append(Embedder(path, n_threads=threads, max_tokens=args.max_tokens, gpu_layers=args.gpu_layers,
-                                      unsafe_skip_check=args.unsafe_skip_check, workers=1))
-    except BaseException:
-        for embedder in embedders:
-            embedder.close()
-        raise
-    return Batcher(embedders, max_batch_inputs=args.batch_inputs)
 
 
 def configure_logging(log_format: str) -> None:

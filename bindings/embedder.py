@@ -5,16 +5,15 @@ so every input is cut to `max_tokens` (or refused, or split, per `long_inputs`) 
 llama.cpp, and the context is created with a micro-batch that holds the longest allowed input.
 Short inputs are sorted by length and packed several per decode up to a token budget: llama.cpp
 computes attention over the whole micro-batch, so the budget is small (measured, docs/performance.md).
-The context is sized to the inputs at hand (grown on demand, within `micro_batch_size`'s rule) rather
-than to the maximum context, so a one-sentence call reserves small compute buffers.
+The context is sized to the inputs at hand (grown on demand, within llama_backend.micro_batch_size's rule) rather
+than to the maximum context, so a one-sentence call reserves small compute buffers. Everything that
+touches llama-cpp-python is granite_gguf/llama_backend.py's.
 """
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
-import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -23,24 +22,21 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from types import TracebackType
-from typing import Any
 
 import numpy as np
 
-from granite_gguf.convert.check import CheckedFile
-from granite_gguf.convert.check_cache import checked_file
-from granite_gguf.convert.inspect import summarize
 from granite_gguf.errors import UserError
+from granite_gguf.gguf_file import load
+from granite_gguf.llama_backend import MAX_SEQUENCES_PER_DECODE, Context, Model
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_TOKENS = 8192  # the Granite R2 sentence-transformers max_seq_length
-# Tokens per decode when packing short inputs, and sequences per decode (llama.cpp allows 256).
+# Tokens per decode when packing short inputs (sequences per decode: llama_backend.MAX_SEQUENCES_PER_DECODE).
 # llama.cpp attends over the whole micro-batch, so packing costs attention: on the 97m q4_0 file,
 # 512-token documents ran at 1.57x / 1.44x / 1.09x PyTorch fp32 with 512 / 1,024 / 2,048 tokens per
 # decode (docs/performance.md). 512 also halves llama.cpp's per-context output buffer (n_vocab x tokens).
 DEFAULT_BATCH_TOKENS = 512
-MAX_SEQUENCES_PER_DECODE = 64
 CHUNK_OVERLAP_FRACTION = 8  # "chunk" windows overlap by 1/8 of their length
 
 
@@ -109,24 +105,6 @@ def default_layout(cpus: int | None = None) -> Layout:
     return Layout(workers=max(1, cpus), threads=1)
 
 
-def micro_batch_size(tokens: int) -> int:
-    """The context size (n_ctx = n_batch = n_ubatch) for `tokens`, rounded up to a multiple of its n_seq_max.
-
-    llama.cpp 0.3.36 reserves the worst-case graph with n_tokens rounded up to a multiple of n_seq_max
-    but n_outputs = min(n_ubatch, n_batch) not rounded (src/llama-context.cpp:2528-2531 in graph_reserve,
-    :629 and :670 in sched_reserve). MEAN pooling multiplies the n_outputs rows of the last layer
-    (src/models/modern-bert.cpp:138-139) by an [n_tokens x n_seqs] mean matrix (src/llama-graph.cpp:2521,
-    :3745), so a size that is not a multiple of n_seq_max fails GGML_ASSERT(ggml_can_mul_mat(a, b)) and
-    aborts the process. llama-cpp-python sets n_seq_max = min(n_batch, 256) for embeddings (llama.py:408):
-    hence "above 256 (not 2,048), a multiple of 256" for its own contexts; the Embedder makes its own with
-    n_seq_max = min(size, MAX_SEQUENCES_PER_DECODE), so a multiple of 64 (`context_params`).
-    """
-    if tokens < 1:
-        raise ValueError(f"tokens must be positive, got {tokens}")
-    step = min(tokens, MAX_SEQUENCES_PER_DECODE)
-    return -(-tokens // step) * step
-
-
 def clean_text(text: str) -> bytes:
     """UTF-8 for llama.cpp: lone surrogates become U+FFFD instead of an exception or a '?'."""
     return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace").encode("utf-8")
@@ -143,16 +121,10 @@ class Embedder:
         if not self.path.is_file():
             raise UserError(f"{self.path}: no such GGUF file")
         # llama.cpp aborts the whole process on some malformed files: validate unless told not to
-        # (once per version of the file: a pass is remembered, convert/check_cache.py), and load the file
-        # that was checked, through its open descriptor, whatever is renamed over the path meanwhile.
-        with checked_file(self.path, check=not unsafe_skip_check) as (header, load_path):
-            self._load(header, load_path, n_threads, gpu_layers, max_tokens, batch_tokens, flash_attn, workers)
-
-    def _load(self, header: CheckedFile, load_path: str, n_threads: int | None, gpu_layers: int, max_tokens: int | None,
-              batch_tokens: int, flash_attn: bool, workers: int | None) -> None:
-        import llama_cpp
-
-        summary = summarize(header)
+        # (once per version of the file: a pass is remembered, granite_gguf/gguf_file/remembered.py), and load the file
+        # that was checked, through a descriptor proven to be that version, whatever is renamed over the path meanwhile.
+        file = load(self.path, check=not unsafe_skip_check)
+        summary = file.summary
         if summary.pooling not in ("CLS", "MEAN", "LAST"):
             raise UserError(f"{self.path}: pooling {summary.pooling} gives no sentence vector; not an embedding model")
         context = int(summary.arch_value("context_length", DEFAULT_MAX_TOKENS))
@@ -165,7 +137,7 @@ class Embedder:
         if batch_tokens < 1:
             raise UserError(f"batch_tokens must be positive, got {batch_tokens}")
         self.batch_tokens = min(batch_tokens, context)
-        self.header = header  # what was read and checked (no vocabulary arrays), for tensor-level facts
+        self.header = file.header  # what was read and checked (no vocabulary arrays), for tensor-level facts
         self.summary = summary
         self.pooling = summary.pooling
         self.normalize = summary.normalize  # the model's own Normalize module
@@ -174,24 +146,15 @@ class Embedder:
         if workers is not None and workers < 1:
             raise UserError(f"workers must be positive, got {workers}")
         self.layout = Layout(workers, max(1, cpus // workers)) if workers else default_layout(cpus)
-        threads = self.layout.threads
-        # The smallest context llama-cpp-python's rule allows; `_Context.reserve` grows it to what inputs need.
-        with _llama_load_log() as load_log:
-            self._llama = llama_cpp.Llama(
-                model_path=load_path, embedding=True, n_ctx=MAX_SEQUENCES_PER_DECODE,
-                n_batch=MAX_SEQUENCES_PER_DECODE, n_ubatch=MAX_SEQUENCES_PER_DECODE, n_threads=threads,
-                n_threads_batch=threads, n_gpu_layers=gpu_layers, flash_attn=flash_attn, verbose=False,
-            )
-        self.repacked = Repacked.from_log(load_log)
-        self._contexts = [_Context(self._llama, self._llama._ctx, self._llama._batch, MAX_SEQUENCES_PER_DECODE)]
-        self._contexts += [_Context(self._llama) for _ in range(self.layout.workers - 1)]
-        # Private: llama-cpp-python 0.3.36's Llama has no public accessor for the vocab's add-BOS flag.
-        vocab = self._llama._model.vocab
-        self._prefix = 1 if llama_cpp.llama_vocab_get_add_bos(vocab) else 0
-        self._specials = self._llama.tokenize(b"", add_bos=True, special=False)  # e.g. [CLS, SEP]
-        self.dimension = self._llama.n_embd()
-        self.vocab_size = self._llama.n_vocab()  # token ids a caller may pass to encode_tokens: 0 .. vocab_size - 1
-        self.model_bytes = int(llama_cpp.llama_model_size(self._llama.model))  # tensors as loaded (server metrics)
+        with file.opened() as load_path:
+            self._model = Model(load_path, threads=self.layout.threads, gpu_layers=gpu_layers, flash_attn=flash_attn)
+        self.repacked = self._model.repacked
+        self._contexts = self._model.contexts(self.layout.workers)
+        self._prefix = 1 if self._model.add_bos else 0
+        self._specials = self._model.tokenize(b"", add_special=True, special=False)  # e.g. [CLS, SEP]
+        self.dimension = self._model.dimension
+        self.vocab_size = self._model.vocab_size  # token ids a caller may pass to encode_tokens: 0 .. vocab_size - 1
+        self.model_bytes = self._model.size_bytes  # tensors as loaded (server metrics)
         self.truncated_inputs = 0
 
     def tokenize(self, text: str, add_special: bool = True) -> list[int]:
@@ -201,7 +164,7 @@ class Embedder:
         Special tokens spelled out in the text ("<eos>", "[SEP]") are read as those tokens, as HF
         tokenizers (and so sentence-transformers) and llama-server do.
         """
-        return self._llama.tokenize(clean_text(text), add_bos=add_special, special=True)
+        return self._model.tokenize(clean_text(text), add_special=add_special, special=True)
 
     def encode(self, texts: str | Sequence[str], *, batch_size: int = 32, normalize_embeddings: bool = True,
                truncate_dim: int | None = None, show_progress_bar: bool = False,
@@ -323,27 +286,15 @@ class Embedder:
         `has_logits = true`, cleared, so resident), 5.9 GB for 8,192 tokens of a 180,000-token
         vocabulary. One large context instead of one per worker keeps that cost to one buffer.
         """
-        import llama_cpp
-
         vectors = np.zeros((len(pieces), self.dimension), dtype=np.float32)
-        # Private: the public Llama.embed tokenizes text itself, cuts at n_batch by dropping the end (and with
-        # it SEP/EOS), packs in input order and returns lists; here the pieces are our own token ids, packed
-        # longest first, read straight into numpy. Same calls as Llama.embed makes (llama.py in 0.3.36).
         groups = list(self._groups(pieces, batch_size))
         sizes = [sum(len(pieces[i].tokens) for i in group) for group in groups]
         long = [group for group, size in zip(groups, sizes) if size > self.batch_tokens]
         short = [group for group, size in zip(groups, sizes) if size <= self.batch_tokens]
         lock = threading.Lock()
 
-        def decode(context: _Context, group: list[int]) -> None:
-            context.batch.reset()
-            for seq_id, index in enumerate(group):
-                context.batch.add_sequence(pieces[index].tokens, seq_id, True)
-            context.ctx.kv_cache_clear()  # a no-op for encoders (no memory); kept for files that have one
-            context.ctx.decode(context.batch)
-            for seq_id, index in enumerate(group):
-                pointer = llama_cpp.llama_get_embeddings_seq(context.ctx.ctx, seq_id)
-                vectors[index] = np.ctypeslib.as_array(pointer, shape=(self.dimension,))
+        def decode(context: Context, group: list[int]) -> None:
+            vectors[group] = context.decode([pieces[index].tokens for index in group])
             with lock:
                 advance(len(group))
 
@@ -351,7 +302,7 @@ class Embedder:
             if long:
                 first = self._contexts[0]
                 first.reserve(max(sizes))
-                with self._every_thread(first):
+                with first.using_threads(self.layout.workers * self.layout.threads):
                     for group in long:
                         decode(first, group)
             if short:
@@ -360,7 +311,7 @@ class Embedder:
                     context.reserve(max(size for size in sizes if size <= self.batch_tokens))
                 pending = iter(short)
 
-                def work(context: _Context) -> None:
+                def work(context: Context) -> None:
                     """Decode groups until none is left (each worker takes the next one when done)."""
                     while True:
                         with lock:
@@ -375,20 +326,6 @@ class Embedder:
                     with ThreadPoolExecutor(len(contexts)) as pool:
                         list(pool.map(work, contexts))  # list() re-raises a worker's exception
         return vectors
-
-    @contextmanager
-    def _every_thread(self, context: _Context) -> Iterator[None]:
-        """`context` decodes with all the layout's threads (workers x threads), then with its own again."""
-        import llama_cpp
-
-        every = self.layout.workers * self.layout.threads
-        if every != self.layout.threads:
-            llama_cpp.llama_set_n_threads(context.ctx.ctx, every, every)
-        try:
-            yield
-        finally:
-            if every != self.layout.threads:
-                llama_cpp.llama_set_n_threads(context.ctx.ctx, self.layout.threads, self.layout.threads)
 
     def _groups(self, pieces: list[_Piece], batch_size: int) -> Iterator[list[int]]:
         """Piece indexes per decode: longest first, up to `batch_tokens` tokens and `batch_size` sequences."""
@@ -416,7 +353,7 @@ class Embedder:
     def close(self) -> None:
         for context in self._contexts:
             context.close()
-        self._llama.close()
+        self._model.close()
 
     def __enter__(self) -> Embedder:
         return self
@@ -428,82 +365,6 @@ class Embedder:
 def _check_batch_size(batch_size: int) -> None:
     if not 1 <= batch_size <= MAX_SEQUENCES_PER_DECODE:
         raise UserError(f"batch_size must lie in 1..{MAX_SEQUENCES_PER_DECODE}, got {batch_size}")
-
-
-class _Context:
-    """One llama.cpp context on the Embedder's model and its batch, grown to what a decode needs."""
-
-    def __init__(self, llama: Any, ctx: Any = None, batch: Any = None, capacity: int = 0) -> None:
-        self.llama, self.ctx, self.batch, self.capacity = llama, ctx, batch, capacity
-
-    def reserve(self, tokens: int) -> None:
-        """Hold `tokens` per decode: a new context, sized by `micro_batch_size`, if this one is smaller."""
-        from llama_cpp._internals import LlamaBatch, LlamaContext
-
-        if tokens <= self.capacity:
-            return
-        size = micro_batch_size(tokens)
-        self.close()
-        self.ctx = LlamaContext(model=self.llama._model, params=context_params(self.llama, size), verbose=False)
-        self.batch = LlamaBatch(n_tokens=size, embd=0, n_seq_max=1, verbose=False)
-        self.capacity = size
-
-    def close(self) -> None:
-        if self.ctx is not None and self.ctx is not self.llama._ctx:  # the Llama closes its own
-            self.ctx.close()
-            self.batch.close()
-
-
-def context_params(llama: Any, size: int) -> Any:  # llama_cpp.llama_context_params
-    """The Llama's own context parameters with n_ctx = n_batch = n_ubatch = `size` (see `micro_batch_size`)."""
-    params = type(llama.context_params).from_buffer_copy(llama.context_params)
-    params.n_ctx = params.n_batch = params.n_ubatch = size
-    params.n_seq_max = min(size, MAX_SEQUENCES_PER_DECODE)
-    return params
-
-
-@dataclass(frozen=True)
-class Repacked:
-    """What llama.cpp's CPU backend repacked at load time (its CPU_REPACK buffer): the 4-bit blocks it
-    rearranges for its wide-vector GEMM kernels (Q4_0, IQ4_NL, Q4_K, …), the fast path on x86."""
-
-    tensors: int
-    mib: float
-
-    @classmethod
-    def from_log(cls, lines: list[str]) -> Repacked:
-        """Counted from the load log: one debug line per repacked tensor (ggml-cpu/repack.cpp:4917) and
-        the buffer's size line (src/llama-model.cpp:1930)."""
-        sizes = [float(m[1]) for line in lines if (m := _REPACK_BUFFER.search(line))]
-        return cls(sum(1 for line in lines if _REPACK_TENSOR.search(line)), sum(sizes))
-
-    def describe(self) -> str:
-        if not self.tensors:
-            return "repacked: none (no CPU_REPACK buffer: the blocks run on the generic kernels)"
-        return f"repacked: {self.tensors} tensors, {self.mib:.1f} MiB (CPU_REPACK)"
-
-
-_REPACK_TENSOR = re.compile(r"repack: repack tensor ")
-_REPACK_BUFFER = re.compile(r"CPU_REPACK model buffer size =\s*([0-9.]+) MiB")
-
-
-@contextmanager
-def _llama_load_log() -> Iterator[list[str]]:
-    """llama.cpp's log lines while a model loads (kept in a list), then llama-cpp-python's callback again."""
-    import llama_cpp
-    import llama_cpp._logger
-
-    lines: list[str] = []
-
-    @llama_cpp.llama_log_callback
-    def on_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
-        lines.append(text.decode(errors="replace"))
-
-    llama_cpp.llama_log_set(on_log, ctypes.c_void_p(0))
-    try:
-        yield lines
-    finally:
-        llama_cpp.llama_log_set(llama_cpp._logger.llama_log_callback, ctypes.c_void_p(0))
 
 
 @contextmanager

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from granite_gguf.bindings.batching import (
+    DEFAULT_MAX_BATCH_INPUTS,
     Batcher,
     Input,
     LimitTooSmall,
@@ -32,7 +33,14 @@ from granite_gguf.bindings.batching import (
     TooLong,
 )
 from granite_gguf.bindings.defaults import Limits
-from granite_gguf.bindings.embedder import Embedder, Embeddings, LongInputs, NonFiniteVectorError
+from granite_gguf.bindings.embedder import (
+    Embedder,
+    Embeddings,
+    LongInputs,
+    NonFiniteVectorError,
+    default_layout,
+    usable_threads,
+)
 from granite_gguf.bindings.metrics import Metrics
 from granite_gguf.errors import UserError
 
@@ -80,6 +88,43 @@ class ServedModel:
         return _canonical(asked) == _canonical(self.name)
 
 
+@dataclass(frozen=True)
+class Pool:
+    """How each served file is loaded: `workers` Embedders of `threads` threads each (a Batcher's workers, one
+    llama.cpp context each), with the Embedder's settings."""
+
+    workers: int
+    threads: int
+    max_tokens: int | None = None
+    gpu_layers: int = 0
+    unsafe_skip_check: bool = False
+    batch_inputs: int = DEFAULT_MAX_BATCH_INPUTS  # inputs of concurrent requests packed into one call
+
+    @classmethod
+    def sized(cls, threads: int | None, workers: int | None, **settings: Any) -> Pool:
+        """`threads` CPUs in all (default: those this process may use) split between `workers` Embedders (default:
+        the Embedder's `default_layout`, one per thread, the fastest measured on CPU)."""
+        total = threads or usable_threads()
+        workers = default_layout(total).workers if workers is None else workers
+        if workers < 1:
+            raise UserError(f"workers must be positive, got {workers}")
+        return cls(workers, max(1, total // workers), **settings)
+
+    def batcher(self, path: Path) -> Batcher:
+        """`workers` Embedders of `path` behind a Batcher (all closed again if one fails to load)."""
+        embedders: list[Embedder] = []
+        try:
+            for _ in range(self.workers):
+                embedders.append(Embedder(path, n_threads=self.threads, max_tokens=self.max_tokens,
+                                          gpu_layers=self.gpu_layers, unsafe_skip_check=self.unsafe_skip_check,
+                                          workers=1))
+        except BaseException:
+            for embedder in embedders:
+                embedder.close()
+            raise
+        return Batcher(embedders, max_batch_inputs=self.batch_inputs)
+
+
 def _canonical(name: str) -> str:
     name = name.strip().casefold()
     return name if ":" in name.rsplit("/", 1)[-1] else name + ":latest"
@@ -112,6 +157,28 @@ class EmbeddingService:
             model.batcher.on_batch = self.metrics.batch_inputs.labels(model.name).observe
         self.metrics.watch_models(lambda: [(m.name, m.batcher.queued_inputs, m.embedder.model_bytes)
                                            for m in self.models])
+
+    @classmethod
+    def load(cls, files: Sequence[tuple[str, Path]], pool: Pool, long_inputs: LongInputs = LongInputs.TRUNCATE,
+             limits: Limits = Limits()) -> EmbeddingService:
+        """The service over each (name, GGUF) of `files`, loaded as `pool` says; whatever was loaded is closed again
+        if a file fails to load or the service refuses the set."""
+        models: list[ServedModel] = []
+        try:
+            for name, path in files:
+                models.append(ServedModel(name, pool.batcher(path)))
+                log.info("loaded %s (%s): %.1f MiB of tensors, %d worker(s)", name, path,
+                         models[-1].embedder.model_bytes / 2**20, pool.workers)
+            return cls(models, long_inputs, limits)
+        except BaseException:
+            for model in models:
+                model.batcher.close()
+            raise
+
+    def close(self) -> None:
+        """Finish every queued request and close every model's Embedders."""
+        for model in self.models:
+            model.batcher.close()
 
     @property
     def default(self) -> ServedModel:

@@ -31,8 +31,24 @@ class KeyRule:
     expect: str  # what `allowed` accepts, for the message
 
 
+@dataclass(frozen=True)
+class Dimensions:
+    """The sizes that fix every tensor shape of an encoder (with the vocabulary size)."""
+
+    hidden: int
+    intermediate: int  # per GLU half for gated FFNs (ModernBERT's Wi has 2 * intermediate rows)
+    layers: int
+    heads: int
+
+
 class Spec(Protocol):
     """One checkpoint's hyper-parameters, as the unit read them."""
+
+    @property
+    def dims(self) -> Dimensions: ...
+
+    @property
+    def context_length(self) -> int: ...
 
     def write_metadata(self, writer: GGUFWriter) -> None: ...
 
@@ -43,6 +59,14 @@ class Spec(Protocol):
     def parameter_count(self) -> int: ...
 
 
+class Vocab(Protocol):
+    """A checkpoint's vocabulary, as the architecture's `vocab` hook read it."""
+
+    def write(self, writer: GGUFWriter) -> None:
+        """The `tokenizer.ggml.*` keys."""
+        ...
+
+
 @dataclass(frozen=True)
 class Architecture:
     """One encoder family: how to read its checkpoints and what a GGUF of it must hold."""
@@ -50,11 +74,12 @@ class Architecture:
     arch: MODEL_ARCH
     hf_model_type: str  # config.json `model_type`
     hf_architectures: tuple[str, ...]  # config.json `architectures` it converts
-    read_spec: Callable[[Checkpoint, tuple[int, ...] | None], Spec]
+    read_spec: Callable[[Checkpoint, tuple[int, ...]], Spec]  # (checkpoint, Matryoshka dimensions to declare)
+    vocab: Callable[[Checkpoint], Vocab]  # as llama.cpp's converter has set_vocab
     required_keys: Mapping[str, KeyKind]  # GGUF keys llama.cpp's loader needs
     key_rules: Mapping[str, KeyRule]  # every key llama.cpp reads for this architecture, checked when present
-    dimensions_from_metadata: Callable[[Mapping[str, Any]], Any]
-    tensor_shapes: Callable[[Any, int], dict[str, tuple[int, ...]]]  # (dimensions, vocab) → GGUF name → numpy shape
+    dimensions_from_metadata: Callable[[Mapping[str, Any]], Dimensions]  # from already type-checked metadata
+    tensor_shapes: Callable[[Dimensions, int], dict[str, tuple[int, ...]]]  # (dimensions, vocab) → GGUF name → numpy shape
 
     @property
     def name(self) -> str:

@@ -30,8 +30,9 @@ from gguf import (
 )
 
 from granite_gguf.convert import keys
-from granite_gguf.convert.architecture import Architecture, KeyKind, KeyRule
+from granite_gguf.convert.architecture import Architecture, Dimensions, KeyKind, KeyRule
 from granite_gguf.convert.source import Checkpoint
+from granite_gguf.convert.tokenizer import bpe_vocab
 from granite_gguf.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -42,25 +43,11 @@ SUPPORTED_ARCHITECTURES = ("ModernBertModel", "ModernBertForMaskedLM")
 ACTIVATIONS = {"gelu": "GeGLU", "silu": "SwiGLU"}
 DEFAULT_NORM_EPS = 1e-5  # transformers' ModernBertConfig default
 
-# Matryoshka dimensions of the published Granite R2 models, by repository name (largest first).
-KNOWN_MATRYOSHKA_DIMS: dict[str, tuple[int, ...]] = {
-    "granite-embedding-311m-multilingual-r2": (768, 512, 384, 256, 128),
-}
 # Upper bounds on config.json integers, far above any ModernBERT, so a hostile config cannot make the
 # converter loop or allocate without end (docs/security.md).
 CONFIG_LIMITS = {"num_hidden_layers": 1_024, "vocab_size": 1 << 20, "max_position_embeddings": 1 << 20}
 DEFAULT_CONFIG_LIMIT = 1 << 16
 IGNORED_PREFIXES = ("head.", "decoder.")  # the masked-LM head is not part of the encoder
-
-
-@dataclass(frozen=True)
-class Dimensions:
-    """The sizes that fix every tensor shape (with the vocabulary size)."""
-
-    hidden: int
-    intermediate: int  # per GLU half: Wi has 2 * intermediate rows
-    layers: int
-    heads: int
 
 
 @dataclass(frozen=True)
@@ -241,7 +228,8 @@ class ModernBertSpec:
     matryoshka_dims: tuple[int, ...]
 
     @classmethod
-    def from_checkpoint(cls, ckpt: Checkpoint, matryoshka_dims: tuple[int, ...] | None = None) -> ModernBertSpec:
+    def from_checkpoint(cls, ckpt: Checkpoint, matryoshka_dims: tuple[int, ...] = ()) -> ModernBertSpec:
+        """The spec of `ckpt`, declaring the Matryoshka dimensions the caller names (the unit knows no model)."""
         try:
             return cls._from_checkpoint(ckpt, matryoshka_dims)
         except UserError:  # a ValueError too, but already says what is wrong
@@ -250,7 +238,7 @@ class ModernBertSpec:
             raise UserError(f"config.json: unexpected structure ({type(exc).__name__}: {exc})") from None
 
     @classmethod
-    def _from_checkpoint(cls, ckpt: Checkpoint, matryoshka_dims: tuple[int, ...] | None) -> ModernBertSpec:
+    def _from_checkpoint(cls, ckpt: Checkpoint, matryoshka_dims: tuple[int, ...]) -> ModernBertSpec:
         config = ckpt.config
         for flag in ("attention_bias", "mlp_bias", "norm_bias"):
             if config.get(flag):
@@ -271,8 +259,7 @@ class ModernBertSpec:
         if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not _small_positive(eps):
             raise UserError(f"config.json: norm_eps {eps!r} is not a small positive number")
         pooling, normalize = _pooling(ckpt)
-        dims = matryoshka_dims if matryoshka_dims is not None else _known_matryoshka(ckpt)
-        dims = tuple(sorted(set(dims), reverse=True))
+        dims = tuple(sorted(set(matryoshka_dims), reverse=True))
         if dims and (dims[0] > hidden or dims[-1] <= 0):
             raise UserError(f"Matryoshka dimensions {list(dims)} must lie in 1..{hidden}")
         return cls(
@@ -426,19 +413,12 @@ def _pooling(ckpt: Checkpoint) -> tuple[PoolingType, bool]:
     raise UserError(f"unsupported pooling {sorted(modes) or 'none'}; only CLS or MEAN pooling alone converts")
 
 
-def _known_matryoshka(ckpt: Checkpoint) -> tuple[int, ...]:
-    names = {ckpt.source.rstrip("/").rsplit("/", 1)[-1], str(ckpt.config.get("_name_or_path", "")).rsplit("/", 1)[-1]}
-    for name in names:
-        if name in KNOWN_MATRYOSHKA_DIMS:
-            return KNOWN_MATRYOSHKA_DIMS[name]
-    return ()
-
-
 MODERN_BERT = Architecture(
     arch=ARCH,
     hf_model_type="modernbert",
     hf_architectures=SUPPORTED_ARCHITECTURES,
     read_spec=ModernBertSpec.from_checkpoint,
+    vocab=bpe_vocab,
     required_keys=REQUIRED_KEYS,
     key_rules=KEY_RULES,
     dimensions_from_metadata=dimensions_from_metadata,

@@ -15,28 +15,24 @@ Measured quality and size of every type and recipe: docs/quality.md.
 
 from __future__ import annotations
 
-import ctypes
 import glob
 import logging
 import math
 import os
-import re
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, Keys
 from tqdm import tqdm
 
-from granite_gguf.convert.check import CheckedFile
-from granite_gguf.convert.check_cache import checked_file, checked_header
+from granite_gguf import llama_backend
 from granite_gguf.convert.source import Checkpoint
 from granite_gguf.convert.types import OutType, file_label
 from granite_gguf.convert.writer import convert
 from granite_gguf.errors import UserError
 from granite_gguf.files import atomic_output, held, remove_stale_temporaries
+from granite_gguf.gguf_file import Header, load
 
 log = logging.getLogger(__name__)
 
@@ -91,21 +87,21 @@ def quantize_file(source: Path, dest: Path, output: OutType, nthread: int | None
                   progress: bool = False) -> QuantizedFile:
     """One llama.cpp quantization, atomically, with a progress bar over its tensors; the result is
     renamed if its name would not be true."""
-    import llama_cpp
-
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = output.file_type.value
-    params.nthread = nthread or os.cpu_count() or 1
     # llama.cpp's quantizer aborts on some malformed files: it reads the very file that was checked
-    with checked_file(source) as (checked, load_path), atomic_output(dest) as tmp, \
+    checked = load(source)
+    with checked.opened() as load_path, atomic_output(dest) as tmp, \
             tqdm(desc=dest.name, unit="tensor", disable=not progress) as bar:
-        if output.table_type is not None:
-            params.token_embedding_type = _table_type(checked, output.table_type).value
-        with _llama_log_to(bar) as errors:
-            status = llama_cpp.llama_model_quantize(load_path.encode(), str(tmp).encode(), ctypes.byref(params))
-        if status != 0:
-            detail = f": {errors[-1]}" if errors else ""
-            raise UserError(f"{dest.name}: llama.cpp's quantizer failed (status {status}){detail}")
+        table = _table_type(checked.header, output.table_type).value if output.table_type is not None else None
+
+        def advance(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        failure = llama_backend.quantize(load_path, str(tmp), file_type=output.file_type.value,
+                                         threads=nthread or os.cpu_count() or 1, token_embedding_type=table,
+                                         progress=advance)
+        if failure is not None:
+            raise UserError(f"{dest.name}: llama.cpp's quantizer failed ({failure})")
     result = describe(dest, output)
     if not result.truthful:
         actual = result.dominant_type.name.lower()
@@ -116,41 +112,11 @@ def quantize_file(source: Path, dest: Path, output: OutType, nthread: int | None
         log.warning("%s: asked for %s but most weights are %s (see `granite-gguf inspect`); named %s",
                     dest.name, output.label, actual.upper(), truthful.name)
         result = QuantizedFile(output, truthful, result.dominant_type, False, result.table_type)
-    checked_header(result.path)  # as `convert` does: checked once now, not at its first load (renamed: again)
+    load(result.path)  # as `convert` does: checked once now, not at its first load (renamed: again)
     return result
 
 
-_TENSOR_LINE = re.compile(rb"\[\s*(\d+)/\s*(\d+)\]")  # llama.cpp's quantizer logs "[  12/ 200] blk.0.… " per tensor
-_LOG_ERROR = 3  # GGML_LOG_LEVEL_ERROR
-
-
-@contextmanager
-def _llama_log_to(bar: tqdm) -> Iterator[list[str]]:
-    """Take llama.cpp's log while it quantizes: its per-tensor lines move `bar`, error lines are kept
-    (yielded) for the error message, the rest is dropped. llama-cpp-python's own log callback is
-    put back afterwards."""
-    import llama_cpp
-    import llama_cpp._logger
-
-    errors: list[str] = []
-
-    @llama_cpp.llama_log_callback
-    def on_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
-        tensor = _TENSOR_LINE.match(text)
-        if tensor:
-            bar.total = int(tensor[2])
-            bar.update(int(tensor[1]) - bar.n)
-        elif level == _LOG_ERROR:
-            errors.append(text.decode(errors="replace").strip())
-
-    llama_cpp.llama_log_set(on_log, ctypes.c_void_p(0))
-    try:
-        yield errors
-    finally:
-        llama_cpp.llama_log_set(llama_cpp._logger.llama_log_callback, ctypes.c_void_p(0))
-
-
-def written_type(header: CheckedFile) -> OutType | None:
+def written_type(header: Header) -> OutType | None:
     """The type or recipe a file was written as, read back from its file type and the type of its
     token embedding table (a recipe's table, or its fallback for these rows); None when no type in
     the table writes this file type."""
@@ -166,7 +132,7 @@ def written_type(header: CheckedFile) -> OutType | None:
     return base
 
 
-def _table_type(source: CheckedFile, wanted: GGMLQuantizationType) -> GGMLQuantizationType:
+def _table_type(source: Header, wanted: GGMLQuantizationType) -> GGMLQuantizationType:
     """`wanted`, or llama.cpp's fallback for it when the token embedding rows do not fit its blocks."""
     row = next(t.dims[0] for t in source.tensors if t.name == TOKEN_EMBEDDING)
     for candidate in (wanted, _FALLBACK.get(wanted, GGMLQuantizationType.F16), GGMLQuantizationType.F16):
@@ -181,7 +147,7 @@ def describe(path: Path, output: OutType) -> QuantizedFile:
     as it is read (a pass remembered: its first load, and `quantize_file`'s final check, reuse it)."""
     weights: Counter[GGMLQuantizationType] = Counter()
     table = None
-    for tensor in checked_header(path).tensors:
+    for tensor in load(path).header.tensors:
         if output.is_recipe and tensor.name == TOKEN_EMBEDDING:
             table = tensor.ggml_type
         elif tensor.ggml_type != GGMLQuantizationType.F32 or output is OutType.F32:

@@ -1,4 +1,5 @@
-"""tokenizer.json → llama.cpp BPE vocabulary, for the three Granite R2 tokenizer families.
+"""tokenizer.json → llama.cpp BPE vocabulary, for the three Granite R2 tokenizer families (`bpe_vocab`, the
+vocabulary hook of the modern-bert unit).
 
 The family is recognised from the structure of tokenizer.json (normalizer, pre-tokenizer, model
 flags), never from a hash of its output, so fine-tunes with added tokens and pruned vocabularies
@@ -10,13 +11,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gguf import GGUFWriter, TokenType
 
 from granite_gguf.convert import keys
 from granite_gguf.errors import UserError
+
+if TYPE_CHECKING:
+    from granite_gguf.convert.source import Checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -34,16 +37,99 @@ BYTE_PIECES = {f"<0x{b:02X}>" for b in range(256)}
 MAX_VOCAB = 1 << 20  # Granite R2's largest vocabulary is 262,144; bounds what a hostile file can make us allocate
 
 
-class TokenizerFamily(Enum):
-    """A tokenizer family and the llama.cpp pre-tokenizer (`tokenizer.ggml.pre`) that reproduces it."""
+class TokenizerFamily:
+    """One BPE tokenizer family: how tokenizer.json shows it, the llama.cpp pre-tokenizer (`tokenizer.ggml.pre`)
+    that reproduces it, and its vocabulary rules. One object per family (GEMMA3, O200K, GPT2, in FAMILIES);
+    a new family is one more subclass here, a tokenizer that is not BPE its own module (`Architecture.vocab`)."""
 
-    GEMMA3 = "granite-embed-multi-311m"  # SentencePiece-like BPE over raw UTF-8, spaces escaped to ▁
-    O200K = "granite-embed-multi-97m"  # byte-level BPE, o200k split regex, ignore_merges
-    GPT2 = "modern-bert"  # byte-level BPE with the GPT-2 split regex (English R2, ModernBERT)
+    name: str  # granite_gguf.tokenizer_family
+    pre: str
 
-    @property
-    def pre(self) -> str:
-        return self.value
+    def claims(self, normalizer: Any, steps: list[Any]) -> bool:
+        """Whether tokenizer.json has this family's signature (its normalizer, its pre-tokenizer steps)."""
+        raise NotImplementedError
+
+    def check(self, model: dict[str, Any], pre: Any, steps: list[Any]) -> None:
+        """Refuse, naming the component, a tokenizer that has the signature but differs elsewhere."""
+
+    def token_type(self, text: str) -> TokenType | None:
+        """The type of a vocabulary piece the family decides itself (None: normal)."""
+        return None
+
+    def check_tokens(self, tokens: list[str], token_types: list[TokenType]) -> None:
+        """Refuse or warn about a vocabulary llama.cpp would read otherwise than HF."""
+
+    def can_hold(self, piece: str) -> bool:
+        """Whether a piece can occur in the text the BPE model is given, as far as the family's pipeline decides it
+        (see `usable_merges`). Byte-level families: every merge is kept as written."""
+        return True
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+class _Gemma3(TokenizerFamily):
+    """SentencePiece-like BPE over raw UTF-8, spaces escaped to ▁, byte fallback."""
+
+    name, pre = "GEMMA3", "granite-embed-multi-311m"
+
+    def claims(self, normalizer: Any, steps: list[Any]) -> bool:
+        return _is_space_escape(normalizer)
+
+    def check(self, model: dict[str, Any], pre: Any, steps: list[Any]) -> None:
+        if not model.get("byte_fallback"):
+            raise UserError("unsupported tokenizer: a ▁-escaping normalizer without BPE byte_fallback")
+        if pre is not None and not _is_split_on_space(pre):
+            raise UserError(f"unsupported tokenizer: pre_tokenizer {_describe(pre)} after a ▁-escaping normalizer")
+
+    def token_type(self, text: str) -> TokenType | None:
+        return TokenType.BYTE if text in BYTE_PIECES else None
+
+    def check_tokens(self, tokens: list[str], token_types: list[TokenType]) -> None:
+        missing_bytes = BYTE_PIECES - set(tokens)
+        if missing_bytes:
+            raise UserError(f"unsupported tokenizer: byte_fallback is on but {len(missing_bytes)} byte pieces (<0xNN>) are missing")
+        _warn_newline_mixes(tokens, token_types)
+
+    def can_hold(self, piece: str) -> bool:
+        """The normalizer turns every space into ▁ before BPE runs, so no piece holding a raw space is ever built by
+        merging (raw-space pieces are only matched whole, as added tokens)."""
+        return " " not in piece
+
+
+class _O200k(TokenizerFamily):
+    """Byte-level BPE, o200k split regex, ignore_merges."""
+
+    name, pre = "O200K", "granite-embed-multi-97m"
+
+    def claims(self, normalizer: Any, steps: list[Any]) -> bool:
+        return normalizer is None and _kinds(steps) == ["Split", "ByteLevel"] and not steps[1].get("use_regex", True)
+
+    def check(self, model: dict[str, Any], pre: Any, steps: list[Any]) -> None:
+        regex = (steps[0].get("pattern") or {}).get("Regex")
+        if regex != O200K_SPLIT_REGEX:
+            raise UserError(f"unsupported tokenizer: pre_tokenizer Split regex {regex!r} is not the o200k expression")
+        if steps[0].get("behavior") != "Isolated":
+            raise UserError(f"unsupported tokenizer: pre_tokenizer Split behavior {steps[0].get('behavior')!r}")
+        if not model.get("ignore_merges"):
+            raise UserError("unsupported tokenizer: o200k-style split without BPE ignore_merges")
+
+
+class _Gpt2(TokenizerFamily):
+    """Byte-level BPE with the GPT-2 split regex (English R2, ModernBERT)."""
+
+    name, pre = "GPT2", "modern-bert"
+
+    def claims(self, normalizer: Any, steps: list[Any]) -> bool:
+        return normalizer is None and _kinds(steps) == ["ByteLevel"] and steps[0].get("use_regex", True)
+
+    def check(self, model: dict[str, Any], pre: Any, steps: list[Any]) -> None:
+        if steps[0].get("add_prefix_space"):
+            raise UserError("unsupported tokenizer: pre_tokenizer ByteLevel with add_prefix_space")
+
+
+GEMMA3, O200K, GPT2 = _Gemma3(), _O200k(), _Gpt2()
+FAMILIES = (GEMMA3, O200K, GPT2)
 
 
 @dataclass
@@ -60,6 +146,28 @@ class GGUFVocab:
     n_padding: int  # unused entries appended to reach config.vocab_size
     dropped_merges: int = 0  # merges of pieces the BPE input never holds (see usable_merges)
 
+    def write(self, writer: GGUFWriter) -> None:
+        """The `tokenizer.ggml.*` keys, as llama.cpp's BPE (gpt2) tokenizer reads them."""
+        writer.add_tokenizer_model("gpt2")
+        writer.add_tokenizer_pre(self.family.pre)
+        writer.add_token_list(self.tokens)
+        writer.add_token_types(self.token_types)
+        writer.add_token_merges(self.merges)
+        setters = {
+            "bos": writer.add_bos_token_id, "eos": writer.add_eos_token_id, "unk": writer.add_unk_token_id,
+            "sep": writer.add_sep_token_id, "pad": writer.add_pad_token_id, "mask": writer.add_mask_token_id,
+        }
+        for role, token_id in self.special_ids.items():
+            if role == "cls":
+                writer.add_uint32(keys.CLS_ID, token_id)
+            else:
+                setters[role](token_id)
+        writer.add_add_bos_token(self.add_bos)
+        writer.add_add_eos_token(self.add_eos)
+        writer.add_add_sep_token(False)
+        writer.add_string(keys.TOKENIZER_FAMILY, self.family.name)
+        writer.add_uint32(keys.DROPPED_MERGES, self.dropped_merges)
+
 
 def detect_family(tokenizer: dict[str, Any]) -> TokenizerFamily:
     """Name the family from tokenizer.json structure; an unknown structure names the component."""
@@ -68,30 +176,18 @@ def detect_family(tokenizer: dict[str, Any]) -> TokenizerFamily:
         raise UserError(f"unsupported tokenizer: model.type is {model.get('type')!r}; only BPE tokenizers are supported")
     normalizer = tokenizer.get("normalizer")
     pre = tokenizer.get("pre_tokenizer")
-    if _is_space_escape(normalizer):
-        if not model.get("byte_fallback"):
-            raise UserError("unsupported tokenizer: a ▁-escaping normalizer without BPE byte_fallback")
-        if pre is not None and not _is_split_on_space(pre):
-            raise UserError(f"unsupported tokenizer: pre_tokenizer {_describe(pre)} after a ▁-escaping normalizer")
-        return TokenizerFamily.GEMMA3
+    steps: list[Any] = pre.get("pretokenizers", []) if isinstance(pre, dict) and pre.get("type") == "Sequence" else [pre]
+    for family in FAMILIES:
+        if family.claims(normalizer, steps):
+            family.check(model, pre, steps)
+            return family
     if normalizer is not None:
         raise UserError(f"unsupported tokenizer: normalizer {_describe(normalizer)}")
-    steps: list[Any] = pre.get("pretokenizers", []) if isinstance(pre, dict) and pre.get("type") == "Sequence" else [pre]
-    kinds = [step.get("type") if isinstance(step, dict) else None for step in steps]
-    if kinds == ["ByteLevel"] and steps[0].get("use_regex", True):
-        if steps[0].get("add_prefix_space"):
-            raise UserError("unsupported tokenizer: pre_tokenizer ByteLevel with add_prefix_space")
-        return TokenizerFamily.GPT2
-    if kinds == ["Split", "ByteLevel"] and not steps[1].get("use_regex", True):
-        regex = (steps[0].get("pattern") or {}).get("Regex")
-        if regex != O200K_SPLIT_REGEX:
-            raise UserError(f"unsupported tokenizer: pre_tokenizer Split regex {regex!r} is not the o200k expression")
-        if steps[0].get("behavior") != "Isolated":
-            raise UserError(f"unsupported tokenizer: pre_tokenizer Split behavior {steps[0].get('behavior')!r}")
-        if not model.get("ignore_merges"):
-            raise UserError("unsupported tokenizer: o200k-style split without BPE ignore_merges")
-        return TokenizerFamily.O200K
     raise UserError(f"unsupported tokenizer: pre_tokenizer {_describe(pre)}")
+
+
+def _kinds(steps: list[Any]) -> list[Any]:
+    return [step.get("type") if isinstance(step, dict) else None for step in steps]
 
 
 def _describe(component: Any) -> str:
@@ -118,6 +214,11 @@ def _is_space_escape(normalizer: Any) -> bool:
 
 def _is_split_on_space(pre: dict[str, Any]) -> bool:
     return pre.get("type") == "Split" and pre.get("pattern") == {"String": " "}
+
+
+def bpe_vocab(ckpt: Checkpoint) -> GGUFVocab:
+    """`Architecture.vocab` of encoders with a BPE tokenizer.json: llama.cpp's gpt2 vocabulary of `ckpt`."""
+    return build_vocab(ckpt.tokenizer, ckpt.special_tokens_map, ckpt.config)
 
 
 def build_vocab(tokenizer: dict[str, Any], special_tokens_map: dict[str, Any], config: dict[str, Any]) -> GGUFVocab:
@@ -172,15 +273,9 @@ def _build_vocab(tokenizer: dict[str, Any], special_tokens_map: dict[str, Any], 
             token_types.append(TokenType.CONTROL if added[token_id].get("special") else TokenType.USER_DEFINED)
         elif text == unk:
             token_types.append(TokenType.UNKNOWN)
-        elif family is TokenizerFamily.GEMMA3 and text in BYTE_PIECES:
-            token_types.append(TokenType.BYTE)
         else:
-            token_types.append(TokenType.NORMAL)
-    if family is TokenizerFamily.GEMMA3:
-        missing_bytes = BYTE_PIECES - set(tokens)
-        if missing_bytes:
-            raise UserError(f"unsupported tokenizer: byte_fallback is on but {len(missing_bytes)} byte pieces (<0xNN>) are missing")
-        _warn_newline_mixes(tokens, token_types)
+            token_types.append(family.token_type(text) or TokenType.NORMAL)
+    family.check_tokens(tokens, token_types)
     _make_unique(tokens, token_types, added)
 
     target = config.get("vocab_size", n_tokens)
@@ -202,7 +297,7 @@ def _build_vocab(tokenizer: dict[str, Any], special_tokens_map: dict[str, Any], 
         special_ids["bos"] = template_bos
     if template_eos is not None:
         special_ids["eos"] = template_eos
-    merges, dropped = usable_merges(model.get("merges") or [], bpe_input_can_hold(family))
+    merges, dropped = usable_merges(model.get("merges") or [], family.can_hold)
     if dropped:
         log.warning("dropped %d of %d merges that can never apply (they join pieces the BPE input never holds, "
                     "such as raw spaces after a normalizer that escapes every space to %s)", dropped,
@@ -245,18 +340,6 @@ def _make_unique(tokens: list[str], token_types: list[TokenType], added: dict[in
         tokens[loser] = f"<unused_dup_{loser}>"
         token_types[loser] = TokenType.UNUSED
         log.warning("token text %r appears at ids %d and %d; id %d renamed to %r", text, other, token_id, loser, tokens[loser])
-
-
-def bpe_input_can_hold(family: TokenizerFamily) -> Callable[[str], bool]:
-    """Whether a piece can occur in the text the BPE model is given, as far as the family's pipeline decides it.
-
-    Gemma-style: the normalizer turns every space into ▁ before BPE runs, so no piece holding a raw
-    space is ever built by merging (raw-space pieces are only matched whole, as added tokens).
-    Byte-level families: every merge is kept as written (a merge that holds a space is refused).
-    """
-    if family is TokenizerFamily.GEMMA3:
-        return lambda piece: " " not in piece
-    return lambda piece: True
 
 
 def usable_merges(raw: list[Any], can_hold: Callable[[str], bool]) -> tuple[list[str], int]:
@@ -323,26 +406,3 @@ def _special_ids(special_tokens_map: dict[str, Any], config: dict[str, Any], tex
     if "unk" not in ids and unk in text_to_id:
         ids["unk"] = text_to_id[unk]
     return ids
-
-
-def write_vocab(writer: GGUFWriter, vocab: GGUFVocab) -> None:
-    """The `tokenizer.ggml.*` keys."""
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(vocab.family.pre)
-    writer.add_token_list(vocab.tokens)
-    writer.add_token_types(vocab.token_types)
-    writer.add_token_merges(vocab.merges)
-    setters = {
-        "bos": writer.add_bos_token_id, "eos": writer.add_eos_token_id, "unk": writer.add_unk_token_id,
-        "sep": writer.add_sep_token_id, "pad": writer.add_pad_token_id, "mask": writer.add_mask_token_id,
-    }
-    for role, token_id in vocab.special_ids.items():
-        if role == "cls":
-            writer.add_uint32(keys.CLS_ID, token_id)
-        else:
-            setters[role](token_id)
-    writer.add_add_bos_token(vocab.add_bos)
-    writer.add_add_eos_token(vocab.add_eos)
-    writer.add_add_sep_token(False)
-    writer.add_string(keys.TOKENIZER_FAMILY, vocab.family.name)
-    writer.add_uint32(keys.DROPPED_MERGES, vocab.dropped_merges)

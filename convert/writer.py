@@ -19,12 +19,12 @@ from tqdm import tqdm
 from granite_gguf import __version__
 from granite_gguf.convert import keys
 from granite_gguf.convert.architecture import Spec, for_config
-from granite_gguf.convert.check_cache import checked_header
 from granite_gguf.convert.source import Checkpoint
-from granite_gguf.convert.tokenizer import build_vocab, write_vocab
 from granite_gguf.convert.types import OutType, Writer
 from granite_gguf.errors import UserError
 from granite_gguf.files import atomic_output
+from granite_gguf.gguf_file import load
+from granite_gguf.models import recognise
 
 log = logging.getLogger(__name__)
 
@@ -74,19 +74,23 @@ def convert(
     progress: bool = False,
     progress_label: str | None = None,
 ) -> Path:
-    """Write `ckpt` as a GGUF of its architecture at `out_path` (atomically). Returns the path. The
-    progress bar is labelled `progress_label`, by default the file name."""
+    """Write `ckpt` as a GGUF of its architecture at `out_path` (atomically). Returns the path. The file
+    declares `matryoshka_dims`, by default those of the published model `ckpt` is (granite_gguf.models).
+    The progress bar is labelled `progress_label`, by default the file name."""
     if outtype.writer is not Writer.GGUF_PY:
         raise UserError(f"{outtype.label} is made by llama.cpp's quantizer: use --quant {outtype.label}")
     architecture = for_config(ckpt.config)
+    if matryoshka_dims is None:
+        published = recognise(ckpt.source, ckpt.config)
+        matryoshka_dims = published.matryoshka_dims if published else ()
     spec = architecture.read_spec(ckpt, matryoshka_dims)
-    vocab = build_vocab(ckpt.tokenizer, ckpt.special_tokens_map, ckpt.config)
+    vocab = architecture.vocab(ckpt)
     plans = plan_tensors(ckpt, spec, outtype)
     with atomic_output(out_path) as tmp_path:
         writer = GGUFWriter(tmp_path, architecture.name)
         write_general(writer, ckpt, spec, outtype)
         spec.write_metadata(writer)
-        write_vocab(writer, vocab)
+        vocab.write(writer)
         for plan in plans:
             writer.add_tensor_info(plan.gguf_name, plan.shape, np.dtype(np.float32), plan.nbytes, raw_dtype=plan.ggml_type)
         writer.write_header_to_file()
@@ -110,7 +114,7 @@ def convert(
         fout.flush()
         os.fsync(fout.fileno())
         writer.close()
-    checked_header(out_path)  # our output passes the check before anything loads it, and its first load won't repeat it
+    load(out_path)  # our output passes the check before anything loads it, and its first load won't repeat it
     return out_path
 
 

@@ -8,7 +8,7 @@ other key and every tensor info). With a signing key (an ed25519 key, `granite-g
 signs those fields; `granite-gguf check --public-key` then proves the file is the one that releaser
 verified. An unsigned certificate proves nothing against a forger, who can recompute both hashes: check
 says so (docs/security.md, "Certificates"). The header is rewritten into a new file that is renamed into
-place (`atomic_output`); the tensor data is copied byte for byte.
+place (gguf_file.rewrite); the tensor data is copied byte for byte.
 """
 
 from __future__ import annotations
@@ -16,8 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import struct
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -26,17 +24,16 @@ from typing import Any, BinaryIO, cast
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from gguf import GGUFValueType, Keys
+from gguf import GGUFValueType
 
 from granite_gguf import __version__
 from granite_gguf.convert import keys
-from granite_gguf.convert.check import DEFAULT_ALIGNMENT, MAGIC, SCALARS, CheckedFile, OmittedArray, read_header
-from granite_gguf.convert.check_cache import checked_header
 from granite_gguf.convert.source import Checkpoint
 from granite_gguf.errors import UserError
-from granite_gguf.files import atomic_output, open_regular, write_atomic
+from granite_gguf.files import open_regular, write_atomic
+from granite_gguf.gguf_file import Header, OmittedArray, load
+from granite_gguf.gguf_file.rewrite import key_entries, rewrite_keys
 
-CHUNK = 16 << 20  # bytes per read when copying tensor data
 MAX_KEY_FILE_BYTES = 64 << 10  # a PEM ed25519 key is about 120 bytes
 
 
@@ -86,7 +83,7 @@ class Verdict:
     note: str
 
 
-def read_certificate(header: CheckedFile) -> Certificate | None:
+def read_certificate(header: Header) -> Certificate | None:
     """The certificate in a file's metadata, or None when it has none (or an incomplete one)."""
     values = {f.name: header.metadata.get(Certificate.key(f.name)) for f in fields(Certificate)}
     if any(value is None for value in values.values()):
@@ -94,15 +91,32 @@ def read_certificate(header: CheckedFile) -> Certificate | None:
     return Certificate(**cast(dict[str, Any], values))
 
 
+def describe(header: Header) -> list[str]:
+    """What `inspect` says of a file's certificate, line by line: that it has none, or what was verified against
+    what, the result, the hashes and who signed (the signature itself is checked by `check --public-key`)."""
+    c = read_certificate(header)
+    if c is None:
+        return ["none (files from `granite-gguf release` carry one)"]
+    signer = header.metadata.get(SIGNER_KEY)
+    return [f"{c.result}: {c.label} against {c.reference} ({c.checkpoint})",
+            f"{c.probe_set} probe set, {c.probe_texts} texts (sha256 {c.probe_sha256}), token limit {c.token_limit} "
+            f"({c.texts_cut} cut)",
+            f"token mismatches {c.token_mismatches}, cosine min {c.cosine_min:.7f}, mean {c.cosine_mean:.7f}, "
+            f"threshold {c.threshold}; granite-gguf {c.tool_version}",
+            f"tensor data sha256 {c.tensor_sha256}, metadata sha256 {c.metadata_sha256}",
+            f"signed by key {signer} (`granite-gguf check --public-key` verifies)" if signer else
+            "unsigned: proves nothing against a forger"]
+
+
 def signed_bytes(certificate: Certificate) -> bytes:
     """What the signature covers: every field of the certificate, canonical JSON, after a context string."""
     return _SIGNED_CONTEXT + json.dumps(certificate.as_dict(), sort_keys=True, separators=(",", ":")).encode()
 
 
-def metadata_sha256(header: CheckedFile) -> str:
+def metadata_sha256(header: Header) -> str:
     """sha256 of what the file says besides its certificate and tensor data: every other key with its type and
     value, in file order, and every tensor's name, shape, type and offset. `header` must hold every array
-    (read_header's, not a remembered check's)."""
+    (a file loaded `whole`, not a remembered check's)."""
     entries = []
     for key, value in header.metadata.items():
         if key.startswith(keys.CERTIFICATE_PREFIX):
@@ -116,8 +130,8 @@ def metadata_sha256(header: CheckedFile) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def check_certificate(header: CheckedFile, certificate: Certificate, public_key: Ed25519PublicKey | None) -> Verdict:
-    """Does the file at `header.path` (read whole: `read_header`) still hold what `certificate` describes, and is
+def check_certificate(header: Header, certificate: Certificate, public_key: Ed25519PublicKey | None) -> Verdict:
+    """Does the file at `header.path` (loaded `whole`) still hold what `certificate` describes, and is
     the certificate signed by `public_key` (when one is given)?"""
     if tensor_data_sha256(header) != certificate.tensor_sha256:
         return Verdict(False, f"tensor data changed since it was certified (sha256 is not {certificate.tensor_sha256})")
@@ -188,7 +202,7 @@ def _load_key(path: Path, loader: Callable[..., Any], **kwargs: Any) -> Any:
         raise UserError(f"{path}: cannot read ({exc.strerror})") from None
 
 
-def tensor_data_sha256(header: CheckedFile) -> str:
+def tensor_data_sha256(header: Header) -> str:
     """sha256 of everything from the start of the tensor data section to the end of the file."""
     with header.path.open("rb") as handle:
         handle.seek(header.data_start)
@@ -199,7 +213,7 @@ def write_certificate(path: Path, certificate: Certificate, signing_key: Ed25519
     """Put `certificate` into the GGUF at `path` (replacing an earlier one), signed with `signing_key` if given:
     the keys are written anew, the tensor infos and data copied unchanged, into a temporary file renamed over
     `path`."""
-    header = read_header(path)
+    header = load(path, check=False, whole=True).header
     entries = [entry for entry in key_entries(header) if not entry[0].startswith(keys.CERTIFICATE_PREFIX)]
     for name, value in certificate.as_dict().items():
         entries.append((Certificate.key(name), _VALUE_TYPES[type(value)], value, None))
@@ -207,47 +221,7 @@ def write_certificate(path: Path, certificate: Certificate, signing_key: Ed25519
         entries.append((SIGNATURE_KEY, GGUFValueType.STRING, signing_key.sign(signed_bytes(certificate)).hex(), None))
         entries.append((SIGNER_KEY, GGUFValueType.STRING, public_hex(signing_key.public_key()), None))
     rewrite_keys(path, header, entries)
-    checked_header(path)  # a new file under the old name: checked once now, as `convert` does
-
-
-KeyEntry = tuple[str, GGUFValueType, Any, "GGUFValueType | None"]  # key, value type, value, item type (arrays)
-
-
-def key_entries(header: CheckedFile) -> list[KeyEntry]:
-    """Every key of a header read whole (`read_header`), as `rewrite_keys` writes them."""
-    return [(key, header.value_types[key], value, header.item_types.get(key)) for key, value in header.metadata.items()]
-
-
-def rewrite_keys(path: Path, header: CheckedFile, entries: list[KeyEntry]) -> None:
-    """Replace the keys of the GGUF at `path` (whose header is `header`) by `entries`; the tensor infos and data are
-    copied unchanged, into a temporary file renamed over `path`. Not checked: the caller checks what it wrote."""
-    alignment = header.metadata.get(Keys.General.ALIGNMENT, DEFAULT_ALIGNMENT)
-    with atomic_output(path) as tmp, path.open("rb") as source, tmp.open("wb") as out:
-        out.write(MAGIC + struct.pack("<IQQ", header.version, len(header.tensors), len(entries)))
-        for key, value_type, value, item_type in entries:
-            out.write(_string(key) + struct.pack("<I", value_type) + _value(value_type, value, item_type))
-        source.seek(header.tensor_infos_start)
-        out.write(source.read(header.tensor_infos_end - header.tensor_infos_start))
-        out.write(b"\0" * (-out.tell() % alignment))
-        source.seek(header.data_start)
-        shutil.copyfileobj(source, out, CHUNK)
-
-
-def _string(text: str) -> bytes:
-    data = text.encode("utf-8")
-    return struct.pack("<Q", len(data)) + data
-
-
-def _value(value_type: GGUFValueType, value: Any, item_type: GGUFValueType | None) -> bytes:
-    if value_type in SCALARS:
-        return struct.pack(SCALARS[value_type], value)
-    if value_type == GGUFValueType.STRING:
-        return _string(value)
-    assert item_type is not None, "an array has an item type"
-    head = struct.pack("<IQ", item_type, len(value))
-    if item_type in SCALARS:
-        return head + struct.pack(f"<{len(value)}{SCALARS[item_type][1]}", *value)
-    return head + b"".join(_value(item_type, item, None) for item in value)
+    load(path)  # a new file under the old name: checked once now, as `convert` does
 
 
 def checkpoint_identity(ckpt: Checkpoint) -> str:

@@ -16,10 +16,10 @@ from types import FrameType
 
 from granite_gguf import __version__
 from granite_gguf.bindings.cli import add_commands as add_embedding_commands
-from granite_gguf.bindings.cli import add_gpu_layers
+from granite_gguf.cli_options import add_gpu_layers, add_insecure, add_models_dir, add_no_progress
 from granite_gguf.errors import UserError, missing_extra_message
 from granite_gguf.modelfiles.cli import add_commands as add_modelfile_commands
-from granite_gguf.modelfiles.registry import add_registry_commands
+from granite_gguf.models import ENGLISH, MULTILINGUAL_311M
 
 
 def main(argv: Sequence[str] | None = None, *, quick_exit: bool = False) -> int:
@@ -65,14 +65,14 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     convert = commands.add_parser("convert", help="convert a checkpoint folder or hub repo id to GGUF")
-    convert.add_argument("source", help="checkpoint folder, or a hub repo id such as ibm-granite/granite-embedding-english-r2")
+    convert.add_argument("source", help=f"checkpoint folder, or a hub repo id such as {ENGLISH.hub_id}")
     convert.add_argument("-o", "--output", type=Path, help="output .gguf (default: <model>-<type>.gguf here)")
     convert.add_argument("--outtype", default="f16", help="f32, f16, bf16 or q8_0 (default f16)")
     convert.add_argument("--quant", help="several llama.cpp types at once, e.g. f16,q8_0,q6_k,q5_k_m,q4_k_m,q4_0 "
                                          "(written as <model>-<type>.gguf in --outdir)")
     convert.add_argument("--outdir", type=Path, default=Path("."), help="folder for --quant (default: here)")
     convert.add_argument("--matryoshka-dims", help="comma-separated dimensions, e.g. 768,512,256 (default: built-in table)")
-    convert.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_no_progress(convert)
     convert.set_defaults(run=run_convert)
 
     verify = commands.add_parser("verify", help="check a GGUF against the PyTorch reference (exit 1 on failure)")
@@ -87,19 +87,19 @@ def build_parser() -> argparse.ArgumentParser:
     release = commands.add_parser("release", help="convert the recommended set, verify each file, certify, install "
                                                   "into the ollama store and push (exit 1 if any file fails)")
     release.add_argument("source", help="checkpoint folder, hub repo id, or a Granite R2 model name "
-                                        "(e.g. granite-embedding-311m-multilingual-r2)")
+                                        f"(e.g. {MULTILINGUAL_311M.name})")
     release.add_argument("--outdir", type=Path, required=True, help="folder for the GGUF files and Modelfiles")
     release.add_argument("--quant", help="types and recipes (default: the recommended set of the model, docs/quality.md)")
     release.add_argument("--name", help="store the files as NS/MODEL:TYPE (default: the model's name)")
     release.add_argument("--push", metavar="HOST:PORT/NS/MODEL", help="also push each file as HOST:PORT/NS/MODEL:TYPE")
-    release.add_argument("--insecure", action="store_true", help="push over plain http")
-    release.add_argument("--models-dir", type=Path, help="the ollama store (default: $OLLAMA_MODELS or ~/.ollama/models)")
+    add_insecure(release)
+    add_models_dir(release)
     release.add_argument("--full-probes", action="store_true",
                          help="verify on the full probe set instead of the smaller gate set")
     release.add_argument("--signing-key", type=Path, metavar="KEY",
                          help="sign each certificate with this ed25519 private key (`granite-gguf keygen`); a rerun "
                               "trusts only certificates signed by it and verifies every other file again")
-    release.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_no_progress(release)
     release.set_defaults(run=run_release)
 
     keygen = commands.add_parser("keygen", help="make an ed25519 key pair for signing release certificates")
@@ -129,12 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_embedding_commands(commands)
     add_modelfile_commands(commands)
-    add_registry_commands(commands)
     return parser
 
 
 class _FixtureNames:
-    """The fixture names as argparse `choices`, read from granite_gguf.fixtures only when argparse looks (a
+    """The fixture names as argparse `choices`, read from granite_gguf.dev.fixtures only when argparse looks (a
     `fixture` command, its help): building the parser for `embed` does not import the checkpoint writer."""
 
     def __contains__(self, name: object) -> bool:
@@ -145,7 +144,7 @@ class _FixtureNames:
 
     @staticmethod
     def _names() -> list[str]:
-        from granite_gguf.fixtures import FIXTURES
+        from granite_gguf.dev.fixtures import FIXTURES
 
         return list(FIXTURES)
 
@@ -236,50 +235,18 @@ def run_keygen(args: argparse.Namespace) -> int:
 
 
 def run_inspect(args: argparse.Namespace) -> int:
-    from gguf import Keys
+    from granite_gguf import certificate
+    from granite_gguf.gguf_file import load
+    from granite_gguf.gguf_file.summary import render
 
-    from granite_gguf.certificate import SIGNER_KEY, read_certificate
-    from granite_gguf.convert import keys
-    from granite_gguf.convert.check import read_header
-    from granite_gguf.convert.inspect import summarize
-    from granite_gguf.convert.keys import CERTIFICATE_PREFIX, DROPPED_MERGES
-
-    header = read_header(args.gguf)
-    summary = summarize(header)
-    certificate = read_certificate(header)
+    file = load(args.gguf, check=False, whole=True)  # any GGUF, even one the check refuses
     if args.json:
-        print(json.dumps({"metadata": summary.metadata, "tensor_types": summary.tensor_types,
-                          "tensor_bytes": summary.tensor_bytes,
-                          "certificate": certificate.as_dict() if certificate else None}, indent=2, ensure_ascii=False))
-        return 0
-    meta = summary.metadata
-    print(f"file          {args.gguf} ({args.gguf.stat().st_size / 2**20:.1f} MiB)")
-    print(f"architecture  {meta.get(Keys.General.ARCHITECTURE)}   file type {summary.file_type_name}")
-    print(f"pooling       {summary.pooling}   normalize {summary.normalize}   matryoshka {list(summary.matryoshka_dims) or 'none'}")
-    print(f"tokenizer     {meta.get(keys.TOKENIZER_FAMILY, '?')} (pre {meta.get(Keys.Tokenizer.PRE)}), "
-          f"add_bos {meta.get(Keys.Tokenizer.ADD_BOS)}, add_eos {meta.get(Keys.Tokenizer.ADD_EOS)}")
-    if DROPPED_MERGES in meta:
-        print(f"merges        {len(header.metadata.get(Keys.Tokenizer.MERGES, []))}, {meta[DROPPED_MERGES]} of the "
-              "tokenizer's left out (they can never apply)")
-    print("tensor types  " + ", ".join(f"{name} ×{count} ({summary.tensor_bytes[name] / 2**20:.2f} MiB)"
-                                        for name, count in summary.tensor_types.most_common()))
-    if certificate is None:
-        print("certificate   none (files from `granite-gguf release` carry one)")
+        found = certificate.read_certificate(file.header)
+        print(json.dumps({"metadata": file.summary.metadata, "tensor_types": file.summary.tensor_types,
+                          "tensor_bytes": file.summary.tensor_bytes,
+                          "certificate": found.as_dict() if found else None}, indent=2, ensure_ascii=False))
     else:
-        c = certificate
-        print(f"certificate   {c.result}: {c.label} against {c.reference} ({c.checkpoint})")
-        print(f"              {c.probe_set} probe set, {c.probe_texts} texts (sha256 {c.probe_sha256}), "
-              f"token limit {c.token_limit} ({c.texts_cut} cut)")
-        print(f"              token mismatches {c.token_mismatches}, cosine min {c.cosine_min:.7f}, "
-              f"mean {c.cosine_mean:.7f}, threshold {c.threshold}; granite-gguf {c.tool_version}")
-        print(f"              tensor data sha256 {c.tensor_sha256}, metadata sha256 {c.metadata_sha256}")
-        signer = header.metadata.get(SIGNER_KEY)
-        print(f"              signed by key {signer} (`granite-gguf check --public-key` verifies)" if signer else
-              "              unsigned: proves nothing against a forger")
-    print("metadata:")
-    for key, value in meta.items():
-        if not key.startswith(CERTIFICATE_PREFIX):
-            print(f"  {key} = {value}")
+        print(render(file, certificate.describe(file.header)))
     return 0
 
 
@@ -287,21 +254,20 @@ def run_check(args: argparse.Namespace) -> int:
     from gguf import Keys
 
     from granite_gguf.certificate import check_certificate, load_public_key, read_certificate
-    from granite_gguf.convert.check import GGUFCheckError, read_header
-    from granite_gguf.convert.check_cache import checked_header
+    from granite_gguf.gguf_file import GGUFCheckError, load
 
     public_key = load_public_key(args.public_key) if args.public_key else None
     bad = 0
     for path in args.gguf:
         try:
-            checked = checked_header(path, recheck=True)  # checked now, and remembered for the Embedder
+            checked = load(path, whole=True).header  # checked now, and remembered for the Embedder
         except GGUFCheckError as exc:
             bad += 1
             print(f"INVALID {exc}")
             continue
         vocab = len(checked.metadata[Keys.Tokenizer.LIST])
         certificate = read_certificate(checked)
-        verdict = check_certificate(read_header(path), certificate, public_key) if certificate else None
+        verdict = check_certificate(checked, certificate, public_key) if certificate else None
         if verdict is not None and not verdict.ok or verdict is None and public_key is not None:
             bad += 1
             print(f"INVALID {path}: {verdict.note if verdict else 'no certificate, and --public-key asks for a signed one'}")
@@ -313,7 +279,7 @@ def run_check(args: argparse.Namespace) -> int:
 
 
 def run_fixture(args: argparse.Namespace) -> int:
-    from granite_gguf.fixtures import build_fixture
+    from granite_gguf.dev.fixtures import build_fixture
 
     print(f"built {build_fixture(args.name, args.dest)}")
     return 0
@@ -327,7 +293,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from granite_gguf.convert.source import open_checkpoint
     from granite_gguf.convert.types import OutType
     from granite_gguf.convert.writer import convert
-    from granite_gguf.fixtures import build_fixture
+    from granite_gguf.dev.fixtures import build_fixture
     from granite_gguf.verify import compare, run_reference
 
     args.outdir.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import unicodedata
 from functools import lru_cache
 
-from granite_gguf.corpus import cldr_sentences
+from granite_gguf.probe_text import cldr_sentences
 
 CODE = [
     "def embed(texts: list[str]) -> np.ndarray:\n    return model.encode(texts, normalize_embeddings=True)\n",

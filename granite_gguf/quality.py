@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from granite_gguf.convert.inspect import GGUFSummary
-from granite_gguf.corpus import cldr_sentences
+from granite_gguf.gguf_file import GGUFSummary
+from granite_gguf.probe_text import cldr_sentences
 
 N_PASSAGES = 200
 QUERY_EVERY = 4  # a query from every 4th passage: 50 queries

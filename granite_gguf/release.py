@@ -38,31 +38,16 @@ from granite_gguf.certificate import (
     tensor_data_sha256,
     write_certificate,
 )
-from granite_gguf.convert.check import GGUFCheckError, read_header
-from granite_gguf.convert.inspect import summarize
 from granite_gguf.convert.quantize import convert_set
 from granite_gguf.convert.source import open_checkpoint
 from granite_gguf.convert.types import OutType
 from granite_gguf.files import write_atomic
-from granite_gguf.modelfiles.granite_r2 import CONTEXT_LENGTHS
+from granite_gguf.gguf_file import GGUFCheckError, load
+from granite_gguf.models import DEFAULT_SET, by_name
 from granite_gguf.probes import gate_texts, probe_texts
 from granite_gguf.quality import effective_types
 from granite_gguf.verify import Reference, default_threshold, measure, report_of, run_reference, texts_digest
 
-HUB_ORG = "ibm-granite"
-# f16, q8_0 and the recipes on each model's Pareto front of (size, docs/s, cosine mean) in docs/quality.md
-# (full311m, full97m: seeded-noise weights of the real shapes). The English models have no measured
-# table yet: f16 and q8_0. Any other checkpoint gets DEFAULT_SET.
-RECIPES_ON_FRONT = (OutType.Q8_0_EMB_Q4_K, OutType.Q6_K_EMB_Q4_K, OutType.Q4_0_EMB_Q4_0)
-DEFAULT_SET = (OutType.F16, OutType.Q8_0)
-RECOMMENDED: dict[str, tuple[OutType, ...]] = {
-    "granite-embedding-311m-multilingual-r2": DEFAULT_SET + RECIPES_ON_FRONT,
-    # iq4_nl: the 97m's recommended CPU file (blocks llama.cpp repacks; docs/performance.md)
-    "granite-embedding-97m-multilingual-r2": DEFAULT_SET + (OutType.IQ4_NL,) + RECIPES_ON_FRONT,
-    "granite-embedding-english-r2": DEFAULT_SET,
-    "granite-embedding-small-english-r2": DEFAULT_SET,
-}
-assert set(RECOMMENDED) == set(CONTEXT_LENGTHS), "one entry per Granite R2 model"
 PROBE_SETS: dict[str, Callable[[], tuple[str, ...]]] = {"gate": gate_texts, "full": probe_texts}
 
 
@@ -83,11 +68,14 @@ class ReleasedFile:
 
 def hub_id(source: str) -> str:
     """A Granite R2 model name stands for its hub repo id; anything else is passed through."""
-    return f"{HUB_ORG}/{source}" if source in RECOMMENDED else source
+    model = by_name(source)
+    return model.hub_id if model else source
 
 
 def recommended_set(model_name: str) -> list[OutType]:
-    return list(RECOMMENDED.get(model_name, DEFAULT_SET))
+    """The published model's recommended types (granite_gguf.models); any other checkpoint gets the default set."""
+    model = by_name(model_name)
+    return list(model.recommended if model else DEFAULT_SET)
 
 
 def release(source: str, outdir: Path, *, outputs: list[OutType] | None = None, name: str | None = None,
@@ -140,14 +128,15 @@ def certified_files(outdir: Path, identity: str, probes_sha256: str,
     found = []
     for path in sorted(outdir.glob("*.gguf")):
         try:
-            header = read_header(path)
+            file = load(path, check=False, whole=True)
         except GGUFCheckError:
             continue
+        header = file.header
         certificate = read_certificate(header)
         if (certificate is not None and certificate.checkpoint == identity and certificate.probe_sha256 == probes_sha256
                 and certificate.tool_version == __version__):
             proven = signing_key is not None and check_certificate(header, certificate, signing_key.public_key()).ok
-            found.append(ReleasedFile(certificate.label, path, certificate, proven, effective_types(summarize(header))))
+            found.append(ReleasedFile(certificate.label, path, certificate, proven, effective_types(file.summary)))
     return found
 
 
@@ -158,17 +147,17 @@ def certify(label: str, path: Path, reference: Reference, probe_set: str,
         threshold = default_threshold(embedder.header)
         metrics = measure(embedder, reference)
         report = report_of(reference, metrics, path, embedder.summary.file_type_name, threshold)
-        header = embedder.header
+        header, summary = embedder.header, embedder.summary
     certificate = new_certificate(
         label=label, reference=reference.source, checkpoint=reference.checkpoint_id, probe_set=probe_set,
         probe_sha256=reference.texts_digest, probe_texts=report.n_texts, token_limit=report.token_limit,
         texts_cut=len(report.truncated_texts), token_mismatches=report.token_mismatches,
         cosine_min=report.cosine_min, cosine_mean=report.cosine_mean, threshold=threshold,
         result="PASS" if report.passed else "FAIL", tensor_sha256=tensor_data_sha256(header),
-        metadata_sha256=metadata_sha256(read_header(path)),
+        metadata_sha256=metadata_sha256(load(path, check=False, whole=True).header),
     )
     write_certificate(path, certificate, signing_key)
-    return ReleasedFile(label, path, certificate, False, effective_types(summarize(header)))
+    return ReleasedFile(label, path, certificate, False, effective_types(summary))
 
 
 def install(path: Path, store_name: str, models_dir: Path | None) -> str:

@@ -24,13 +24,13 @@ from typing import cast
 import numpy as np
 
 from granite_gguf.bindings.embedder import Embedder, cut_tokens
-from granite_gguf.convert.check import CheckedFile
-from granite_gguf.convert.inspect import summarize
-from granite_gguf.convert.modern_bert import ModernBertSpec
+from granite_gguf.convert.architecture import for_config
 from granite_gguf.convert.quantize import written_type
 from granite_gguf.convert.source import Checkpoint, open_checkpoint
 from granite_gguf.convert.tokenizer import template_specials
 from granite_gguf.errors import UserError
+from granite_gguf.gguf_file import Header
+from granite_gguf.gguf_file.summary import summarize
 from granite_gguf.probes import probe_texts
 
 REFERENCE_BATCH = 8  # sequences per PyTorch forward pass
@@ -76,7 +76,7 @@ def texts_digest(texts: Sequence[str]) -> str:
 def token_limit(ckpt: Checkpoint, max_tokens: int | None = None) -> int:
     """The longest input both sides take: the context the GGUF gets, the sentence-transformers
     `max_seq_length`, and `max_tokens` if given."""
-    limits = [ModernBertSpec.from_checkpoint(ckpt).context_length]
+    limits = [for_config(ckpt.config).read_spec(ckpt, ()).context_length]
     st_config = ckpt.root / "sentence_bert_config.json"
     if st_config.is_file():
         max_seq_length = json.loads(st_config.read_text()).get("max_seq_length")
@@ -231,13 +231,13 @@ def report_of(reference: Reference, metrics: Metrics, gguf_path: Path, file_type
     )
 
 
-def gate_of(header: CheckedFile) -> float | None:
+def gate_of(header: Header) -> float | None:
     """The minimum cosine of the type or recipe the file was written as; None when that type has no gate."""
     output = written_type(header)
     return output.min_cosine if output else None
 
 
-def default_threshold(header: CheckedFile) -> float:
+def default_threshold(header: Header) -> float:
     """The minimum cosine a file must reach (`gate_of`); a UserError when its type has none."""
     gate = gate_of(header)
     if gate is None:

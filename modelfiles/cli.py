@@ -1,4 +1,4 @@
-"""The `modelfile` and `ollama install|list|remove` commands; granite_gguf.cli registers them with `add_commands`."""
+"""The `modelfile`, `ollama install|list|remove`, `push` and `pull` commands; granite_gguf.cli registers them with `add_commands`."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
+from granite_gguf.cli_options import add_insecure, add_models_dir
 from granite_gguf.errors import UserError
 
 
@@ -30,8 +31,19 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     remove = store_commands.add_parser("remove", help="remove a model and the blobs only it uses")
     remove.add_argument("name")
     remove.set_defaults(run=run_remove)
-    for command in (install, listing, remove):
-        command.add_argument("--models-dir", type=Path, help="the store (default: $OLLAMA_MODELS or ~/.ollama/models)")
+
+    push = commands.add_parser("push", help="upload a model from the ollama store to a registry")
+    push.add_argument("name", help="the model in the store: [host/][namespace/]model[:tag]")
+    push.add_argument("target", help="[http[s]://]host:port/namespace/model:tag")
+    push.set_defaults(run=run_push)
+    pull = commands.add_parser("pull", help="download a model from a registry into the ollama store")
+    pull.add_argument("target", help="[http[s]://]host:port/namespace/model:tag")
+    pull.add_argument("--name", help="store it under this name (default: TARGET, as ollama does)")
+    pull.set_defaults(run=run_pull)
+    for command in (push, pull):
+        add_insecure(command)
+    for command in (install, listing, remove, push, pull):
+        add_models_dir(command)
 
 
 def run_modelfile(args: argparse.Namespace) -> int:
@@ -82,6 +94,22 @@ def run_remove(args: argparse.Namespace) -> int:
 
     remove(args.name, args.models_dir)
     print(f"deleted '{args.name}'")
+    return 0
+
+
+def run_push(args: argparse.Namespace) -> int:
+    from granite_gguf.modelfiles.registry import push
+
+    push(args.name, args.target, args.models_dir, args.insecure)
+    print(f"pushed {args.name} to {args.target}")
+    return 0
+
+
+def run_pull(args: argparse.Namespace) -> int:
+    from granite_gguf.modelfiles.registry import pull
+
+    pull(args.target, args.models_dir, args.insecure, args.name)
+    print(f"pulled {args.target}" + (f" as {args.name}" if args.name else ""))
     return 0
 
 

@@ -1,4 +1,4 @@
-"""The Modelfiles shipped in modelfiles/granite-r2/, generated from the models' published facts (docs/architecture.md, "The models").
+"""The Modelfiles shipped in modelfiles/granite-r2/, generated from the models' published facts (granite_gguf.models).
 
 Regenerate after changing the generator: `python -m granite_gguf.modelfiles.granite_r2`.
 """
@@ -8,14 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from granite_gguf.modelfiles.modelfile import ModelFacts, embedding_modelfile
+from granite_gguf.models import DEFAULT_SET, MODELS
 
-CONTEXT_LENGTHS = {
-    "granite-embedding-311m-multilingual-r2": 32768,
-    "granite-embedding-97m-multilingual-r2": 32768,
-    "granite-embedding-english-r2": 8192,
-    "granite-embedding-small-english-r2": 8192,
-}
-FILE_TYPES = ("f16", "q8_0")
 LICENSE = "apache-2.0"
 FOLDER = Path(__file__).parent / "granite-r2"
 
@@ -23,11 +17,11 @@ FOLDER = Path(__file__).parent / "granite-r2"
 def shipped_modelfiles() -> dict[str, str]:
     """File name → text of every shipped Modelfile; FROM names ./<model>-<type>.gguf beside the Modelfile."""
     files = {}
-    for model, context in CONTEXT_LENGTHS.items():
-        for file_type in FILE_TYPES:
-            converter = f"granite-gguf convert ibm-granite/{model} --outtype {file_type}"
-            facts = ModelFacts(model, context, file_type, LICENSE, pooling="CLS", converter=converter)
-            files[f"{model}-{file_type}.Modelfile"] = embedding_modelfile(facts).render()
+    for model in MODELS:
+        for file_type in (outtype.label for outtype in DEFAULT_SET):
+            converter = f"granite-gguf convert {model.hub_id} --outtype {file_type}"
+            facts = ModelFacts(model.name, model.context_length, file_type, LICENSE, pooling="CLS", converter=converter)
+            files[f"{model.name}-{file_type}.Modelfile"] = embedding_modelfile(facts).render()
     return files
 
 

@@ -22,10 +22,10 @@ import numpy as np
 from gguf import Keys
 
 from granite_gguf.convert import keys
-from granite_gguf.convert.inspect import GGUFSummary, read_summary
 from granite_gguf.convert.types import OutType
 from granite_gguf.errors import UserError
 from granite_gguf.files import open_regular
+from granite_gguf.gguf_file import GGUFSummary, load
 from granite_gguf.modelfiles.gotemplate import template_error
 
 # Accepted by every ollama server; generated Modelfiles use only FROM, PARAMETER, LICENSE and comments.
@@ -473,6 +473,6 @@ def embedding_modelfile(facts: ModelFacts, source: str | None = None) -> Modelfi
 
 def generate_modelfile(gguf_path: Path, modelfile_path: Path) -> str:
     """The Modelfile text for `gguf_path`, to be saved at `modelfile_path` (FROM is relative to its folder)."""
-    facts = ModelFacts.from_summary(read_summary(gguf_path))
+    facts = ModelFacts.from_summary(load(gguf_path, check=False).summary)
     relative = Path(os.path.relpath(gguf_path.resolve(), modelfile_path.resolve().parent)).as_posix()
     return embedding_modelfile(facts, relative if relative.startswith("../") else f"./{relative}").render()

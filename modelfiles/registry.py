@@ -12,7 +12,6 @@ under its final name; a partial download stays for the next pull.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -32,7 +31,7 @@ from granite_gguf.files import parse_json
 if TYPE_CHECKING:
     import requests
 
-# requests and the store (which imports gguf) load on first use: the CLI imports this module at start.
+# requests and the store (which imports gguf) load on first use.
 
 # ollama's part sizes (server/download.go: numDownloadParts, minDownloadPartSize, maxDownloadPartSize; MB = 10**6).
 PARTS, MIN_PART, MAX_PART = 16, 100 * 10**6, 1000 * 10**6
@@ -54,32 +53,6 @@ _REDIRECTS = (301, 302, 303, 307, 308)  # the statuses Go's http.Client follows
 _TIMEOUT = (10, 30)  # connect, read (seconds)
 
 
-def add_registry_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    push_command = commands.add_parser("push", help="upload a model from the ollama store to a registry")
-    push_command.add_argument("name", help="the model in the store: [host/][namespace/]model[:tag]")
-    push_command.add_argument("target", help="[http[s]://]host:port/namespace/model:tag")
-    push_command.set_defaults(run=run_push)
-    pull_command = commands.add_parser("pull", help="download a model from a registry into the ollama store")
-    pull_command.add_argument("target", help="[http[s]://]host:port/namespace/model:tag")
-    pull_command.add_argument("--name", help="store it under this name (default: TARGET, as ollama does)")
-    pull_command.set_defaults(run=run_pull)
-    for command in (push_command, pull_command):
-        command.add_argument("--insecure", action="store_true", help="plain http instead of https")
-        command.add_argument("--models-dir", type=Path, help="the store (default: $OLLAMA_MODELS or ~/.ollama/models)")
-
-
-def run_push(args: argparse.Namespace) -> int:
-    push(args.name, args.target, args.models_dir, args.insecure)
-    print(f"pushed {args.name} to {args.target}")
-    return 0
-
-
-def run_pull(args: argparse.Namespace) -> int:
-    pull(args.target, args.models_dir, args.insecure, args.name)
-    print(f"pulled {args.target}" + (f" as {args.name}" if args.name else ""))
-    return 0
-
-
 def push(name: str, target: str, models_dir: Path | None, insecure: bool) -> None:
     """Upload `name`'s blobs that the registry lacks, then its manifest bytes as they are in the store."""
     from granite_gguf.modelfiles.store import (
@@ -96,8 +69,8 @@ def push(name: str, target: str, models_dir: Path | None, insecure: bool) -> Non
     if not path.is_file():
         raise UserError(f"model '{name}' not found in {root}")
     manifest = path.read_bytes()
-    registry = _Registry(target, insecure)
-    for entry in _unique(manifest_entries(path)):
+    registry = Registry(target, insecure)
+    for entry in one_per_digest(manifest_entries(path)):
         blob = root / "blobs" / blob_file_name(entry["digest"])
         if not blob.is_file():
             raise UserError(f"{blob}: missing from the store (named by {path})")
@@ -108,7 +81,7 @@ def push(name: str, target: str, models_dir: Path | None, insecure: bool) -> Non
         if not location:
             raise UserError(f"registry {registry.host}: upload started without a Location header")
         with blob.open("rb") as data:
-            registry.request("PUT", _with_digest(urljoin(registry.base, location), entry["digest"]), ok=(201,),
+            registry.request("PUT", registry.upload_url(location, entry["digest"]), ok=(201,),
                              data=data, headers={"Content-Type": "application/octet-stream",
                                                  "Content-Length": str(blob.stat().st_size)})
     registry.request("PUT", f"manifests/{registry.name.tag}", ok=(201,), data=manifest,
@@ -129,7 +102,7 @@ def pull(target: str, models_dir: Path | None, insecure: bool, name: str | None 
 
     root = models_dir_or_default(models_dir)
     local = ModelName.parse(name or target)
-    registry = _Registry(target, insecure)
+    registry = Registry(target, insecure)
     response = registry.request("GET", f"manifests/{registry.name.tag}", ok=(200,),
                                 headers={"Accept": MANIFEST_MEDIA_TYPE}, missing=f"manifest {target} not found")
     with response:
@@ -137,7 +110,7 @@ def pull(target: str, models_dir: Path | None, insecure: bool, name: str | None 
     sent = response.headers.get("Docker-Content-Digest")
     if sent and sent != f"sha256:{hashlib.sha256(manifest).hexdigest()}":
         raise UserError(f"{target}: manifest does not match the registry's digest {sent}")
-    entries = _unique(_manifest_entries(manifest, target))
+    entries = one_per_digest(parse_manifest(manifest, target))
     blobs = root / "blobs"
     blobs.mkdir(parents=True, exist_ok=True)
     _check_free_space(blobs, entries)
@@ -205,7 +178,7 @@ def _check_free_space(blobs: Path, entries: list[dict[str, Any]]) -> None:
         raise UserError(f"{blobs}: {needed} bytes to download, {free} free")
 
 
-def _manifest_entries(manifest: bytes, target: str) -> list[dict[str, Any]]:
+def parse_manifest(manifest: bytes, target: str) -> list[dict[str, Any]]:
     """The config and layers of a Docker v2 schema-2 manifest, digests and sizes checked before any use."""
     from granite_gguf.modelfiles.store import (
         CONFIG_MEDIA_TYPE,
@@ -246,7 +219,7 @@ def _manifest_entries(manifest: bytes, target: str) -> list[dict[str, Any]]:
     return entries
 
 
-def _download(registry: _Registry, entry: dict[str, Any], blobs: Path) -> None:
+def _download(registry: Registry, entry: dict[str, Any], blobs: Path) -> None:
     """One blob as ollama's pull fetches it (server/download.go): its URL from the registry's redirect, then
     parallel Range parts into `<blob>-partial`, each part's progress in `<blob>-partial-N` (ollama's own JSON, so
     either tool resumes the other's download); sha256 and size checked, renamed into place."""
@@ -338,7 +311,7 @@ def _parts(partial: Path, size: int) -> list[_Part]:
     return parts
 
 
-def _fetch_part(registry: _Registry, url: str, fd: int, part: _Part, partial: Path, stop: threading.Event) -> None:
+def _fetch_part(registry: Registry, url: str, fd: int, part: _Part, partial: Path, stop: threading.Event) -> None:
     """The rest of one part by a Range request, written at its offset, until done or `stop`; its record saved as it
     goes and at the end."""
     import requests
@@ -366,17 +339,12 @@ def _fetch_part(registry: _Registry, url: str, fd: int, part: _Part, partial: Pa
         raise UserError(f"blob part {part.n} from {urlsplit(url).netloc}: the download ended early at byte {start}")
 
 
-def _unique(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def one_per_digest(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A manifest's entries with each blob once (a config and a layer may share a digest)."""
     return list({entry["digest"]: entry for entry in entries}.values())
 
 
-def _with_digest(url: str, digest: str) -> str:
-    parts = urlsplit(url)
-    query = f"{parts.query}&digest={digest}" if parts.query else f"digest={digest}"
-    return urlunsplit(parts._replace(query=query))
-
-
-class _Registry:
+class Registry:
     """One repository `<ns>/<model>` on a registry; request() turns every failure into a one-line UserError."""
 
     def __init__(self, target: str, insecure: bool) -> None:
@@ -396,6 +364,13 @@ class _Registry:
         self.base = f"{'http' if insecure else 'https'}://{self.host}/v2/{self.name.namespace}/{self.name.model}/"
         self.insecure = insecure
         self.session = requests.Session()
+
+    def upload_url(self, location: str, digest: str) -> str:
+        """Where the monolithic PUT of a blob goes: the upload `location` the registry gave (relative to the
+        repository), its query (the registry's state) kept, `digest=` added."""
+        parts = urlsplit(urljoin(self.base, location))
+        query = f"{parts.query}&digest={digest}" if parts.query else f"digest={digest}"
+        return urlunsplit(parts._replace(query=query))
 
     def request(self, method: str, path: str, ok: tuple[int, ...], missing: str | None = None,
                 session: requests.Session | None = None, **kwargs: Any) -> requests.Response:

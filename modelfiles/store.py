@@ -19,11 +19,9 @@ from typing import Any, BinaryIO
 
 from gguf import Keys
 
-from granite_gguf.convert.check import check_gguf
-from granite_gguf.convert.check_cache import checked_header
-from granite_gguf.convert.inspect import GGUFSummary, summarize
 from granite_gguf.errors import UserError
 from granite_gguf.files import held, open_regular, parse_json, sha256_of_file, write_atomic
+from granite_gguf.gguf_file import GGUFSummary, load
 from granite_gguf.modelfiles.modelfile import (
     ModelFacts,
     Modelfile,
@@ -120,7 +118,7 @@ def validate_blob(media_type: str, path: Path) -> None:
     """A pulled blob is what its media type says before it enters the store: the model layer passes `granite-gguf
     check`, the config and params are JSON objects, the text layers UTF-8."""
     if media_type == MODEL_MEDIA_TYPE:
-        check_gguf(path)
+        load(path, whole=True)  # checked afresh
         return
     with open_regular(path) as handle:
         data = handle.read()
@@ -140,13 +138,13 @@ def install(source: Path, name: str, models_dir: Path | None = None) -> StoredMo
     root = models_dir_or_default(models_dir)
     if _is_gguf(source):
         # Validated before storing: ollama runs llama.cpp, which aborts on some malformed files.
-        gguf, summary = source, summarize(checked_header(source))
+        gguf, summary = source, load(source).summary
         modelfile = embedding_modelfile(ModelFacts.from_summary(summary), str(source))
     else:
         modelfile = load_modelfile(source)
         _refuse_unsupported(modelfile, source)
         gguf = _gguf_of(modelfile, source)
-        summary = summarize(checked_header(gguf))
+        summary = load(gguf).summary
     blobs = root / "blobs"
     path = manifest_file_path(root, model_name)
     with store_lock(root):
@@ -155,10 +153,10 @@ def install(source: Path, name: str, models_dir: Path | None = None) -> StoredMo
                    for value in _text_values(modelfile, keyword)]
         params = modelfile.parameters()
         if params:
-            layers.append(_put_bytes(blobs, PARAMS_MEDIA_TYPE, _go_json(params)))
-        config = _put_bytes(blobs, CONFIG_MEDIA_TYPE, _go_json(_config(summary, layers)))
+            layers.append(_put_bytes(blobs, PARAMS_MEDIA_TYPE, go_json(params)))
+        config = _put_bytes(blobs, CONFIG_MEDIA_TYPE, go_json(_config(summary, layers)))
         manifest = {"schemaVersion": 2, "mediaType": MANIFEST_MEDIA_TYPE, "config": config, "layers": layers}
-        data = _go_json(manifest)
+        data = go_json(manifest)
         write_atomic(path, lambda out: out.write(data))
         return _stored(model_name, path)
 
@@ -242,7 +240,7 @@ def parameter_size(parameters: int) -> str:
     return f"{parameters / 1000:.0f}K" if parameters >= 1000 else str(parameters)
 
 
-def _go_json(value: Any) -> bytes:
+def go_json(value: Any) -> bytes:
     """JSON as Go's json.Encoder writes it: compact, UTF-8, HTML characters escaped, one trailing newline; floats are
     api.Options float32s, printed as Go prints a float32 (go_float32_json)."""
     return (_go_encode(value) + "\n").encode()

@@ -85,7 +85,7 @@ class ColdRuns:
 def cold_start(checkpoint: Path, ggufs: dict[str, Path], rounds: int, threads: int) -> list[str]:
     """Whole-process time to the first vector, wall time and peak RSS, one sentence, rounds interleaved. Each GGUF
     twice: a first run (an empty cache folder each round, so the file is checked) and a later run (its
-    check remembered by an untimed `granite-gguf check` beforehand, convert/check_cache.py)."""
+    check remembered by an untimed `granite-gguf check` beforehand, granite_gguf/gguf_file/remembered.py)."""
     sentence = "A sentence to embed, as a one-shot command would."
     one_shot = ("import sys\nfrom sentence_transformers import SentenceTransformer\n"
                 "m = SentenceTransformer(sys.argv[1], device='cpu', local_files_only=True)\n"

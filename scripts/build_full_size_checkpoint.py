@@ -1,10 +1,10 @@
-"""Build a deterministic FULL-SIZE random checkpoint with the shapes of a multilingual Granite R2 model.
+"""Build a deterministic FULL-SIZE random checkpoint with the shapes of a Granite R2 model (granite_gguf.models).
 
 For conversion benchmarks (memory, time), never for quality: the weights are seeded noise. The
 tokenizer is the small trained fixture tokenizer of the same family, grown to the real vocabulary
 size with unique filler tokens, each reachable by one extra merge (so the merges list also has a
 realistic length), none holding a newline. Weights are streamed into safetensors in row chunks, never the whole model in
-memory; the 311m shape is written as two shards with a `model.safetensors.index.json`.
+memory; a checkpoint above SHARD_BYTES (the 311m) is written as shards with a `model.safetensors.index.json`.
 Weights are bit-for-bit reproducible; tokenizer.json is as reproducible as `fixtures.train_tokenizer`.
 
     python scripts/build_full_size_checkpoint.py --shape 311m --dest /tmp/full311m
@@ -24,9 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from granite_gguf.convert.modern_bert import Dimensions, layout
+from granite_gguf.convert.architecture import Dimensions
+from granite_gguf.convert.modern_bert import layout
 from granite_gguf.convert.tokenizer import BYTE_PIECES
-from granite_gguf.fixtures import (
+from granite_gguf.dev.fixtures import (
     FIXTURES,
     FixtureShape,
     train_tokenizer,
@@ -34,27 +35,34 @@ from granite_gguf.fixtures import (
     write_sentence_transformers,
     write_tokenizer_files,
 )
+from granite_gguf.models import MODELS, Model
 
 WEIGHT_STD = 0.02
 CHUNK_BYTES = 16 * 1024 * 1024
 
 
+SHARD_BYTES = 1 << 30
+
+
 @dataclass(frozen=True)
 class FullShape:
-    """Real Granite R2 dimensions plus the tiny fixture whose tokenizer family and config style it reuses."""
+    """A published model's real dimensions plus the tiny fixture whose tokenizer family and config style it reuses."""
 
-    fixture: FixtureShape
+    fixture: FixtureShape  # mirrors the model itself
     dims: Dimensions
     vocab: int
-    shards: int
+
+    @property
+    def shards(self) -> int:
+        return -(-sum(4 * int(np.prod(t.shape)) for t in layout(self.dims, self.vocab)) // SHARD_BYTES)
 
 
-SHAPES: dict[str, FullShape] = {
-    "311m": FullShape(dataclasses.replace(FIXTURES["tiny-gemma3"], name="full-311m"),
-                      Dimensions(hidden=768, intermediate=1152, layers=22, heads=12), 262_144, 2),
-    "97m": FullShape(dataclasses.replace(FIXTURES["tiny-o200k"], name="full-97m"),
-                     Dimensions(hidden=384, intermediate=1536, layers=12, heads=12), 180_000, 1),
-}
+def full_shape(model: Model) -> FullShape:
+    fixture = next(shape for shape in FIXTURES.values() if shape.family is model.family)
+    return FullShape(dataclasses.replace(fixture, name=f"full-{model.short}", mirrors=model), model.shape.dims, model.shape.vocab)
+
+
+SHAPES: dict[str, FullShape] = {model.short: full_shape(model) for model in MODELS}
 
 
 def build(shape: FullShape, dest: Path) -> None:

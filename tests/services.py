@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import free_port
+from tests.helpers import free_port
 
 START_TIMEOUT_S = 60.0
 _PR_SET_PDEATHSIG = 1

@@ -17,7 +17,7 @@ from granite_gguf.bindings.embedder import Embedder
 from granite_gguf.convert.source import open_checkpoint
 from granite_gguf.convert.types import OutType
 from granite_gguf.convert.writer import convert
-from tests.conftest import Workspace, cli_command
+from tests.helpers import Workspace, cli_command
 
 DIMS = (48, 32, 16)  # the Matryoshka widths of the served file (its full width is 64)
 COSINE = 0.99999  # f32 file; the server packs inputs differently from a one-by-one reference

@@ -11,7 +11,7 @@ import pytest
 import granite_gguf
 import granite_gguf.bindings
 from granite_gguf.bindings.embedder import Embedder
-from tests.conftest import run_cli_process
+from tests.helpers import run_cli_process
 
 
 def test_embedder_is_importable_from_the_package_and_bindings() -> None:

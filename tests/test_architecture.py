@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from gguf import MODEL_ARCH, MODEL_TENSORS, get_tensor_name_map
 
-from granite_gguf.convert.architecture import for_config, for_gguf
-from granite_gguf.convert.modern_bert import MODERN_BERT, TENSOR_PLAN, Dimensions, ModernBertSpec, layout, tensor_shapes
+from granite_gguf.convert.architecture import Dimensions, for_config, for_gguf
+from granite_gguf.convert.modern_bert import MODERN_BERT, TENSOR_PLAN, ModernBertSpec, layout, tensor_shapes
 from granite_gguf.convert.source import open_checkpoint
 from granite_gguf.errors import UserError
-from tests.conftest import Workspace
+from tests.helpers import Workspace
 
 DIMS = Dimensions(hidden=64, intermediate=96, layers=4, heads=2)
 

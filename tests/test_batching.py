@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 
 from granite_gguf.bindings.batching import Batcher, LimitTooSmall, Options, Overloaded, TooLong
 from granite_gguf.bindings.embedder import Embedder, LongInputs
-from tests.conftest import Workspace
+from tests.helpers import Workspace
 
 pytestmark = pytest.mark.slow
 
@@ -143,3 +144,29 @@ def test_a_full_queue_refuses_instead_of_growing(gguf: Path) -> None:
         assert len(queued.result(timeout=120).vectors) == 8
     finally:
         batcher.close()
+
+
+def test_idle_workers_split_a_burst_between_them(gguf: Path, reference: Embedder) -> None:
+    """A burst queued while both workers wait is shared: no worker takes more than its half, both take work."""
+    taken: list[tuple[str, int]] = []
+    record = threading.Lock()
+
+    def on_batch(inputs: int) -> None:
+        with record:
+            taken.append((threading.current_thread().name, inputs))
+
+    batcher = Batcher([Embedder(gguf, max_tokens=MAX_TOKENS, n_threads=1) for _ in range(2)], on_batch=on_batch)
+    try:
+        deadline = time.monotonic() + 30
+        while batcher.idle_workers < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        jobs = [[f"burst {i}: " + "word " * (5 + i)] for i in range(8)]
+        with batcher._ready:  # the whole burst is queued before either worker wakes
+            futures = [batcher.submit(texts) for texts in jobs]
+        results = [future.result(timeout=120) for future in futures]
+    finally:
+        batcher.close()
+    assert sorted(inputs for _, inputs in taken) == [4, 4], taken
+    assert len({name for name, _ in taken}) == 2
+    for texts, result in zip(jobs, results):
+        assert min_cosine(result.vectors, reference.encode(texts)) > COSINE

@@ -19,9 +19,10 @@ from granite_gguf.certificate import (
     tensor_data_sha256,
     write_certificate,
 )
-from granite_gguf.convert.check import check_gguf, read_header
 from granite_gguf.convert.keys import CERTIFICATE_PREFIX
-from tests.conftest import Workspace, certificate_of, run_cli_process
+from granite_gguf.gguf_file.contract import check_gguf
+from granite_gguf.gguf_file.header import read_header
+from tests.helpers import Workspace, certificate_of, run_cli_process
 
 pytestmark = pytest.mark.slow  # builds a fixture and runs it through llama.cpp
 

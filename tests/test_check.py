@@ -14,10 +14,11 @@ from gguf import GGUFReader
 
 from granite_gguf.bindings.embedder import Embedder
 from granite_gguf.cli import main
-from granite_gguf.convert.check import GGUFCheckError, check_gguf
 from granite_gguf.convert.quantize import quantize_file
 from granite_gguf.convert.types import OutType
-from tests.conftest import Workspace
+from granite_gguf.gguf_file.contract import check_gguf
+from granite_gguf.gguf_file.header import GGUFCheckError
+from tests.helpers import Workspace
 
 
 def damaged_copy(workspace: Workspace, tmp_path: Path, edit: Callable[[GGUFReader], None]) -> Path:

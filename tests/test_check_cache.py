@@ -14,14 +14,15 @@ from gguf import GGUFReader, Keys
 
 from granite_gguf.bindings.embedder import Embedder
 from granite_gguf.cli import main
-from granite_gguf.convert import check_cache
-from granite_gguf.convert.check import CheckedFile, GGUFCheckError, OmittedArray, check_gguf, without_large_arrays
-from granite_gguf.convert.check_cache import checked_header, entry_path
 from granite_gguf.convert.quantize import quantize_file
 from granite_gguf.convert.source import open_checkpoint
 from granite_gguf.convert.types import OutType
 from granite_gguf.convert.writer import convert
-from tests.conftest import Workspace
+from granite_gguf.gguf_file import remembered
+from granite_gguf.gguf_file.contract import check_gguf
+from granite_gguf.gguf_file.header import GGUFCheckError, Header, OmittedArray, without_large_arrays
+from granite_gguf.gguf_file.remembered import checked_header, entry_path
+from tests.helpers import Workspace
 from tests.test_check import duplicate_token
 
 
@@ -43,11 +44,11 @@ def count_checks(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     """The paths `check_gguf` is called on from now on (it still runs)."""
     calls: list[Path] = []
 
-    def counted(path: Path) -> CheckedFile:
-        calls.append(path)
+    def counted(path: Path) -> Header:
+        calls.append(Path(os.path.realpath(path)))  # the file, also when checked through its descriptor
         return check_gguf(path)
 
-    monkeypatch.setattr(check_cache, "check_gguf", counted)
+    monkeypatch.setattr(remembered, "check_gguf", counted)
     return calls
 
 
@@ -97,7 +98,7 @@ def test_another_copy_or_other_rules_are_checked_again(cache: Path, gguf: Path, 
     shutil.copyfile(moved, gguf)
     checked_header(gguf)  # the old path, another inode
     assert checks == [moved, gguf]
-    monkeypatch.setattr(check_cache, "_rules_digest", lambda: "the checker changed")
+    monkeypatch.setattr(remembered, "_rules_digest", lambda: "the checker changed")
     checked_header(gguf)
     assert checks == [moved, gguf, gguf]
 
@@ -130,7 +131,7 @@ def test_a_cache_that_cannot_be_written_is_skipped(tmp_path: Path, gguf: Path, m
 
 def test_only_the_newest_entries_are_kept(cache: Path, gguf: Path, tmp_path: Path,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(check_cache, "MAX_REMEMBERED", 2)
+    monkeypatch.setattr(remembered, "MAX_REMEMBERED", 2)
     copies = [tmp_path / f"copy{i}.gguf" for i in range(3)]
     for index, copy in enumerate(copies):
         shutil.copyfile(gguf, copy)

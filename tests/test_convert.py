@@ -14,13 +14,14 @@ import pytest
 from gguf import GGMLQuantizationType, GGUFReader, TokenType
 from safetensors.numpy import load_file
 
-from granite_gguf.convert.inspect import read_summary
 from granite_gguf.convert.source import open_checkpoint
 from granite_gguf.convert.types import OutType
 from granite_gguf.convert.writer import convert
+from granite_gguf.dev.fixtures import USER_DEFINED_TOKEN
 from granite_gguf.errors import UserError
-from granite_gguf.fixtures import USER_DEFINED_TOKEN
-from tests.conftest import FAMILIES, Workspace
+from granite_gguf.gguf_file import load
+from granite_gguf.models import MULTILINGUAL_311M
+from tests.helpers import FAMILIES, Workspace
 
 EXPECTED_PRE = {"tiny-gemma3": "granite-embed-multi-311m", "tiny-o200k": "granite-embed-multi-97m", "tiny-gpt2": "modern-bert"}
 
@@ -42,7 +43,7 @@ def test_llama_cpp_loads_modern_bert_with_cls_pooling(workspace: Workspace, fami
 @pytest.mark.parametrize("family", FAMILIES)
 def test_metadata(workspace: Workspace, family: str) -> None:
     config = json.loads((workspace.checkpoint(family) / "config.json").read_text())
-    meta = read_summary(workspace.gguf(family, "f16"), with_vocab=True).metadata
+    meta = load(workspace.gguf(family, "f16"), check=False, whole=True).header.metadata
     assert meta["modern-bert.attention.layer_norm_epsilon"] == pytest.approx(1e-5)
     assert meta["modern-bert.rope.freq_base"] == 80_000.0
     assert meta["modern-bert.rope.freq_base_swa"] == 10_000.0
@@ -61,7 +62,7 @@ def test_metadata(workspace: Workspace, family: str) -> None:
 def test_vocab_is_unique_padded_and_typed(workspace: Workspace, family: str) -> None:
     from tokenizers import Tokenizer
 
-    meta = read_summary(workspace.gguf(family, "f32"), with_vocab=True).metadata
+    meta = load(workspace.gguf(family, "f32"), check=False, whole=True).header.metadata
     tokens, types = meta["tokenizer.ggml.tokens"], meta["tokenizer.ggml.token_type"]
     hf = Tokenizer.from_file(str(workspace.checkpoint(family) / "tokenizer.json"))
     n_hf = hf.get_vocab_size(with_added_tokens=True)
@@ -83,7 +84,7 @@ def test_vocab_is_unique_padded_and_typed(workspace: Workspace, family: str) -> 
 
 def test_merges_with_newlines_and_spaces_survive(workspace: Workspace) -> None:
     tokenizer = json.loads((workspace.checkpoint("tiny-gemma3") / "tokenizer.json").read_text())
-    merges = read_summary(workspace.gguf("tiny-gemma3", "f32"), with_vocab=True).metadata["tokenizer.ggml.merges"]
+    merges = load(workspace.gguf("tiny-gemma3", "f32"), check=False, whole=True).header.metadata["tokenizer.ggml.merges"]
     assert merges == [" ".join(m) for m in tokenizer["model"]["merges"]]
     assert any("\n" in m for m in merges), "the fixture must exercise merges containing newlines"
 
@@ -125,7 +126,7 @@ def test_duplicate_token_texts_are_never_written(workspace: Workspace, tmp_path:
                                       "rstrip": False, "normalized": False, "special": True})
     (folder / "tokenizer.json").write_text(json.dumps(tokenizer))
     out = convert(open_checkpoint(str(folder)), tmp_path / "dup.gguf", OutType.F32)
-    tokens = read_summary(out, with_vocab=True).metadata["tokenizer.ggml.tokens"]
+    tokens = load(out, check=False, whole=True).header.metadata["tokenizer.ggml.tokens"]
     assert len(set(tokens)) == len(tokens)
     assert tokens[new_id] == "<0x41>"
     llama_cpp.Llama(str(out), embedding=True, n_ctx=64, verbose=False).close()
@@ -141,7 +142,7 @@ def test_legacy_and_transformers5_configs_give_the_same_file(workspace: Workspac
     del config["global_attn_every_n_layers"]
     (folder / "config.json").write_text(json.dumps(config))
     out = convert(open_checkpoint(str(folder)), tmp_path / "t5.gguf", OutType.F16)
-    ours, theirs = read_summary(out).metadata, read_summary(workspace.gguf("tiny-gpt2", "f16")).metadata
+    ours, theirs = load(out, check=False).summary.metadata, load(workspace.gguf("tiny-gpt2", "f16"), check=False).summary.metadata
     assert {k: v for k, v in ours.items() if k.startswith("modern-bert.")} == {k: v for k, v in theirs.items() if k.startswith("modern-bert.")}
 
 
@@ -227,9 +228,9 @@ sys.exit(main(["convert", {str(workspace.checkpoint("tiny-o200k"))!r}, "-o", {st
 def test_matryoshka_dims_from_option_and_builtin_table(workspace: Workspace, tmp_path: Path) -> None:
     source = workspace.checkpoint("tiny-gemma3")
     out = convert(open_checkpoint(str(source)), tmp_path / "m.gguf", OutType.F16, matryoshka_dims=(32, 64, 16))
-    assert read_summary(out).matryoshka_dims == (64, 32, 16)
-    assert read_summary(workspace.gguf("tiny-gemma3", "f16")).matryoshka_dims == ()
-    named = tmp_path / "granite-embedding-311m-multilingual-r2"
+    assert load(out, check=False).summary.matryoshka_dims == (64, 32, 16)
+    assert load(workspace.gguf("tiny-gemma3", "f16"), check=False).summary.matryoshka_dims == ()
+    named = tmp_path / MULTILINGUAL_311M.name  # a published model's dimensions (granite_gguf.models), too wide for the fixture
     shutil.copytree(source, named)
     with pytest.raises(UserError, match=r"\[768, 512, 384, 256, 128\] must lie in 1..64"):
         convert(open_checkpoint(str(named)), tmp_path / "n.gguf", OutType.F16)
@@ -238,7 +239,7 @@ def test_matryoshka_dims_from_option_and_builtin_table(workspace: Workspace, tmp
 @pytest.mark.slow
 def test_fixtures_are_identical_across_processes(workspace: Workspace, tmp_path: Path) -> None:
     """Tokenizer training must not depend on per-process hash seeds (tie-breaking) or anything else."""
-    script = "import sys; from pathlib import Path; from granite_gguf.fixtures import FIXTURES, build_fixture\n" \
+    script = "import sys; from pathlib import Path; from granite_gguf.dev.fixtures import FIXTURES, build_fixture\n" \
              "[build_fixture(n, Path(sys.argv[1]) / n) for n in FIXTURES]"
     subprocess.run([sys.executable, "-c", script, str(tmp_path)], check=True)
     for name in FAMILIES:

@@ -17,7 +17,7 @@ import pytest
 from granite_gguf.bindings.corpus_job import read_output, run_job
 from granite_gguf.bindings.embedder import Embedder
 from granite_gguf.probes import probe_texts
-from tests.conftest import Workspace, cli_command
+from tests.helpers import Workspace, cli_command
 
 pytestmark = pytest.mark.slow
 

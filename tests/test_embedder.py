@@ -13,7 +13,7 @@ from granite_gguf.convert.types import OutType
 from granite_gguf.convert.writer import convert
 from granite_gguf.errors import UserError
 from granite_gguf.probes import probe_texts
-from tests.conftest import FAMILIES, Workspace
+from tests.helpers import FAMILIES, Workspace
 
 pytestmark = [pytest.mark.slow]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Workspace, run_cli_process
+from tests.helpers import Workspace, run_cli_process
 
 pytestmark = [pytest.mark.slow]
 

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import requests
 
-from tests.conftest import Workspace, run_cli
+from tests.helpers import Workspace, run_cli
 from tests.serving import COSINE, RunningServer, cosines, matryoshka_gguf, served
 
 pytestmark = [pytest.mark.slow]

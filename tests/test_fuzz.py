@@ -27,13 +27,14 @@ from granite_gguf.bindings.batching import Batcher
 from granite_gguf.bindings.embedder import Embedder
 from granite_gguf.bindings.server import parse_json_object
 from granite_gguf.bindings.service import EmbeddingService, RequestError, ServedModel
-from granite_gguf.certificate import key_entries, rewrite_keys
-from granite_gguf.convert.check import GGUFCheckError, check_gguf, read_header
 from granite_gguf.convert.modern_bert import ModernBertSpec
 from granite_gguf.convert.source import open_checkpoint, read_safetensors_header
 from granite_gguf.convert.tokenizer import build_vocab
+from granite_gguf.dev.fixtures import build_fixture
 from granite_gguf.errors import UserError
-from granite_gguf.fixtures import build_fixture
+from granite_gguf.gguf_file.contract import check_gguf
+from granite_gguf.gguf_file.header import GGUFCheckError, read_header
+from granite_gguf.gguf_file.rewrite import key_entries, rewrite_keys
 from granite_gguf.modelfiles import registry
 from granite_gguf.modelfiles.modelfile import check_modelfile
 from granite_gguf.modelfiles.store import (
@@ -207,7 +208,7 @@ def test_registry_manifest(layers: list[dict[str, Any]], config_size: Any, media
                 "config": {"mediaType": CONFIG_MEDIA_TYPE, "digest": "sha256:" + "cd" * 32, "size": config_size}}
     for body in (json.dumps(manifest).encode(), junk, json.dumps(manifest).encode()[: len(junk)]):
         try:
-            entries = registry._manifest_entries(body, "h:1/a/b:c")
+            entries = registry.parse_manifest(body, "h:1/a/b:c")
         except UserError:
             continue
         for entry in entries:

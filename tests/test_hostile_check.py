@@ -15,12 +15,13 @@ import pytest
 from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType
 
 from granite_gguf.bindings.embedder import Embedder, NonFiniteVectorError
-from granite_gguf.certificate import key_entries, rewrite_keys
 from granite_gguf.cli import main
-from granite_gguf.convert.check import GGUFCheckError, check_gguf, read_header
-from granite_gguf.convert.check_cache import checked_file
 from granite_gguf.errors import UserError
-from tests.conftest import Workspace, cli_command
+from granite_gguf.gguf_file import load
+from granite_gguf.gguf_file.contract import check_gguf
+from granite_gguf.gguf_file.header import GGUFCheckError, read_header
+from granite_gguf.gguf_file.rewrite import key_entries, rewrite_keys
+from tests.helpers import Workspace, cli_command
 
 F32, U32, STR, BOOL = GGUFValueType.FLOAT32, GGUFValueType.UINT32, GGUFValueType.STRING, GGUFValueType.BOOL
 ARCH = "modern-bert"
@@ -151,12 +152,32 @@ def test_llama_cpp_loads_the_file_that_was_checked(good: Path, tmp_path: Path, m
     path = tmp_path / "model.gguf"
     shutil.copyfile(good, path)
     bad = with_keys(good, tmp_path / "bad.gguf", {f"{ARCH}.attention.layer_norm_epsilon": (F32, -1.0)})
-    with checked_file(path) as (header, load_path):
+    file = load(path)
+    with file.opened() as load_path:
         os.replace(bad, path)  # the swap, after the check
-        assert header.path == path and load_path.startswith("/proc/self/fd/")
+        assert file.header.path == path and load_path.startswith("/proc/self/fd/")
         assert check_gguf(Path(load_path)).metadata[f"{ARCH}.attention.layer_norm_epsilon"] > 0
     with pytest.raises(GGUFCheckError, match="eps >= 0"):
         check_gguf(path)
+
+
+def test_a_file_swapped_between_load_and_open_is_refused(good: Path, tmp_path: Path) -> None:
+    """`GGUFFile.opened` hands llama.cpp only the version `load` read: another file renamed over it, or the file
+    changed in place, in between is an error, never an unchecked load."""
+    path = tmp_path / "model.gguf"
+    shutil.copyfile(good, path)
+    file = load(path)
+    shutil.copyfile(with_keys(good, tmp_path / "bad.gguf", {f"{ARCH}.attention.layer_norm_epsilon": (F32, -1.0)}),
+                    tmp_path / "swap.gguf")
+    os.replace(tmp_path / "swap.gguf", path)
+    with pytest.raises(GGUFCheckError, match="changed since it was read"), file.opened():
+        pass
+    file = load(path, check=False)
+    with path.open("r+b") as handle:  # in place: same inode
+        handle.seek(0, os.SEEK_END)
+        handle.write(b"\0")
+    with pytest.raises(GGUFCheckError, match="changed since it was read"), file.opened():
+        pass
 
 
 @pytest.mark.slow

@@ -28,12 +28,12 @@ from granite_gguf.certificate import (
     tensor_data_sha256,
     write_certificate,
 )
-from granite_gguf.convert.check import read_header
 from granite_gguf.errors import UserError
+from granite_gguf.gguf_file.header import read_header
 from granite_gguf.modelfiles import store
 from granite_gguf.modelfiles.store import install, list_models, manifest_entries, manifest_file_path, remove
 from granite_gguf.release import certified_files
-from tests.conftest import Workspace, certificate_of, run_cli
+from tests.helpers import Workspace, certificate_of, run_cli
 from tests.test_hostile_check import F32, with_keys
 
 IDENTITY, PROBES = "sha256:" + "ab" * 32, "cd" * 32

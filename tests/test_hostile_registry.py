@@ -23,7 +23,7 @@ from granite_gguf.errors import UserError
 from granite_gguf.modelfiles import registry
 from granite_gguf.modelfiles.registry import pull
 from granite_gguf.modelfiles.store import CONFIG_MEDIA_TYPE, MANIFEST_MEDIA_TYPE, MODEL_MEDIA_TYPE, list_models
-from tests.conftest import Workspace, cli_command, tree
+from tests.helpers import Workspace, cli_command, tree
 from tests.test_hostile_check import F32, with_keys
 
 DEADLINE = 60  # seconds any one pull here may take; the stub's own sockets time out too

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from granite_gguf.convert.check import check_gguf
-from tests.conftest import Workspace, cli_command
+from granite_gguf.gguf_file.contract import check_gguf
+from tests.helpers import Workspace, cli_command
 
 pytestmark = [pytest.mark.slow]
 

@@ -32,14 +32,14 @@ import requests
 from tokenizers import Tokenizer
 
 from granite_gguf.bindings.embedder import Embedder
-from granite_gguf.convert.check import read_header
 from granite_gguf.convert.quantize import convert_set
 from granite_gguf.convert.source import open_checkpoint
 from granite_gguf.convert.types import OutType
+from granite_gguf.gguf_file.header import read_header
 from granite_gguf.modelfiles.modelfile import generate_modelfile, parse_modelfile
 from granite_gguf.probes import CODE, EMOJI, LONG_WORDS, gate_texts, long_text
 from granite_gguf.verify import gate_of
-from tests.conftest import FAMILIES, Workspace, free_port
+from tests.helpers import FAMILIES, Workspace, free_port
 from tests.services import installed_binary, log_tail, started
 
 pytestmark = [pytest.mark.slow, pytest.mark.llama_server]

@@ -1,4 +1,4 @@
-"""The micro-batch rule for MEAN pooling (bindings/embedder.py `micro_batch_size`), on each side.
+"""The micro-batch rule for MEAN pooling (granite_gguf/llama_backend.py `micro_batch_size`), on each side.
 
 llama.cpp 0.3.36 aborts the whole process (GGML_ASSERT in build_pooling) when a MEAN-pooled model's
 context is created with n_ubatch not a multiple of the context's n_seq_max, so every size is tried
@@ -18,14 +18,15 @@ import numpy as np
 import pytest
 from gguf import GGMLQuantizationType
 
-from granite_gguf.bindings.embedder import Embedder, micro_batch_size
+from granite_gguf.bindings.embedder import Embedder
 from granite_gguf.convert.quantize import convert_set
 from granite_gguf.convert.source import open_checkpoint
 from granite_gguf.convert.types import OutType
 from granite_gguf.convert.writer import convert
+from granite_gguf.llama_backend import micro_batch_size
 from granite_gguf.probes import long_text, probe_texts
 from granite_gguf.verify import run_reference
-from tests.conftest import Workspace
+from tests.helpers import Workspace
 from tests.mutations import mutated_copy
 
 # llama-cpp-python's own context (n_seq_max = min(n_batch, 256)); prints "ok" once a vector came back.
@@ -41,9 +42,10 @@ SAMPLE = 96  # probe texts for the layout comparison (several micro-batches of 2
 EMBEDDER_CONTEXT = """
 import sys
 from llama_cpp._internals import LlamaContext
-from granite_gguf.bindings.embedder import Embedder, context_params
-embedder = Embedder(sys.argv[1])
-LlamaContext(model=embedder._llama._model, params=context_params(embedder._llama, int(sys.argv[2])), verbose=False)
+from granite_gguf.bindings.embedder import Embedder
+from granite_gguf.llama_backend import context_params
+llama = Embedder(sys.argv[1])._model._llama
+LlamaContext(model=llama._model, params=context_params(llama, int(sys.argv[2])), verbose=False)
 print("ok")
 """
 

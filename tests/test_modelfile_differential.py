@@ -22,7 +22,7 @@ from granite_gguf.errors import UserError
 from granite_gguf.modelfiles.granite_r2 import shipped_modelfiles
 from granite_gguf.modelfiles.modelfile import check_modelfile, generate_modelfile, read_modelfile
 from granite_gguf.modelfiles.store import ModelName, install, manifest_file_path
-from tests.conftest import FAMILIES, Workspace
+from tests.helpers import FAMILIES, Workspace
 from tests.modelfile_cases import CASES, DIFFERENCES, Case
 from tests.services import Ollama, ollama_server
 

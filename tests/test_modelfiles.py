@@ -9,7 +9,7 @@ import pytest
 
 from granite_gguf import __version__
 from granite_gguf.errors import UserError
-from granite_gguf.modelfiles.granite_r2 import CONTEXT_LENGTHS, FILE_TYPES, FOLDER, shipped_modelfiles
+from granite_gguf.modelfiles.granite_r2 import FOLDER, shipped_modelfiles
 from granite_gguf.modelfiles.modelfile import (
     DEPRECATED_PARAMETERS,
     Instruction,
@@ -22,7 +22,8 @@ from granite_gguf.modelfiles.modelfile import (
     parse_modelfile,
     read_modelfile,
 )
-from tests.conftest import Workspace, run_cli
+from granite_gguf.models import DEFAULT_SET, MODELS, by_name
+from tests.helpers import Workspace, run_cli
 
 VALID = '\ufeff' + """# provenance comment
    # an indented comment is a comment too
@@ -183,15 +184,16 @@ def test_value_with_three_quotes_cannot_be_written() -> None:
 
 def test_shipped_modelfiles_are_the_generators_output() -> None:
     expected = shipped_modelfiles()
-    assert sorted(expected) == sorted(f"{m}-{t}.Modelfile" for m in CONTEXT_LENGTHS for t in FILE_TYPES)
+    assert sorted(expected) == sorted(f"{m.name}-{t.label}.Modelfile" for m in MODELS for t in DEFAULT_SET)
     assert sorted(path.name for path in FOLDER.iterdir()) == sorted(expected)
     for name, text in expected.items():
         assert (FOLDER / name).read_text(encoding="utf-8") == text, f"regenerate: python -m granite_gguf.modelfiles.granite_r2 ({name})"
         assert check_modelfile(text) == []
         modelfile, _ = parse_modelfile(text)
-        model = name.rsplit("-", 1)[0]
+        model = by_name(name.rsplit("-", 1)[0])
+        assert model is not None, name
         assert modelfile.values("FROM") == [f"./{name.removesuffix('.Modelfile')}.gguf"]
-        assert modelfile.parameters() == {"num_batch": CONTEXT_LENGTHS[model], "num_ctx": CONTEXT_LENGTHS[model]}
+        assert modelfile.parameters() == {"num_batch": model.context_length, "num_ctx": model.context_length}
         assert modelfile.values("LICENSE") == ["apache-2.0"] and 'LICENSE """apache-2.0"""' in text
 
 
@@ -270,10 +272,10 @@ def test_an_unclosed_triple_quote_is_parsed_in_linear_time() -> None:
 
 def test_float_parameters_are_stored_as_ollama_stores_them() -> None:
     """The params blob ollama 0.5.4 wrote for these lines (float32, printed the Go way): see the differential."""
-    from granite_gguf.modelfiles.store import _go_json
+    from granite_gguf.modelfiles.store import go_json
 
     text = "FROM x.gguf\nPARAMETER num_ctx 512\nPARAMETER temperature 0.1234567891\nPARAMETER top_p 1e-07\n"
-    assert _go_json(parse_modelfile(text)[0].parameters()) == b'{"num_ctx":512,"temperature":0.12345679,"top_p":1e-7}\n'
+    assert go_json(parse_modelfile(text)[0].parameters()) == b'{"num_ctx":512,"temperature":0.12345679,"top_p":1e-7}\n'
 
 
 @pytest.mark.parametrize("line, value, dropped", [

@@ -18,7 +18,7 @@ import pytest
 from granite_gguf.bindings.embedder import Embedder
 from granite_gguf.files import cache_dir
 from granite_gguf.probes import long_text
-from tests.conftest import Workspace
+from tests.helpers import Workspace
 
 pytestmark = [pytest.mark.slow, pytest.mark.download]
 

@@ -22,7 +22,7 @@ from granite_gguf.modelfiles.granite_r2 import shipped_modelfiles
 from granite_gguf.modelfiles.modelfile import generate_modelfile
 from granite_gguf.modelfiles.registry import pull, push
 from granite_gguf.modelfiles.store import ModelName, install, manifest_file_path
-from tests.conftest import FAMILIES, Workspace, tree
+from tests.helpers import FAMILIES, Workspace, tree
 from tests.services import Ollama, ollama_server, start_registry
 
 pytestmark = [pytest.mark.slow, pytest.mark.ollama]

@@ -13,7 +13,7 @@ from granite_gguf.errors import UserError
 from granite_gguf.modelfiles import store
 from granite_gguf.modelfiles.modelfile import generate_modelfile
 from granite_gguf.modelfiles.store import LOCK_FILE, ModelName, install, list_models, remove
-from tests.conftest import Workspace, run_cli, tree
+from tests.helpers import Workspace, run_cli, tree
 
 MEDIA = "application/vnd.ollama.image."
 

@@ -21,7 +21,7 @@ from packaging.utils import canonicalize_name
 
 import granite_gguf
 from granite_gguf.errors import EXTRA_OF_MODULE
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())

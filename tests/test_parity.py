@@ -7,7 +7,7 @@ import pytest
 from granite_gguf.convert.types import OutType
 from granite_gguf.probes import probe_texts, scripts_covered
 from granite_gguf.verify import compare
-from tests.conftest import FAMILIES, Workspace
+from tests.helpers import FAMILIES, Workspace
 
 OUTTYPES = {"f32": "ALL_F32", "f16": "MOSTLY_F16", "bf16": "MOSTLY_BF16", "q8_0": "MOSTLY_Q8_0"}
 

@@ -15,7 +15,7 @@ from granite_gguf.convert.types import OutType
 from granite_gguf.errors import UserError
 from granite_gguf.quality import ndcg_at_k, pareto_front, retrieval_agreement, top_k_overlap
 from granite_gguf.verify import compare
-from tests.conftest import Workspace
+from tests.helpers import Workspace
 
 FAMILY = "tiny-gemma3"  # mirrors the 311m, whose token embedding table is 2/3 of its parameters
 LABELS = ["q6_k", "q5_k_m", "q4_k_m", "q4_k_s", "q4_0", "iq4_nl", "q8_0+emb_q4_k", "q4_0+emb_q4_0"]

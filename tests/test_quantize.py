@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 from granite_gguf.bindings.embedder import Embedder
-from granite_gguf.convert.inspect import read_summary
 from granite_gguf.convert.quantize import convert_set
 from granite_gguf.convert.source import open_checkpoint
 from granite_gguf.convert.types import OutType
+from granite_gguf.gguf_file import load
 from granite_gguf.verify import compare
-from tests.conftest import Workspace
+from tests.helpers import Workspace
 
 pytestmark = [pytest.mark.slow]
 
@@ -27,7 +27,7 @@ def test_quant_set_loads_and_names_are_truthful(workspace: Workspace, tmp_path: 
     assert [r.output for r in results] == outputs
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(r.path.name for r in results), "no temporary files left"
     for result in results:
-        summary = read_summary(result.path)
+        summary = load(result.path, check=False).summary
         weights = {t: n for t, n in summary.tensor_elements.items() if t != "F32"}
         assert result.dominant_type.name == max(weights, key=weights.__getitem__)
         assert result.truthful == (result.path.name == f"tiny-{result.output.label}.gguf")
@@ -49,7 +49,7 @@ def test_quant_set_shows_a_progress_bar_per_file(workspace: Workspace, tmp_path:
     err = capsys.readouterr().err.replace("\r", "\n")
     assert "tiny (f32, read once): 100%" in err
     for result in results:
-        tensors = sum(read_summary(result.path).tensor_types.values())
+        tensors = sum(load(result.path, check=False).summary.tensor_types.values())
         assert f"tiny-{result.output.label}.gguf: 100%|" in err and f"| {tensors}/{tensors} [" in err
 
 

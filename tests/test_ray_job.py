@@ -17,7 +17,7 @@ import pytest
 from granite_gguf.bindings.corpus_job import read_output, run_job
 from granite_gguf.bindings.ray_job import IO_CPUS, plan
 from granite_gguf.errors import UserError
-from tests.conftest import Workspace, cli_command
+from tests.helpers import Workspace, cli_command
 from tests.test_corpus_job import corpus_texts
 
 COSINE = 0.99999  # f32 file

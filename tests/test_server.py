@@ -19,7 +19,7 @@ import requests
 from pydantic import SecretStr
 
 from granite_gguf.bindings.embedder import Embedder
-from tests.conftest import Workspace, cli_command
+from tests.helpers import Workspace, cli_command
 from tests.serving import COSINE, DIMS, MAX_TOKENS, RunningServer, cosines, matryoshka_gguf, running_server, served
 
 pytestmark = [pytest.mark.slow]

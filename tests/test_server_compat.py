@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 import requests
 
-from tests.conftest import Workspace
+from tests.helpers import Workspace
 from tests.serving import COSINE, MAX_TOKENS, RunningServer, matryoshka_gguf, served
 
 pytestmark = [pytest.mark.slow]

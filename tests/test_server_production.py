@@ -17,7 +17,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from granite_gguf.bindings.embedder import Embedder
-from tests.conftest import Workspace
+from tests.helpers import Workspace
 from tests.serving import COSINE, MAX_TOKENS, RunningServer, cosines, matryoshka_gguf, running_server
 
 pytestmark = [pytest.mark.slow]

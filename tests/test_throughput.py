@@ -8,7 +8,7 @@ import pytest
 from tokenizers import Tokenizer
 
 from granite_gguf.throughput import Bench, Kind, Runner, count_tokens, make_documents
-from tests.conftest import Workspace
+from tests.helpers import Workspace
 
 FAMILY = "tiny-gemma3"
 

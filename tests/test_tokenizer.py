@@ -7,7 +7,16 @@ from typing import Any
 import pytest
 from gguf import TokenType
 
-from granite_gguf.convert.tokenizer import O200K_SPLIT_REGEX, SPACE_ESCAPE, TokenizerFamily, build_vocab, detect_family
+from granite_gguf.convert.tokenizer import (
+    GEMMA3,
+    GPT2,
+    O200K,
+    O200K_SPLIT_REGEX,
+    SPACE_ESCAPE,
+    TokenizerFamily,
+    build_vocab,
+    detect_family,
+)
 from granite_gguf.errors import UserError
 
 BYTE_LEVEL = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
@@ -23,12 +32,12 @@ def tokenizer(normalizer: Any = None, pre: Any = None, **model: Any) -> dict[str
 
 
 @pytest.mark.parametrize(("structure", "family"), [
-    (tokenizer(SPACE_TO_ESCAPE, byte_fallback=True), TokenizerFamily.GEMMA3),
+    (tokenizer(SPACE_TO_ESCAPE, byte_fallback=True), GEMMA3),
     (tokenizer({"type": "Sequence", "normalizers": [SPACE_TO_ESCAPE]}, {"type": "Split", "pattern": {"String": " "}},
-               byte_fallback=True), TokenizerFamily.GEMMA3),
-    (tokenizer(None, BYTE_LEVEL), TokenizerFamily.GPT2),
-    (tokenizer(None, {"type": "Sequence", "pretokenizers": [BYTE_LEVEL]}), TokenizerFamily.GPT2),
-    (tokenizer(None, O200K_PRE, ignore_merges=True), TokenizerFamily.O200K),
+               byte_fallback=True), GEMMA3),
+    (tokenizer(None, BYTE_LEVEL), GPT2),
+    (tokenizer(None, {"type": "Sequence", "pretokenizers": [BYTE_LEVEL]}), GPT2),
+    (tokenizer(None, O200K_PRE, ignore_merges=True), O200K),
 ])
 def test_families_are_recognised_by_structure(structure: dict[str, Any], family: TokenizerFamily) -> None:
     assert detect_family(structure) is family
@@ -71,7 +80,7 @@ def small_gpt2(merges: list[Any]) -> dict[str, Any]:
 
 def test_vocab_types_specials_padding_and_both_merge_forms() -> None:
     vocab = build_vocab(small_gpt2([["a", "b"], "Ġ \n"]), {"pad_token": "<extra>"}, {"vocab_size": 9})
-    assert vocab.family is TokenizerFamily.GPT2
+    assert vocab.family is GPT2
     assert vocab.tokens == ["a", "b", "ab", "Ġ\n", "[CLS]", "[SEP]", "<extra>",
                             "<unused_pad_7>", "<unused_pad_8>"]
     assert vocab.token_types == [TokenType.NORMAL] * 4 + [TokenType.CONTROL] * 2 + [TokenType.USER_DEFINED] + \

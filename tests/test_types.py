@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, LlamaFileType
 
-from granite_gguf.convert.check import CheckedFile, TensorInfo
-from granite_gguf.convert.inspect import summarize
 from granite_gguf.convert.quantize import TOKEN_EMBEDDING, written_type
 from granite_gguf.convert.types import OutType, Writer
 from granite_gguf.convert.writer import encode_rows
 from granite_gguf.errors import UserError
+from granite_gguf.gguf_file.header import Header, TensorInfo
+from granite_gguf.gguf_file.summary import summarize
 from granite_gguf.modelfiles.modelfile import file_type_label
 from granite_gguf.verify import default_threshold
 
@@ -67,12 +67,12 @@ def test_one_parser_for_outtype_and_quant() -> None:
     assert OutType.Q6_K_EMB_Q4_K.file_label == "q6_k-emb_q4_k"
 
 
-def header(file_type: int | None, table: GGMLQuantizationType | None, row: int = 64) -> CheckedFile:
+def header(file_type: int | None, table: GGMLQuantizationType | None, row: int = 64) -> Header:
     tensors = [TensorInfo("blk.0.attn_qkv.weight", (row, 3 * row), Q.Q8_0, 0, 0)]
     if table is not None:
         tensors.append(TensorInfo(TOKEN_EMBEDDING, (row, 100), table, 0, 0))
     metadata = {} if file_type is None else {"general.file_type": file_type}
-    return CheckedFile(Path("x.gguf"), 3, metadata, tensors=tensors)
+    return Header(Path("x.gguf"), 3, metadata, tensors=tensors)
 
 
 @pytest.mark.parametrize(("file_type", "table", "row", "expected"), [

@@ -15,7 +15,7 @@ from granite_gguf.convert.types import OutType
 from granite_gguf.convert.writer import convert
 from granite_gguf.probes import probe_texts
 from granite_gguf.verify import Reference, compare, run_reference, token_limit
-from tests.conftest import Workspace
+from tests.helpers import Workspace
 from tests.mutations import MUTATIONS, mutated_copy
 
 pytestmark = pytest.mark.slow

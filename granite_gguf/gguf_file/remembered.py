@@ -16,9 +16,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -26,46 +24,51 @@ from typing import Any
 from gguf import GGMLQuantizationType, GGUFValueType
 
 from granite_gguf import __version__
-from granite_gguf.convert.check import (
-    CheckedFile,
+from granite_gguf.errors import UserError
+from granite_gguf.files import atomic_output, cache_dir
+from granite_gguf.gguf_file.contract import check_gguf
+from granite_gguf.gguf_file.header import (
+    Header,
     OmittedArray,
     TensorInfo,
-    check_gguf,
-    read_header,
     without_large_arrays,
 )
-from granite_gguf.errors import UserError
-from granite_gguf.files import atomic_output, cache_dir, open_regular
 
 log = logging.getLogger(__name__)
 
 MAX_REMEMBERED = 256  # entries kept; the oldest are removed beyond this
-FD_FOLDER = "/proc/self/fd"  # Linux: each open descriptor by number, opening the same file
 
 
-def checked_header(path: Path, recheck: bool = False) -> CheckedFile:
-    """`path` checked (`check_gguf`) unless a pass is remembered for this very version of it (or
-    `recheck`); its header without vocabulary-sized arrays. A pass is remembered for next time."""
+def checked_header(path: Path, *, whole: bool = False) -> Header:
+    """`path` checked (`check_gguf`) unless a pass is remembered for this very version of it; its header without
+    vocabulary-sized arrays. `whole`: always checked, and the header with every array (a remembered pass holds
+    none). A pass is remembered for next time either way."""
     before = _identity(path)
-    if not recheck and before is not None:
+    if not whole and before is not None:
         remembered = _recall(path, before)
         if remembered is not None:
             return remembered
-    header = without_large_arrays(check_gguf(path))
+    header = check_gguf(path)
+    trimmed = without_large_arrays(header)
     if before is not None and _identity(path) == before:  # unchanged while it was read
-        _remember(path, before, header)
-    return header
+        _remember(path, before, trimmed)
+    return header if whole else trimmed
 
 
-@contextmanager
-def checked_file(path: Path, check: bool = True) -> Iterator[tuple[CheckedFile, str]]:
-    """The checked header of the file `path` names now (`checked_header`; only read, not checked, if not
-    `check`) and a name of that very file for the block: `/proc/self/fd/N` of a descriptor held open, so
-    llama.cpp loads the file that was checked even if another is renamed over `path` meanwhile."""
-    with open_regular(path) as handle:
-        alias = Path(f"{FD_FOLDER}/{handle.fileno()}") if os.path.isdir(FD_FOLDER) else path
-        header = checked_header(alias) if check else without_large_arrays(read_header(alias))
-        yield replace(header, path=path), str(alias)
+@dataclass(frozen=True)
+class FileIdentity:
+    """Which version of which file: equal only for the same file, unchanged (any write, rename, `touch` or `utime`
+    moves ctime, which user space cannot set back)."""
+
+    device: int
+    inode: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> FileIdentity:
+        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def entry_path(path: Path) -> Path:
@@ -80,21 +83,24 @@ def _identity(path: Path) -> dict[str, Any] | None:
         st = os.stat(path)
     except OSError:
         return None
-    return {"path": os.path.realpath(path), "device": st.st_dev, "inode": st.st_ino, "size": st.st_size,
-            "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns, "rules": _rules_digest()}
+    return {"path": os.path.realpath(path), **asdict(FileIdentity.of(st)), "rules": _rules_digest()}
 
 
 @cache
 def _rules_digest() -> str:
-    """sha256 of the tool's version and the code of every module the check runs (the convert package:
-    the checker, the architecture units, the tokenizer limits): editing any of them forgets all passes."""
+    """sha256 of the tool's version and the code of every module the check runs (this file layer: the parser and
+    the contract; the convert package: the architecture units, the tokenizer limits): editing any of them forgets
+    all passes."""
+    from granite_gguf import convert
+
     digest = hashlib.sha256(__version__.encode())
-    for source in sorted(Path(__file__).parent.glob("*.py")):
-        digest.update(source.name.encode() + b"\0" + source.read_bytes())
+    for folder in (Path(__file__).parent, Path(convert.__file__).parent):
+        for source in sorted(folder.glob("*.py")):
+            digest.update(f"{folder.name}/{source.name}".encode() + b"\0" + source.read_bytes())
     return digest.hexdigest()
 
 
-def _recall(path: Path, identity: dict[str, Any]) -> CheckedFile | None:
+def _recall(path: Path, identity: dict[str, Any]) -> Header | None:
     """The remembered header of `path`, if its entry is for exactly `identity`; None otherwise (also for
     an entry that cannot be read: it is only a cache)."""
     try:
@@ -108,7 +114,7 @@ def _recall(path: Path, identity: dict[str, Any]) -> CheckedFile | None:
         return None
 
 
-def _remember(path: Path, identity: dict[str, Any], header: CheckedFile) -> None:
+def _remember(path: Path, identity: dict[str, Any], header: Header) -> None:
     """Write the entry (atomically); a cache that cannot be written is skipped, not an error."""
     target = entry_path(path)
     try:
@@ -126,7 +132,7 @@ def _forget_oldest(folder: Path) -> None:
         entry.unlink(missing_ok=True)
 
 
-def _header_to_json(header: CheckedFile) -> dict[str, Any]:
+def _header_to_json(header: Header) -> dict[str, Any]:
     omitted = {key: len(value) for key, value in header.metadata.items() if isinstance(value, OmittedArray)}
     return {
         "version": header.version,
@@ -140,10 +146,10 @@ def _header_to_json(header: CheckedFile) -> dict[str, Any]:
     }
 
 
-def _header_from_json(path: Path, data: dict[str, Any]) -> CheckedFile:
+def _header_from_json(path: Path, data: dict[str, Any]) -> Header:
     metadata = {key: data["metadata"][key] if key in data["metadata"] else OmittedArray(data["omitted"][key])
                 for key in data["value_types"]}  # the file's key order
-    return CheckedFile(
+    return Header(
         path=path, version=data["version"], metadata=metadata,
         value_types={key: GGUFValueType(value) for key, value in data["value_types"].items()},
         item_types={key: GGUFValueType(value) for key, value in data["item_types"].items()},

@@ -1,10 +1,9 @@
-"""Validate a GGUF before llama.cpp sees it: llama.cpp aborts the process on some malformed files.
+"""The bounded GGUF header parser: keys, values and tensor infos of any GGUF, validated structurally.
 
-The header is read with a small bounded parser (not gguf-py's reader, which maps whole arrays at
-once): every count and length is checked against the bytes left in the file before anything is
-read or allocated. Then the contract of its architecture unit: required keys and their types, tokenizer arrays
-of equal length with unique texts (duplicates abort llama.cpp 0.3.36), special ids in range, each
-tensor's type, shape, offset and size within the data section. Limits and reasons: docs/security.md.
+Not gguf-py's reader, which maps whole arrays at once: every count and length is checked against the
+bytes left in the file before anything is read or allocated, and each tensor's offset and size must lie
+within the data section. What a model file must hold besides is the contract's (contract.py). Limits and
+reasons: docs/security.md.
 """
 
 from __future__ import annotations
@@ -15,12 +14,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
-import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType, Keys
 
-from granite_gguf.convert import keys
-from granite_gguf.convert.architecture import KeyKind, for_gguf, registered
-from granite_gguf.convert.tokenizer import MAX_VOCAB
 from granite_gguf.errors import UserError
 from granite_gguf.files import open_regular
 
@@ -42,22 +37,6 @@ SCALARS = {
     GGUFValueType.UINT32: "<I", GGUFValueType.INT32: "<i", GGUFValueType.FLOAT32: "<f", GGUFValueType.BOOL: "<?",
     GGUFValueType.UINT64: "<Q", GGUFValueType.INT64: "<q", GGUFValueType.FLOAT64: "<d",
 }
-INTEGER_TYPES = {GGUFValueType.UINT8, GGUFValueType.INT8, GGUFValueType.UINT16, GGUFValueType.INT16,
-                 GGUFValueType.UINT32, GGUFValueType.INT32, GGUFValueType.UINT64, GGUFValueType.INT64}
-MAX_SIZE = 1 << 24  # bound on a "size" key (context, widths, layer and head counts)
-KIND_TYPES: dict[KeyKind, set[GGUFValueType]] = {
-    "size": INTEGER_TYPES, "int": INTEGER_TYPES, "float": {GGUFValueType.FLOAT32, GGUFValueType.FLOAT64},
-    "bool": {GGUFValueType.BOOL}, "string": {GGUFValueType.STRING},
-}
-TOKENIZER_ARRAYS = {
-    Keys.Tokenizer.TOKEN_TYPE: GGUFValueType.INT32, Keys.Tokenizer.SCORES: GGUFValueType.FLOAT32,
-    Keys.Tokenizer.MERGES: GGUFValueType.STRING,
-}
-TOKENIZER_MODEL = "gpt2"  # llama.cpp's other vocabularies (SPM, WPM, UGM) have their own asserts, not audited
-SPECIAL_ID_KEYS = (Keys.Tokenizer.BOS_ID, Keys.Tokenizer.EOS_ID, Keys.Tokenizer.UNK_ID, Keys.Tokenizer.SEP_ID,
-                   Keys.Tokenizer.PAD_ID, keys.CLS_ID, Keys.Tokenizer.MASK_ID)
-
-
 class GGUFCheckError(UserError):
     """The file is not one llama.cpp can be trusted to load; the message says why."""
 
@@ -72,7 +51,7 @@ class TensorInfo:
 
 
 @dataclass
-class CheckedFile:
+class Header:
     path: Path
     version: int
     metadata: dict[str, Any] = field(default_factory=dict)
@@ -95,7 +74,7 @@ class OmittedArray:
         return self.length
 
 
-def without_large_arrays(header: CheckedFile) -> CheckedFile:
+def without_large_arrays(header: Header) -> Header:
     """`header` with its vocabulary-sized arrays replaced by `OmittedArray`: what loading a file needs once
     it is checked (the 360,000 strings of a 180,000-token vocabulary and its merges are about 40 MiB)."""
     metadata = {key: OmittedArray(len(value)) if isinstance(value, list) and len(value) > LARGE_ARRAY_ITEMS
@@ -149,7 +128,7 @@ class _Reader:
             raise GGUFCheckError(f"{what}: string is not UTF-8") from None
 
 
-def read_header(path: Path) -> CheckedFile:
+def read_header(path: Path) -> Header:
     """Keys, values and tensor infos of any GGUF, bounded and validated structurally (no model checks).
 
     Also what `inspect` reads: much faster than gguf-py's reader on large vocabularies (a 262k-token
@@ -166,7 +145,7 @@ def read_header(path: Path) -> CheckedFile:
         raise GGUFCheckError(str(exc)) from None
 
 
-def read_keys(handle: IO[bytes], size: int, path: Path) -> CheckedFile:
+def read_keys(handle: IO[bytes], size: int, path: Path) -> Header:
     """Only the keys and values at the start of a GGUF stream of `size` bytes (no tensor infos), bounded
     like `read_header`: for the first part of a file split in pieces, whose tensor data is elsewhere."""
     try:
@@ -175,17 +154,7 @@ def read_keys(handle: IO[bytes], size: int, path: Path) -> CheckedFile:
         raise GGUFCheckError(f"{path}: {exc}") from None
 
 
-def check_gguf(path: Path) -> CheckedFile:
-    """Read and validate `path`; raise GGUFCheckError with the first problem found."""
-    checked = read_header(path)
-    try:
-        _check_model(checked)
-    except GGUFCheckError as exc:
-        raise GGUFCheckError(f"{path}: {exc}") from None
-    return checked
-
-
-def _read_header(reader: _Reader, path: Path) -> CheckedFile:
+def _read_header(reader: _Reader, path: Path) -> Header:
     """Keys, values and tensor infos, each bounded by the bytes left; tensor data within the file."""
     checked = _read_keys(reader, path)
     n_tensors = checked.n_tensors
@@ -215,7 +184,7 @@ def _read_header(reader: _Reader, path: Path) -> CheckedFile:
     return checked
 
 
-def _read_keys(reader: _Reader, path: Path) -> CheckedFile:
+def _read_keys(reader: _Reader, path: Path) -> Header:
     """Magic, version, counts, then every key and value, each bounded by the bytes left."""
     magic = reader.take(4, "magic") if reader.left() >= 4 else b""
     if magic != MAGIC:
@@ -226,7 +195,7 @@ def _read_keys(reader: _Reader, path: Path) -> CheckedFile:
     n_tensors, n_keys = reader.scalar("<Q", "tensor count"), reader.scalar("<Q", "key count")
     if n_tensors > MAX_TENSORS or n_keys > MAX_KEYS:
         raise GGUFCheckError(f"{n_tensors} tensors / {n_keys} keys exceed the limits ({MAX_TENSORS} / {MAX_KEYS})")
-    checked = CheckedFile(path, version)
+    checked = Header(path, version)
     for _ in range(n_keys):
         key = reader.string("key", MAX_KEY_BYTES)
         if key in checked.metadata:
@@ -285,95 +254,3 @@ def _tensor_info(reader: _Reader, index: int) -> TensorInfo:
         elements *= d
     offset = reader.scalar("<Q", name)
     return TensorInfo(name, dims, ggml_type, offset, elements // block * type_size)
-
-
-def _check_model(checked: CheckedFile) -> None:
-    meta = checked.metadata
-    arch = meta.get(Keys.General.ARCHITECTURE)
-    architecture = for_gguf(arch)
-    if architecture is None:
-        names = ", ".join(unit.name for unit in registered())
-        raise GGUFCheckError(f"architecture {arch!r}; only {names} files are checked and run by granite-gguf")
-    for key, kind in architecture.required_keys.items():
-        _check_key(checked, key, kind)
-    dims = architecture.dimensions_from_metadata(meta)
-    if dims.hidden % dims.heads:
-        raise GGUFCheckError("embedding_length is not a multiple of attention.head_count")
-    for key, rule in architecture.key_rules.items():
-        if key in meta:
-            _check_key(checked, key, rule.kind)
-            if not rule.allowed(meta[key], meta):
-                raise GGUFCheckError(f"{key} = {meta[key]!r}: llama.cpp needs {rule.expect}")
-    n_vocab = _check_vocab(checked)
-    expected = architecture.tensor_shapes(dims, n_vocab)
-    found = {tensor.name: tensor for tensor in checked.tensors}
-    for name, shape in expected.items():
-        if name not in found:
-            raise GGUFCheckError(f"tensor {name} is missing")
-        if found[name].dims != tuple(reversed(shape)):
-            raise GGUFCheckError(f"tensor {name} has shape {list(found[name].dims)}, the metadata implies "
-                                 f"{list(reversed(shape))}")
-    _check_vectors(checked, [found[name] for name, shape in expected.items() if len(shape) == 1])
-
-
-def _check_vectors(checked: CheckedFile, vectors: list[TensorInfo]) -> None:
-    """The 1-D tensors (norm weights: a few thousand values in all) are F32 and finite. llama.cpp multiplies
-    F32 activations by them and aborts on any other type (ggml-cpu binary_op: "unsupported types"); a NaN
-    there makes every vector NaN. The matrices (hundreds of MiB) are not read: the Embedder refuses a
-    non-finite vector instead."""
-    with open_regular(checked.path) as handle:
-        for tensor in vectors:
-            if tensor.ggml_type != GGMLQuantizationType.F32:
-                raise GGUFCheckError(f"tensor {tensor.name} is {tensor.ggml_type.name}; llama.cpp needs 1-D tensors in F32")
-            handle.seek(checked.data_start + tensor.offset)
-            values = np.frombuffer(handle.read(tensor.n_bytes), dtype="<f4")
-            if not np.isfinite(values).all():
-                raise GGUFCheckError(f"tensor {tensor.name} holds NaN or infinite values")
-
-
-def _check_key(checked: CheckedFile, key: str, kind: KeyKind) -> None:
-    """`key` is present and holds a value of `kind`."""
-    if key not in checked.metadata:
-        raise GGUFCheckError(f"required key {key} is missing")
-    value_type = checked.value_types[key]
-    if value_type not in KIND_TYPES[kind]:
-        raise GGUFCheckError(f"key {key} has type {value_type.name}, expected {'int' if kind == 'size' else kind}")
-    if kind == "size" and not 0 < checked.metadata[key] < MAX_SIZE:
-        raise GGUFCheckError(f"{key} = {checked.metadata[key]} is out of range")
-
-
-def _check_vocab(checked: CheckedFile) -> int:
-    """Token arrays of one length, unique texts, special ids in range; returns the vocabulary size."""
-    meta = checked.metadata
-    tokens = meta.get(Keys.Tokenizer.LIST)
-    if checked.item_types.get(Keys.Tokenizer.LIST) != GGUFValueType.STRING or not tokens:
-        raise GGUFCheckError(f"{Keys.Tokenizer.LIST} is missing or not an array of strings")
-    if len(tokens) > MAX_VOCAB:
-        raise GGUFCheckError(f"vocabulary of {len(tokens)} tokens exceeds the limit {MAX_VOCAB}")
-    if meta.get(Keys.Tokenizer.MODEL) != TOKENIZER_MODEL:
-        raise GGUFCheckError(f"{Keys.Tokenizer.MODEL} = {meta.get(Keys.Tokenizer.MODEL)!r}; only {TOKENIZER_MODEL!r} (BPE), "
-                             "the vocabulary granite-gguf writes, is checked")
-    for flag, special in ((Keys.Tokenizer.ADD_BOS, Keys.Tokenizer.BOS_ID), (Keys.Tokenizer.ADD_EOS, Keys.Tokenizer.EOS_ID)):
-        if meta.get(flag, True) is not False and special not in meta:
-            raise GGUFCheckError(f"{flag} is true or absent but {special} is missing (llama.cpp asserts on a missing "
-                                 "special token when it adds one)")
-    for key, item_type in TOKENIZER_ARRAYS.items():
-        if key not in meta:
-            continue
-        if checked.item_types.get(key) != item_type:
-            found = checked.item_types.get(key, checked.value_types[key])
-            raise GGUFCheckError(f"{key} holds {found.name}, llama.cpp reads {item_type.name}")
-        if key != Keys.Tokenizer.MERGES and len(meta[key]) != len(tokens):
-            raise GGUFCheckError(f"{key} has {len(meta[key])} entries, tokens has {len(tokens)}")
-    if len(set(tokens)) != len(tokens):
-        seen: set[str] = set()
-        for token in tokens:
-            if token in seen:
-                raise GGUFCheckError(f"token text {token!r} appears more than once (llama.cpp aborts on duplicates)")
-            seen.add(token)
-    if meta[Keys.Tokenizer.MODEL] == "gpt2" and Keys.Tokenizer.MERGES not in meta:
-        raise GGUFCheckError(f"{Keys.Tokenizer.MERGES} is missing for a BPE (gpt2) tokenizer")
-    for key in SPECIAL_ID_KEYS:
-        if key in meta and not (isinstance(meta[key], int) and 0 <= meta[key] < len(tokens)):
-            raise GGUFCheckError(f"{key} = {meta[key]!r} is outside the vocabulary (0..{len(tokens) - 1})")
-    return len(tokens)

@@ -20,9 +20,11 @@ from typing import Any
 import numpy as np
 from gguf import MODEL_TENSOR
 
-from granite_gguf.convert.modern_bert import Dimensions, layout
-from granite_gguf.convert.tokenizer import O200K_SPLIT_REGEX, SPACE_ESCAPE, TokenizerFamily
-from granite_gguf.corpus import cldr_sentences
+from granite_gguf.convert.architecture import Dimensions
+from granite_gguf.convert.modern_bert import layout
+from granite_gguf.convert.tokenizer import GEMMA3, GPT2, O200K, O200K_SPLIT_REGEX, SPACE_ESCAPE, TokenizerFamily
+from granite_gguf.models import ENGLISH, MULTILINGUAL_97M, MULTILINGUAL_311M, Model
+from granite_gguf.probe_text import cldr_sentences
 
 FIXTURE_VERSION = 4
 USER_DEFINED_TOKEN = "<|code|>"  # a non-special added token in the GPT-2-style fixture
@@ -30,25 +32,38 @@ USER_DEFINED_TOKEN = "<|code|>"  # a non-special added token in the GPT-2-style 
 
 @dataclass(frozen=True)
 class FixtureShape:
-    """Everything that differs between the three fixtures (and mirrors one Granite R2 model)."""
+    """Everything that differs between the fixtures: the Granite R2 model each mirrors (tokenizer family,
+    activation, normalization, context length; not its size) and how it is built."""
 
     name: str
-    family: TokenizerFamily
-    mirrors: str
-    activation: str
-    normalize: bool
+    mirrors: Model
     legacy_config: bool  # pre-transformers-5 keys (global_rope_theta, …) instead of rope_parameters
-    context_length: int
     trained_vocab: int
     seed: int
+
+    @property
+    def family(self) -> TokenizerFamily:
+        return self.mirrors.family
+
+    @property
+    def activation(self) -> str:
+        return self.mirrors.shape.activation
+
+    @property
+    def normalize(self) -> bool:
+        return self.mirrors.normalize
+
+    @property
+    def context_length(self) -> int:
+        return self.mirrors.context_length
 
 
 FIXTURES: dict[str, FixtureShape] = {
     shape.name: shape
     for shape in (
-        FixtureShape("tiny-gemma3", TokenizerFamily.GEMMA3, "granite-embedding-311m-multilingual-r2", "gelu", True, False, 32768, 3000, 311),
-        FixtureShape("tiny-o200k", TokenizerFamily.O200K, "granite-embedding-97m-multilingual-r2", "silu", True, False, 32768, 3000, 97),
-        FixtureShape("tiny-gpt2", TokenizerFamily.GPT2, "granite-embedding-english-r2", "gelu", False, True, 8192, 2500, 149),
+        FixtureShape("tiny-gemma3", MULTILINGUAL_311M, legacy_config=False, trained_vocab=3000, seed=311),
+        FixtureShape("tiny-o200k", MULTILINGUAL_97M, legacy_config=False, trained_vocab=3000, seed=97),
+        FixtureShape("tiny-gpt2", ENGLISH, legacy_config=True, trained_vocab=2500, seed=149),
     )
 }
 
@@ -111,7 +126,7 @@ def train_tokenizer(shape: FixtureShape) -> tuple[Any, dict[str, str]]:
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
     corpus = training_corpus()
-    if shape.family is TokenizerFamily.GEMMA3:
+    if shape.family is GEMMA3:
         specials = {"pad": "<pad>", "eos": "<eos>", "bos": "<bos>", "unk": "<unk>", "mask": "<mask>"}
         # Train on newline-free pieces: llama.cpp splits Gemma-style text at newlines before merging.
         trainer_tok = Tokenizer(models.BPE(byte_fallback=True, unk_token=None))
@@ -131,8 +146,8 @@ def train_tokenizer(shape: FixtureShape) -> tuple[Any, dict[str, str]]:
         tok.decoder = decoders.Sequence([decoders.Replace(SPACE_ESCAPE, " "), decoders.ByteFallback(), decoders.Fuse()])
         tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", vocab["<bos>"])])
         return tok, specials
-    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=shape.family is TokenizerFamily.GPT2)
-    if shape.family is TokenizerFamily.O200K:
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=shape.family is GPT2)
+    if shape.family is O200K:
         specials = {"bos": "<|startoftext|>", "eos": "<|endoftext|>", "pad": "<|pad|>", "mask": "<|mask|>"}
         pre: pre_tokenizers.PreTokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(O200K_SPLIT_REGEX), "isolated"), byte_level])
         model_flags: dict[str, Any] = {"ignore_merges": True}
@@ -153,7 +168,7 @@ def train_tokenizer(shape: FixtureShape) -> tuple[Any, dict[str, str]]:
     tok.decoder = decoders.ByteLevel()
     single, bos, eos = template
     tok.post_processor = processors.TemplateProcessing(single=single, special_tokens=[(bos, vocab[bos]), (eos, vocab[eos])])
-    if shape.family is TokenizerFamily.GPT2:
+    if shape.family is GPT2:
         tok.add_tokens([AddedToken(USER_DEFINED_TOKEN, normalized=False, special=False)])  # as fine-tunes do
     return tok, specials
 
@@ -240,8 +255,8 @@ def write_sentence_transformers(folder: Path, shape: FixtureShape, hidden: int =
                "pooling_mode_weightedmean_tokens": False, "pooling_mode_lasttoken": False, "include_prompt": True}
     (folder / "1_Pooling" / "config.json").write_text(json.dumps(pooling, indent=2))
     (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": shape.context_length, "do_lower_case": False}))
-    (folder / "README.md").write_text(f"---\nlicense: apache-2.0\n---\n# {shape.name}\n\nRandom weights shaped like {shape.mirrors}; "
-                                      "a test fixture built by granite_gguf.fixtures, not a useful model.\n")
+    (folder / "README.md").write_text(f"---\nlicense: apache-2.0\n---\n# {shape.name}\n\nRandom weights shaped like {shape.mirrors.name}; "
+                                      "a test fixture built by granite_gguf.dev.fixtures, not a useful model.\n")
 
 
 def write_weights(folder: Path, shape: FixtureShape, vocab_size: int, dims: Dimensions = TINY) -> None:
