@@ -26,7 +26,8 @@ if [ "${GRANITE_GGUF_AMX:-}" = 1 ]; then
     GGML_AMX_PATCH="scripts/llama-cpp-patches/ggml-amx-tile-config.patch"
     GGML_CPU_FLAGS="$GGML_CPU_FLAGS -DGGML_AMX_TILE=ON -DGGML_AMX_INT8=ON"
     if grep -qw amx_bf16 /proc/cpuinfo; then GGML_CPU_FLAGS="$GGML_CPU_FLAGS -DGGML_AMX_BF16=ON"; fi
-    GGML_CPU_TAG="cpu-$(printf '%s' "$GGML_CPU_FLAGS" | sha256sum | cut -c1-8)-amx-$(sha256sum "$GGML_AMX_PATCH" | cut -c1-8)"
+    amx_patch_sha="$(sha256sum "$GGML_AMX_PATCH" | cut -c1-8)"
+    GGML_CPU_TAG="cpu-$(printf '%s' "$GGML_CPU_FLAGS" | sha256sum | cut -c1-8)-amx-$amx_patch_sha"
 else
     GGML_CPU_TAG="cpu-$(printf '%s' "$GGML_CPU_FLAGS" | sha256sum | cut -c1-8)-noamx"
 fi
