@@ -10,7 +10,7 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import FrameType
 
@@ -22,9 +22,12 @@ from granite_gguf.modelfiles.cli import add_commands as add_modelfile_commands
 from granite_gguf.models import ENGLISH, MULTILINGUAL_311M
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, quick_exit: bool = False) -> int:
+    """Run one command; `quick_exit` (the command line's entry points): a one-shot `embed` ends its process as
+    soon as its vectors are printed, without freeing the model (bindings/cli.py, `quick_exit`)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.quick_exit = quick_exit
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s", stream=sys.stderr)
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
@@ -115,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(run=run_check)
 
     fixture = commands.add_parser("fixture", help="build a tiny Granite-R2-shaped test checkpoint")
-    fixture.add_argument("name", choices=_fixture_names())
+    fixture.add_argument("name", choices=_FixtureNames(), metavar="NAME",
+                         help="a built-in fixture (an unknown name lists them)")
     fixture.add_argument("dest", type=Path)
     fixture.set_defaults(run=run_fixture)
 
@@ -128,10 +132,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _fixture_names() -> list[str]:
-    from granite_gguf.dev.fixtures import FIXTURES
+class _FixtureNames:
+    """The fixture names as argparse `choices`, read from granite_gguf.dev.fixtures only when argparse looks (a
+    `fixture` command, its help): building the parser for `embed` does not import the checkpoint writer."""
 
-    return list(FIXTURES)
+    def __contains__(self, name: object) -> bool:
+        return name in self._names()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names())
+
+    @staticmethod
+    def _names() -> list[str]:
+        from granite_gguf.dev.fixtures import FIXTURES
+
+        return list(FIXTURES)
 
 
 def _parse_dims(text: str | None) -> tuple[int, ...] | None:
@@ -297,5 +312,10 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0 if report.passed else 1
 
 
+def console_main() -> int:
+    """The `granite-gguf` console script."""
+    return main(quick_exit=True)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(quick_exit=True))

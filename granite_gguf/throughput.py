@@ -1,4 +1,4 @@
-"""Throughput side by side: PyTorch, ONNX Runtime and GGUF files timed on the same texts in one run.
+"""Throughput side by side: PyTorch, ONNX Runtime, OpenVINO and GGUF files timed on the same texts in one run.
 
 Each runner lives in its own process and loads its model once; the parent hands every runner the
 same texts round by round, so all of them see the same machine state (a noisy neighbour slows all).
@@ -31,6 +31,7 @@ SHUTDOWN_SECONDS = 60
 class Kind(Enum):
     PYTORCH = "pytorch"  # sentence-transformers, fp32, sdpa attention
     ONNX = "onnxruntime"  # an exported encoder; CLS pooling and L2 in numpy, as the checkpoint's pipeline
+    OPENVINO = "openvino"  # an OpenVINO IR (.xml) of the same export, CPU plugin; pooling as ONNX
     GGUF = "gguf"  # the Embedder on a GGUF file
 
 
@@ -44,6 +45,43 @@ class Runner:
     threads: int
     workers: int | None = None  # GGUF: Embedder contexts (None: the Embedder's default layout)
     batch_tokens: int = DEFAULT_BATCH_TOKENS  # GGUF: tokens per decode when packing short inputs
+    flash_attn: bool = True  # GGUF: llama.cpp's flash attention (the Embedder's default: on)
+    llama_lib: str | None = None  # GGUF: a folder holding another build of libllama (LLAMA_CPP_LIB_PATH)
+    precision: str | None = None  # OpenVINO: INFERENCE_PRECISION_HINT ("f32"; None: the plugin's default, bf16 on AVX512_BF16)
+
+
+def exported_tokenizer(model: str) -> Callable[[list[str]], tuple[object, object]]:
+    """`texts -> (input_ids, attention_mask)` as int64 arrays, padded to the longest, by the tokenizer.json
+    beside an exported model (ONNX Runtime and OpenVINO)."""
+    import numpy as np
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(Path(model).parent / "tokenizer.json"))
+    tokenizer.enable_padding()
+    tokenizer.enable_truncation(DEFAULT_MAX_TOKENS)
+
+    def tokenize(texts: list[str]) -> tuple[object, object]:
+        encodings = tokenizer.encode_batch(texts)
+        return (np.array([e.ids for e in encodings], dtype=np.int64),
+                np.array([e.attention_mask for e in encodings], dtype=np.int64))
+
+    return tokenize
+
+
+def _cls_batches(run: Callable[[object, object], object], tokenize: Callable[[list[str]], tuple[object, object]]
+                 ) -> Callable[[list[str], int], object]:
+    """encode(texts, batch_size) for an exported encoder: `run(ids, mask)` gives last_hidden_state; CLS, L2."""
+    import numpy as np
+
+    def encode(texts: list[str], batch_size: int) -> object:
+        rows = []
+        for start in range(0, len(texts), batch_size):
+            ids, mask = tokenize(texts[start:start + batch_size])
+            cls = np.asarray(run(ids, mask))[:, 0]
+            rows.append(cls / np.linalg.norm(cls, axis=1, keepdims=True))
+        return np.concatenate(rows)
+
+    return encode
 
 
 def _load(runner: Runner) -> Callable[[list[str], int], object]:
@@ -62,43 +100,45 @@ def _load(runner: Runner) -> Callable[[list[str], int], object]:
 
         return encode_pytorch
     if runner.kind is Kind.ONNX:
-        import numpy as np
         import onnxruntime
-        from tokenizers import Tokenizer
 
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = runner.threads
         session = onnxruntime.InferenceSession(runner.model, options, providers=["CPUExecutionProvider"])
-        tokenizer = Tokenizer.from_file(str(Path(runner.model).parent / "tokenizer.json"))
-        tokenizer.enable_padding()
-        tokenizer.enable_truncation(DEFAULT_MAX_TOKENS)
+        return _cls_batches(lambda ids, mask: session.run(None, {"input_ids": ids, "attention_mask": mask})[0],
+                            exported_tokenizer(runner.model))
+    if runner.kind is Kind.OPENVINO:
+        import openvino
 
-        def encode_onnx(texts: list[str], batch_size: int) -> object:
-            rows = []
-            for start in range(0, len(texts), batch_size):
-                encodings = tokenizer.encode_batch(texts[start:start + batch_size])
-                ids = np.array([e.ids for e in encodings], dtype=np.int64)
-                mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
-                cls = session.run(None, {"input_ids": ids, "attention_mask": mask})[0][:, 0]
-                rows.append(cls / np.linalg.norm(cls, axis=1, keepdims=True))
-            return np.concatenate(rows)
-
-        return encode_onnx
+        config: dict[str, object] = {"INFERENCE_NUM_THREADS": runner.threads}
+        if runner.precision:
+            config["INFERENCE_PRECISION_HINT"] = runner.precision
+        compiled = openvino.Core().compile_model(runner.model, "CPU", config)
+        request = compiled.create_infer_request()
+        return _cls_batches(lambda ids, mask: request.infer({"input_ids": ids, "attention_mask": mask})[0],
+                            exported_tokenizer(runner.model))
     from granite_gguf.bindings.embedder import Embedder
 
-    embedder = Embedder(runner.model, n_threads=runner.threads, batch_tokens=runner.batch_tokens, workers=runner.workers)
+    embedder = Embedder(runner.model, n_threads=runner.threads, batch_tokens=runner.batch_tokens, workers=runner.workers,
+                        flash_attn=runner.flash_attn)
     return lambda texts, _: embedder.encode(texts)
 
 
 def _serve(connection: Connection, runner: Runner) -> None:
-    """A runner's process: load, say "ready", then time each (texts, batch_size) job until None."""
+    """A runner's process: load, say "ready", then run each (texts, batch_size, vectors) job until None and
+    answer its seconds, or its vectors (a float32 array, one normalized row per text) when `vectors`."""
+    import numpy as np
+
+    if runner.llama_lib:  # before llama_cpp is imported: llama-cpp-python reads it once
+        os.environ["LLAMA_CPP_LIB_PATH"] = runner.llama_lib
     encode = _load(runner)
     connection.send("ready")
     while (job := connection.recv()) is not None:
-        texts, batch_size = job
+        texts, batch_size, vectors = job
         started = time.perf_counter()
-        encode(texts, batch_size)
-        connection.send(time.perf_counter() - started)
+        result = encode(texts, batch_size)
+        seconds = time.perf_counter() - started
+        connection.send(np.asarray(result, dtype=np.float32) if vectors else seconds)
 
 
 class Bench:
@@ -139,13 +179,21 @@ class Bench:
         seconds: dict[str, list[float]] = {name: [] for name in self._processes}
         for round_index in range(rounds):
             for name, (_, connection) in self._processes.items():
-                connection.send((texts, batch_size))
+                connection.send((texts, batch_size, False))
                 value = self._receive(name)
                 assert isinstance(value, float)
                 seconds[name].append(value)
                 if report:
                     report(round_index + 1, name, value)
         return seconds
+
+    def vectors(self, texts: list[str], batch_size: int) -> dict[str, object]:
+        """Each runner's normalized vectors for `texts` (float32 arrays, one row per text), untimed."""
+        result: dict[str, object] = {}
+        for name, (_, connection) in self._processes.items():
+            connection.send((texts, batch_size, True))
+            result[name] = self._receive(name)
+        return result
 
     def close(self) -> None:
         """Stop every runner; one that already exited (a crash after its last reply) is named, not fatal."""
@@ -231,3 +279,24 @@ def machine() -> str:
     memory = first("/proc/meminfo", "MemTotal")
     ram = f", {int(memory.split()[0]) / 2**20:.1f} GiB RAM" if memory else ""
     return f"{cpu}, {len(os.sched_getaffinity(0))} usable CPUs (of {os.cpu_count()}){ram}, Python {platform.python_version()}"
+
+
+def export_openvino(fp32_onnx: Path, checkpoint: Path, folder: Path, calibration: int = 32) -> tuple[Path, Path]:
+    """The OpenVINO IR of the fp32 ONNX export (`openvino.convert_model`, weights kept f32) and its int8
+    post-training quantization (`nncf.quantize`, model type TRANSFORMER, default preset, calibrated on
+    `calibration` probe-set documents of 512 tokens with the checkpoint's tokenizer), made once in `folder`."""
+    import openvino
+
+    ir, int8 = folder / f"{checkpoint.name}-openvino.xml", folder / f"{checkpoint.name}-openvino-int8.xml"
+    if not ir.exists():
+        openvino.save_model(openvino.convert_model(str(fp32_onnx)), str(ir), compress_to_fp16=False)
+    if not int8.exists():
+        import nncf
+
+        tokenize = exported_tokenizer(str(fp32_onnx))
+        documents = make_documents(checkpoint, DOC_TOKENS, calibration * 2)[calibration:]  # not the benchmark's first ones
+        samples = [dict(zip(("input_ids", "attention_mask"), tokenize([document]), strict=True)) for document in documents]
+        quantized = nncf.quantize(openvino.Core().read_model(str(ir)), nncf.Dataset(samples),
+                                  model_type=nncf.ModelType.TRANSFORMER, subset_size=len(samples))
+        openvino.save_model(quantized, str(int8), compress_to_fp16=False)
+    return ir, int8

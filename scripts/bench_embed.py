@@ -1,10 +1,12 @@
-"""Embedding throughput: the bindings (GGUF via llama-cpp-python) against PyTorch (sentence-transformers, fp32)
-and ONNX Runtime (fp32 and dynamic int8, exported from the same checkpoint).
+"""Embedding throughput: the bindings (GGUF via llama-cpp-python) against PyTorch (sentence-transformers, fp32),
+ONNX Runtime (fp32 and dynamic int8, exported from the same checkpoint) and OpenVINO (the IR of the same export
+at the CPU plugin's default precision and with f32 forced, and its NNCF post-training int8 quantization).
 
 Each runner runs in its own worker process that loads its model once; the parent alternates them
 round by round on the same documents, so all see the same machine state. Documents are cut from
 the multilingual probe set to a token length with the checkpoint's own tokenizer. Prints docs/s per
-round, medians and the ratio to PyTorch; --markdown appends the table to a file. `--layouts 1x2 2x1`
+round, medians, the ratio to PyTorch and each runner's cosine to PyTorch fp32 on the same documents
+(min and mean over them); --markdown appends the table to a file. `--layouts 1x2 2x1`
 runs each GGUF type with those Embedder worker layouts (workers x threads).
 
 `--cold-start` instead times whole processes, one sentence each, rounds interleaved: `granite-gguf
@@ -12,12 +14,14 @@ embed` on each GGUF type, on a first run and with its check remembered, against 
 one-shot (wall time to the printed vector, peak RSS from wait4).
 
     .venv/bin/python scripts/bench_embed.py /tmp/full97m --types f16 q8_0 q4_0 --tokens 512 8192 --onnx
+    .venv/bin/python scripts/bench_embed.py /tmp/full97m --types q4_0 iq4_nl --tokens 512 80 --onnx --openvino
     .venv/bin/python scripts/bench_embed.py /tmp/full97m --types q4_0 --cold-start
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shutil
 import statistics
@@ -27,8 +31,19 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from granite_gguf.bindings.embedder import DEFAULT_BATCH_TOKENS
-from granite_gguf.throughput import PYTORCH_BATCH_TOKENS, Bench, Kind, Runner, export_onnx, machine, make_documents
+from granite_gguf.throughput import (
+    PYTORCH_BATCH_TOKENS,
+    Bench,
+    Kind,
+    Runner,
+    export_onnx,
+    export_openvino,
+    machine,
+    make_documents,
+)
 
 
 @dataclass
@@ -36,6 +51,8 @@ class Case:
     name: str  # "pytorch-fp32" or "gguf-q8_0 2x1"
     tokens: int
     docs_per_s: list[float]
+    cosine_min: float
+    cosine_mean: float
 
 
 # Runs one command and prints the time to its first line of output (the vector), its wall time, peak
@@ -83,6 +100,10 @@ def cold_start(checkpoint: Path, ggufs: dict[str, Path], rounds: int, threads: i
                        stdout=subprocess.DEVNULL, env=dict(os.environ, GRANITE_GGUF_CACHE=remembered))
         commands[f"granite-gguf embed {label}, first run"] = (embed, "")  # "": a new empty cache per round
         commands[f"granite-gguf embed {label}, check remembered"] = (embed, remembered)
+        # the same command through main() without quick_exit: the model freed and the interpreter torn down
+        teardown = [sys.executable, "-c", "import sys; from granite_gguf.cli import main; sys.exit(main(sys.argv[1:]))",
+                    *embed[3:]]
+        commands[f"granite-gguf embed {label}, check remembered, full teardown"] = (teardown, remembered)
     runs = {name: ColdRuns([], [], []) for name in commands}
     try:
         _time_rounds(commands, rounds, caches, runs)
@@ -153,7 +174,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--layouts", nargs="+", default=[],
                         help="Embedder worker layouts WORKERSxTHREADS to run per type (default: the Embedder's own)")
+    parser.add_argument("--flash-attn", nargs="+", choices=["on", "off"], default=["on"],
+                        help="GGUF runners with llama.cpp's flash attention on and/or off (default: on, the Embedder's)")
+    parser.add_argument("--llama-lib", type=Path,
+                        help="also every GGUF runner on the libllama in this folder (another llama.cpp build: LLAMA_CPP_LIB_PATH)")
     parser.add_argument("--onnx", action="store_true", help="also ONNX Runtime fp32 and int8 (needs the bench extra)")
+    parser.add_argument("--openvino", action="store_true",
+                        help="also OpenVINO: the IR of the ONNX export at the plugin's default precision and at f32, and NNCF int8")
     parser.add_argument("--cold-start", action="store_true", help="time whole one-sentence processes instead")
     parser.add_argument("--gguf-dir", type=Path, default=Path("/tmp/granite-gguf-bench"))
     parser.add_argument("--markdown", type=Path, help="append the result table to this file")
@@ -170,22 +197,33 @@ def main() -> None:
         return
 
     runners = [Runner("pytorch-fp32", Kind.PYTORCH, str(args.checkpoint), args.threads)]
-    if args.onnx:
+    if args.onnx or args.openvino:
         fp32, int8 = export_onnx(args.checkpoint, args.gguf_dir)
+    if args.onnx:
         runners += [Runner("onnxruntime-fp32", Kind.ONNX, str(fp32), args.threads),
                     Runner("onnxruntime-int8", Kind.ONNX, str(int8), args.threads)]
+    if args.openvino:
+        ir, ir_int8 = export_openvino(fp32, args.checkpoint, args.gguf_dir)
+        runners += [Runner("openvino-default", Kind.OPENVINO, str(ir), args.threads),
+                    Runner("openvino-f32", Kind.OPENVINO, str(ir), args.threads, precision="f32"),
+                    Runner("openvino-int8", Kind.OPENVINO, str(ir_int8), args.threads)]
     layouts: list[tuple[int, ...] | None] = [tuple(int(n) for n in layout.split("x")) for layout in args.layouts] or [None]
     for outtype in args.types:
         gguf = str(ensure_gguf(args.checkpoint, outtype, args.gguf_dir))
         for budget in args.batch_tokens:
             for layout in layouts:
-                name = f"gguf-{outtype}" + ("" if args.batch_tokens == [DEFAULT_BATCH_TOKENS] else f"@{budget}")
-                if layout:
-                    runners.append(Runner(f"{name} {layout[0]}x{layout[1]}", Kind.GGUF, gguf, layout[0] * layout[1],
-                                          workers=layout[0], batch_tokens=budget))
-                else:
-                    runners.append(Runner(name, Kind.GGUF, gguf, args.threads, batch_tokens=budget))
+                for flash in args.flash_attn:
+                    name = f"gguf-{outtype}" + ("" if args.batch_tokens == [DEFAULT_BATCH_TOKENS] else f"@{budget}")
+                    name += "" if args.flash_attn == ["on"] else f" fa-{flash}"
+                    if layout:
+                        runners.append(Runner(f"{name} {layout[0]}x{layout[1]}", Kind.GGUF, gguf, layout[0] * layout[1],
+                                              workers=layout[0], batch_tokens=budget, flash_attn=flash == "on"))
+                    else:
+                        runners.append(Runner(name, Kind.GGUF, gguf, args.threads, batch_tokens=budget, flash_attn=flash == "on"))
 
+    if args.llama_lib:
+        runners += [dataclasses.replace(r, name=f"{r.name} @{args.llama_lib.name}", llama_lib=str(args.llama_lib))
+                    for r in runners if r.kind is Kind.GGUF]
     cases: list[Case] = []
     with Bench(runners) as bench:
         for tokens in args.tokens:
@@ -195,17 +233,23 @@ def main() -> None:
             def report(round_index: int, name: str, seconds: float, tokens: int = tokens, count: int = count) -> None:
                 print(f"{tokens:>5} tokens  round {round_index}  {name:<24} {count / seconds:8.4g} docs/s", flush=True)
 
-            bench.warm_up(docs[:max(1, DEFAULT_BATCH_TOKENS // tokens)], max(1, PYTORCH_BATCH_TOKENS // tokens))
-            seconds = bench.rounds(docs, max(1, PYTORCH_BATCH_TOKENS // tokens), args.rounds, report)
-            cases += [Case(name, tokens, [count / s for s in values]) for name, values in seconds.items()]
+            batch = max(1, PYTORCH_BATCH_TOKENS // tokens)
+            vectors = bench.vectors(docs, batch)  # untimed; also the warm-up (first-call costs)
+            pytorch_vectors = np.asarray(vectors["pytorch-fp32"])
+            seconds = bench.rounds(docs, batch, args.rounds, report)
+            for name, values in seconds.items():
+                cosines = np.sum(np.asarray(vectors[name]) * pytorch_vectors, axis=1)
+                cases.append(Case(name, tokens, [count / s for s in values], float(cosines.min()), float(cosines.mean())))
 
     lines = [f"checkpoint `{args.checkpoint.name}`, {args.threads} threads, {args.rounds} rounds; machine: {machine()}", "",
-             "| tokens/doc | runner | docs/s per round | median docs/s | ratio vs PyTorch fp32 |", "|---|---|---|---|---|"]
+             "| tokens/doc | runner | docs/s per round | median docs/s | ratio vs PyTorch fp32 | cosine to PyTorch fp32 min / mean |",
+             "|---|---|---|---|---|---|"]
     for case in cases:
         reference = next(c for c in cases if c.tokens == case.tokens and c.name == "pytorch-fp32")
         ratio = statistics.median(case.docs_per_s) / statistics.median(reference.docs_per_s)
         rounds = ", ".join(f"{v:.3g}" for v in case.docs_per_s)
-        lines.append(f"| {case.tokens} | {case.name} | {rounds} | {statistics.median(case.docs_per_s):.3g} | {ratio:.2f}× |")
+        lines.append(f"| {case.tokens} | {case.name} | {rounds} | {statistics.median(case.docs_per_s):.3g} | {ratio:.2f}× | "
+                     f"{case.cosine_min:.5f} / {case.cosine_mean:.5f} |")
     table = "\n".join(lines)
     print("\n" + table)
     if args.markdown:

@@ -22,6 +22,7 @@ binary="$cache/llama-server-$version-$GGML_CPU_TAG/llama-server"
 link=llama-server
 label=llama-server
 
+refuse_amx_opt_in
 reuse_cached_binary
 require_tools cmake c++ tar
 fetch_sdist llama-cpp-python "$version" "llama_cpp_python-$version.tar.gz"

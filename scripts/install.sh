@@ -4,8 +4,9 @@
 # llama-cpp-python (the version pyproject.toml pins) is compiled from source once per machine and cached as a wheel in
 # $GRANITE_GGUF_CACHE (default ~/.cache/granite-gguf), one cache per CPU feature set (and per CMAKE_ARGS
 # of the user's, e.g. CMAKE_ARGS="-DGGML_CUDA=on" bash scripts/install.sh for a CUDA build). The CPU
-# options come from scripts/cpu-flags.sh: every x86 extension the CPU reports except AMX (a
-# -march=native build dies with SIGILL on this project's machines, whose sandbox does not allow AMX).
+# options come from scripts/cpu-flags.sh: every x86 extension the CPU reports except AMX, whose ggml kernels
+# die with SIGILL as GCC 12 compiles them. GRANITE_GGUF_AMX=1 bash scripts/install.sh opts in: AMX on, with
+# scripts/llama-cpp-patches/ggml-amx-tile-config.patch applied to the sdist's llama.cpp, in a wheel cache of its own.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="${1:-test}"
@@ -25,8 +26,21 @@ python3 -m venv .venv
 if ! ls "$wheels"/llama_cpp_python-"$version"-*.whl >/dev/null 2>&1; then
     echo "building llama-cpp-python $version from source (about 7 minutes on 2 cores, once per machine)…"
     mkdir -p "$wheels"
-    .venv/bin/python -m pip wheel --quiet --no-deps --no-binary llama-cpp-python --no-cache-dir \
-        -w "$wheels" "llama-cpp-python==$version"
+    if [ -z "$GGML_AMX_PATCH" ]; then
+        .venv/bin/python -m pip wheel --quiet --no-deps --no-binary llama-cpp-python --no-cache-dir \
+            -w "$wheels" "llama-cpp-python==$version"
+    else  # GRANITE_GGUF_AMX=1: the pinned sdist with the patch applied to its llama.cpp, built from the folder
+        source scripts/llama-server-build.sh
+        fetch_sdist llama-cpp-python "$version" "llama_cpp_python-$version.tar.gz"
+        work="$(mktemp -d)"
+        trap 'rm -rf "$work"' EXIT
+        tar -xzf "$sdist" -C "$work"
+        patch -p1 --forward --batch --fuzz=0 -d "$work/llama_cpp_python-$version/vendor/llama.cpp" \
+            <"$GGML_AMX_PATCH" >"$work/patch.log" 2>&1 \
+            || { cat "$work/patch.log" >&2; echo "error: $GGML_AMX_PATCH does not apply to llama-cpp-python $version" >&2
+                 exit 1; }
+        .venv/bin/python -m pip wheel --quiet --no-deps --no-cache-dir -w "$wheels" "$work/llama_cpp_python-$version"
+    fi
 fi
 .venv/bin/python -m pip install --quiet --find-links "$wheels" "llama-cpp-python==$version"
 .venv/bin/python -m pip install --quiet --find-links "$wheels" -e ".[$extras]"

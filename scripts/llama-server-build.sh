@@ -1,7 +1,8 @@
-# Sourced by build-llama-server.sh and build-ollama-runner.sh: the steps both builds of llama.cpp's `llama-server`
-# share. The caller sets `cache` (the cache root), `binary` (where the built server is kept), `link` (its name in
-# .venv/bin) and `label` (how messages name it). The binary is built in a temporary folder beside it and moved into
-# place at the end, so an interrupted build never leaves a broken cached binary.
+# Sourced by build-llama-server.sh and build-ollama-runner.sh (install.sh's AMX build uses fetch_sdist): the steps
+# both builds of llama.cpp's `llama-server` share. The caller sets `cache` (the cache root), `binary` (where the
+# built server is kept), `link` (its name in .venv/bin) and `label` (how messages name it). The binary is built in a
+# temporary folder beside it and moved into place at the end, so an interrupted build never leaves a broken cached
+# binary.
 
 link_into_venv() {  # .venv/bin/$link is where the tests and the docs find the server
     if [ -d .venv/bin ]; then ln -sfn "$binary" ".venv/bin/$link"; fi
@@ -13,6 +14,15 @@ reuse_cached_binary() {
         link_into_venv
         echo "$label: $binary (cached)"
         exit 0
+    fi
+}
+
+# GRANITE_GGUF_AMX=1 (scripts/cpu-flags.sh) is scripts/install.sh's alone: these builds do not apply its patch,
+# and ggml's AMX kernels without it die with SIGILL.
+refuse_amx_opt_in() {
+    if [ -n "${GGML_AMX_PATCH:-}" ]; then
+        echo "error: GRANITE_GGUF_AMX=1 is for scripts/install.sh only; unset it to build $label" >&2
+        exit 2
     fi
 }
 
