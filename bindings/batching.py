@@ -1,7 +1,8 @@
 """Dynamic batching: requests from many connections share llama.cpp decodes, on one or more contexts.
 
 A llama.cpp context is not thread-safe, so each worker thread owns one Embedder. A worker takes
-every request waiting in the queue (up to `max_batch_inputs` inputs), tokenizes and checks each
+its share of the requests waiting in the queue (the queue split evenly between the workers waiting
+for work, up to `max_batch_inputs` inputs), tokenizes and checks each
 request on its own (a request with an input too long under `long_inputs="error"` gets its error
 here, without touching the others), and hands every remaining sequence to one
 `Embedder.encode_tokens` call, which sorts them by length and packs them into shared decodes up to
