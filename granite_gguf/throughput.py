@@ -289,7 +289,7 @@ def export_openvino(fp32_onnx: Path, checkpoint: Path, folder: Path, calibration
 
     ir, int8 = folder / f"{checkpoint.name}-openvino.xml", folder / f"{checkpoint.name}-openvino-int8.xml"
     if not ir.exists():
-        openvino.save_model(openvino.convert_model(str(fp32_onnx)), str(ir), compress_to_fp16=False)
+        _save_ir(openvino.convert_model(str(fp32_onnx)), ir)
     if not int8.exists():
         import nncf
 
@@ -298,5 +298,16 @@ def export_openvino(fp32_onnx: Path, checkpoint: Path, folder: Path, calibration
         samples = [dict(zip(("input_ids", "attention_mask"), tokenize([document]), strict=True)) for document in documents]
         quantized = nncf.quantize(openvino.Core().read_model(str(ir)), nncf.Dataset(samples),
                                   model_type=nncf.ModelType.TRANSFORMER, subset_size=len(samples))
-        openvino.save_model(quantized, str(int8), compress_to_fp16=False)
+        _save_ir(quantized, int8)
     return ir, int8
+
+
+def _save_ir(model: object, xml: Path) -> None:
+    """An IR (.xml and its .bin) saved under partial names and renamed into place, .bin first: an interrupted
+    export leaves no .xml that `export_openvino` would take for a finished one (as `export_onnx` does)."""
+    import openvino
+
+    partial = xml.with_suffix(".partial.xml")
+    openvino.save_model(model, str(partial), compress_to_fp16=False)
+    partial.with_suffix(".bin").rename(xml.with_suffix(".bin"))
+    partial.rename(xml)
