@@ -2,6 +2,8 @@
 
 Servers, each started here in its own process, one after another on the same machine and file:
   ours          `granite-gguf serve` (dynamic batching, its default workers); `ours:N` with `--workers N`
+  ours-lib      `granite-gguf serve` on the libllama in `--llama-lib DIR` (another llama.cpp build, e.g. the
+                AMX opt-in of scripts/install.sh: LLAMA_CPP_LIB_PATH)
   ours-serial   `granite-gguf serve --workers 1 --batch-inputs 1`: each request alone on one context,
                 the behaviour of the lock-serialized server this one replaced
   old           with `--old-commit REV`: `granite-gguf serve` of that commit (the hand-written
@@ -16,7 +18,8 @@ Servers, each started here in its own process, one after another on the same mac
 Scenarios: `short` (64 clients, queries of 5-30 tokens) and `passages` (8 clients, 512-token passages).
 Each client sends one text per request to /v1/embeddings and sends the next as soon as the answer is
 in; every answer is checked against the Embedder's vector for that text. Servers take turns round by
-round; requests/s and latency percentiles are medians over rounds.
+round; requests/s and latency percentiles are medians over rounds. Beside them, the CPU time per answer
+of the server's process and of the load generator (aiohttp, which shares the CPUs: see `load`).
 
     .venv/bin/python scripts/bench_server.py /tmp/granite-gguf-bench/full97m-f16.gguf --old-commit d259862
     python3 -m venv ~/.cache/granite-gguf/infinity-venv   # once: infinity-emb beside its own torch
@@ -29,8 +32,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import random
+import resource
 import shutil
 import socket
 import statistics
@@ -70,6 +75,8 @@ class Result:
     errors: int
     wrong: int
     min_cosine: float
+    server_cpu_ms: float  # CPU time of the server's process per answer (all its threads)
+    client_cpu_ms: float  # CPU time of the load generator per answer (it shares the CPUs)
 
 
 def texts_of(embedder: object, scenario: Scenario, seed: int = 0) -> list[str]:
@@ -121,7 +128,7 @@ def server_command(kind: str, gguf: Path, port: int, threads: int, parallel: int
              "--threads", str(threads), "--model-name", "m"]  # the name every request asks for
     if kind.startswith("ours:"):
         return [*serve, "--workers", kind.removeprefix("ours:")]
-    if kind == "ours":
+    if kind in ("ours", "ours-lib"):
         return serve
     if kind == "ours-serial":
         return [*serve, "--workers", "1", "--batch-inputs", "1"]
@@ -147,10 +154,12 @@ class Running:
 
 
 def start(command: list[str], url: str, env: dict[str, str], log: Path) -> Running:
+    """Started in the log's folder: `python -m` puts the working directory first on sys.path, so from the repository
+    root every `granite_gguf` server, the `old` one too, would import this checkout instead of its PYTHONPATH tree."""
     import requests
 
     with log.open("ab") as sink:
-        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env)
+        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env, cwd=log.parent)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -167,25 +176,32 @@ def start(command: list[str], url: str, env: dict[str, str], log: Path) -> Runni
 
 async def load(url: str, scenario: Scenario, texts: list[str], expected: np.ndarray, warmup_s: float,
                measure_s: float) -> tuple[int, list[float], int, int, float]:
-    """Closed loop: `scenario.clients` clients each send, wait, check, repeat. Counts the answers of the window."""
-    import httpx
+    """Closed loop: `scenario.clients` clients each send, wait, check, repeat. Counts the answers of the window.
+
+    aiohttp, not httpx: the load generator shares the CPUs with the server, and httpx's client took about 7 ms
+    of CPU per request here (more than the server's own HTTP work), so the clients, not the servers, set the
+    tail: with 64 httpx clients a request waited up to 5 s in the client before its bytes reached the server."""
+    import aiohttp
 
     begin = time.perf_counter() + warmup_s
     end = begin + measure_s
     latencies: list[float] = []
     counts = {"errors": 0, "wrong": 0}
     worst = [1.0]
-    limits = httpx.Limits(max_connections=scenario.clients, max_keepalive_connections=scenario.clients)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=300) as client:
+    bodies = [json.dumps({"input": text, "model": "m"}).encode() for text in texts]
+    headers = {"Content-Type": "application/json"}
+    connector = aiohttp.TCPConnector(limit=scenario.clients)
+    async with aiohttp.ClientSession(url, connector=connector, timeout=aiohttp.ClientTimeout(total=300)) as session:
         async def one_client(offset: int) -> None:
             i = offset
             while (started := time.perf_counter()) < end:
                 index = i % len(texts)
                 i += scenario.clients
                 try:
-                    response = await client.post("/v1/embeddings", json={"input": texts[index], "model": "m"})
-                    ok = response.status_code == 200
-                except httpx.HTTPError:
+                    async with session.post("/v1/embeddings", data=bodies[index], headers=headers) as response:
+                        ok = response.status == 200
+                        raw = await response.read()
+                except aiohttp.ClientError:
                     ok = False
                 finished = time.perf_counter()
                 if not begin <= finished <= end:  # every answer that arrives in the window, whenever it was sent:
@@ -193,7 +209,7 @@ async def load(url: str, scenario: Scenario, texts: list[str], expected: np.ndar
                 if not ok:
                     counts["errors"] += 1
                     continue
-                vector = np.asarray(response.json()["data"][0]["embedding"], dtype=np.float32)
+                vector = np.asarray(json.loads(raw)["data"][0]["embedding"], dtype=np.float32)
                 cosine = float(vector @ expected[index] / max(np.linalg.norm(vector), 1e-12))
                 worst[0] = min(worst[0], cosine)
                 counts["wrong"] += cosine < MIN_COSINE
@@ -201,6 +217,17 @@ async def load(url: str, scenario: Scenario, texts: list[str], expected: np.ndar
 
         await asyncio.gather(*(one_client(c) for c in range(scenario.clients)))
     return len(latencies), latencies, counts["errors"], counts["wrong"], worst[0]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far, all threads (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def client_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -225,8 +252,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--infinity", type=Path, default=Path.home() / ".cache/granite-gguf/infinity-venv/bin/infinity_emb",
                         help="infinity-emb's command, in its own environment")
     parser.add_argument("--checkpoint", type=Path, help="the checkpoint the GGUF was converted from (for infinity)")
+    parser.add_argument("--llama-lib", type=Path, help="the libllama folder of the `ours-lib` server (LLAMA_CPP_LIB_PATH)")
     args = parser.parse_args(argv)
     servers = [s for s in args.servers if s != "old" or args.old_commit]
+    if "ours-lib" in servers and not args.llama_lib:
+        parser.error("ours-lib needs --llama-lib DIR")
 
     with Embedder(args.gguf, max_tokens=512) as embedder:
         pools = {name: texts_of(embedder, SCENARIOS[name]) for name in args.scenarios}
@@ -249,27 +279,35 @@ def main(argv: list[str] | None = None) -> int:
                                          args.infinity, args.checkpoint)
                 threads = {"OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
                            "DO_NOT_TRACK": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0"}  # infinity: no telemetry
-                running = start(command, f"http://127.0.0.1:{port}", old_env if kind == "old" else dict(env, **threads),
-                                log)
+                server_env = old_env if kind == "old" else dict(env, **threads)
+                if kind == "ours-lib":
+                    server_env["LLAMA_CPP_LIB_PATH"] = str(args.llama_lib)
+                running = start(command, f"http://127.0.0.1:{port}", server_env, log)
                 try:
                     for name in args.scenarios:
+                        server_cpu, client_cpu = cpu_seconds(running.process.pid), client_cpu_seconds()
                         count, latencies, errors, wrong, worst = asyncio.run(
                             load(running.url, SCENARIOS[name], pools[name], expected[name], args.warmup,
                                  args.seconds))
+                        answers = max(count, 1)  # CPU over warm-up and window, per answer of the window: a ratio
                         result = Result(kind, name, count / args.seconds, percentile(latencies, 50),
-                                        percentile(latencies, 99), errors, wrong, worst)
+                                        percentile(latencies, 99), errors, wrong, worst,
+                                        1000 * (cpu_seconds(running.process.pid) - server_cpu) / answers,
+                                        1000 * (client_cpu_seconds() - client_cpu) / answers)
                         results.setdefault((kind, name), []).append(result)
                         print(f"round {round_index + 1} {kind:12s} {name:8s} {result.requests_per_s:7.1f} req/s  "
                               f"p50 {result.p50_ms:7.1f} ms  p99 {result.p99_ms:7.1f} ms  errors {errors}  "
-                              f"wrong {wrong}  min cosine {worst:.6f}", flush=True)
+                              f"wrong {wrong}  min cosine {worst:.6f}  CPU ms/answer server {result.server_cpu_ms:.1f} "
+                              f"client {result.client_cpu_ms:.1f}", flush=True)
                 finally:
                     running.process.terminate()
                     running.process.wait(timeout=60)
 
     lines = [f"file `{args.gguf.name}`, {args.threads} threads per server, {args.rounds} rounds of {args.seconds:g} s "
              f"(after {args.warmup:g} s warm-up); llama-server --parallel {args.parallel}", "",
-             "| scenario | server | req/s (median) | per round | p50 ms | p99 ms | errors | wrong | min cosine |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| scenario | server | req/s (median) | per round | p50 ms | p99 ms | errors | wrong | min cosine | "
+             "server CPU ms/answer | client CPU ms/answer |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name in args.scenarios:
         for kind in servers:
             runs = results[(kind, name)]
@@ -277,7 +315,9 @@ def main(argv: list[str] | None = None) -> int:
             lines.append(f"| {name} | {kind} | {statistics.median(rates):.1f} | "
                          f"{', '.join(f'{r:.1f}' for r in rates)} | {statistics.median(r.p50_ms for r in runs):.1f} | "
                          f"{statistics.median(r.p99_ms for r in runs):.1f} | {sum(r.errors for r in runs)} | "
-                         f"{sum(r.wrong for r in runs)} | {min(r.min_cosine for r in runs):.6f} |")
+                         f"{sum(r.wrong for r in runs)} | {min(r.min_cosine for r in runs):.6f} | "
+                         f"{statistics.median(r.server_cpu_ms for r in runs):.1f} | "
+                         f"{statistics.median(r.client_cpu_ms for r in runs):.1f} |")
     table = "\n".join(lines)
     print("\n" + table)
     if args.markdown:
