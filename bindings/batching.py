@@ -1,17 +1,19 @@
 """Dynamic batching: requests from many connections share llama.cpp decodes, on one or more contexts.
 
-A llama.cpp context is not thread-safe, so each worker thread owns one Embedder. A worker takes
-its share of the requests waiting in the queue (the queue split evenly between the workers waiting
-for work, up to `max_batch_inputs` inputs), tokenizes and checks each
-request on its own (a request with an input too long under `long_inputs="error"` gets its error
-here, without touching the others), and hands every remaining sequence to one
-`Embedder.encode_tokens` call, which sorts them by length and packs them into shared decodes up to
-its token budget; the rows are then cut back per request, in order, and cut to each request's
-dimension. Only `long_inputs="chunk"` (several windows per input) goes through `Embedder.embed`.
-Requests with different normalization, long-input mode or token limit go into separate calls. When
-a shared call fails anyway (a bug), each request of it is run on its own, so only the request at
-fault gets the error. A request whose vectors come back NaN or infinite gets the Embedder's
-`NonFiniteVectorError`, logged: the model file is at fault, not the client.
+A llama.cpp context is not thread-safe, so each worker thread owns one Embedder. A worker fills one
+decode at a time, as llama-server's slots share a batch: it takes the oldest queued request, then the
+next ones of the same options while the decode has room (`Embedder.batch_tokens` tokens) and its
+share of the queue allows (a burst that arrives while several workers wait is split between them, at
+most `max_batch_inputs` inputs each). It tokenizes and checks each request on its own (a request with
+an input too long under `long_inputs="error"` gets its error here, without touching the others),
+hands the decode's sequences to one `Embedder.encode_tokens` call, and answers its requests when the
+call returns: a request waits for the decodes ahead of it in the queue, never for a worker's whole
+backlog. Rows are cut back per request and to each request's dimension. Requests with different
+normalization, long-input mode or token limit go into separate calls; `long_inputs="chunk"` (several
+windows per input) goes alone through `Embedder.embed`. When a shared call fails anyway (a bug),
+each request of it is run on its own, so only the request at fault gets the error. A request whose
+vectors come back NaN or infinite gets the Embedder's `NonFiniteVectorError`, logged: the model file
+is at fault, not the client.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from granite_gguf.errors import UserError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_BATCH_INPUTS = 256  # inputs per shared call: bounds the wait of a request behind others
+DEFAULT_MAX_BATCH_INPUTS = 256  # inputs per shared call, at most (the token budget usually ends one first)
 DEFAULT_MAX_QUEUED_INPUTS = 16384  # past this, new requests are refused (Overloaded) instead of queued
 
 Input = str | tuple[int, ...]  # a text, or token ids as a client sent them (embedded as they are)
@@ -83,6 +85,19 @@ class _Prepared:
     token_counts: list[int]
     truncated: list[bool]
 
+    @property
+    def tokens(self) -> int:
+        """What the job adds to a decode."""
+        return sum(map(len, self.sequences))
+
+
+_Key = tuple[LongInputs, bool, int | None]
+
+
+def _key(job: _Job) -> _Key:
+    """Requests with equal keys can share a call (the dimension is cut per request afterwards)."""
+    return job.options.long_inputs, job.options.normalize, job.options.max_tokens
+
 
 class Batcher:
     """Queues `submit` calls from any thread; one worker thread per Embedder runs them in shared batches."""
@@ -100,7 +115,7 @@ class Batcher:
         self.specials = len(self.embedders[0].tokenize(""))  # e.g. [CLS] and [SEP], kept by every cut
         self._jobs: deque[_Job] = deque()
         self._queued_inputs = 0
-        self._idle = 0  # workers waiting in _next_batch
+        self._idle = 0  # workers waiting in _take
         self._ready = threading.Condition()
         self._stopping = False
         self._threads = [threading.Thread(target=self._work, args=(embedder,), name=f"embed-worker-{i}", daemon=True)
@@ -149,74 +164,108 @@ class Batcher:
         for embedder in self.embedders:
             embedder.close()
 
-    def _next_batch(self) -> list[_Job]:
-        """Block until work arrives; take the oldest queued jobs that fit in this worker's share (always one).
-
-        The share is the queue split evenly between the workers waiting for work, at most
-        `max_batch_inputs`: a worker that took the whole queue would leave the others idle while every
-        request of its batch waits for the last one (a burst of 8 passages on 2 workers: 8 decodes in a
-        row on one context, against 4 on each)."""
+    def _take(self, key: _Key | None, share: int) -> tuple[_Job, int] | None:
+        """The oldest queued job and this worker's share of the queue in inputs. With no `key` (a worker
+        starting a decode), block until there is one and fix the share: the queue split evenly between
+        the workers waiting, so a burst that arrives while all wait is spread over all of them. With a
+        `key` (the decode being filled), only a head of the same options, and None at once otherwise."""
         with self._ready:
-            self._idle += 1
-            while not self._jobs and not self._stopping:
-                self._ready.wait()
-            share = min(self.max_batch_inputs, -(-self._queued_inputs // self._idle))  # ceil
-            self._idle -= 1
-            batch: list[_Job] = []
-            inputs = 0
-            while self._jobs and (not batch or inputs + len(self._jobs[0].inputs) <= share):
-                job = self._jobs.popleft()
-                batch.append(job)
-                inputs += len(job.inputs)
-            self._queued_inputs -= inputs
-            if self._jobs:
-                self._ready.notify()  # the rest is another waiting worker's
-            return batch
+            if key is None:
+                self._idle += 1
+                while not self._jobs and not self._stopping:
+                    self._ready.wait()
+                self._idle -= 1
+                if not self._jobs:
+                    return None  # stopping, and nothing left
+                share = -(-self._queued_inputs // (self._idle + 1))  # ceil, this worker included
+                if len(self._jobs) > 1:
+                    self._ready.notify()  # the rest is another waiting worker's
+            elif not self._jobs or _key(self._jobs[0]) != key or self._chunked(self._jobs[0]):
+                return None
+            job = self._jobs.popleft()
+            self._queued_inputs -= len(job.inputs)
+            return job, min(share, self.max_batch_inputs)
 
     def _work(self, embedder: Embedder) -> None:
-        while batch := self._next_batch():
-            if self.on_batch is not None:
-                self.on_batch(sum(len(job.inputs) for job in batch))
-            groups: dict[tuple[LongInputs, bool, int | None], list[_Job]] = {}
-            for job in batch:
-                if job.future.set_running_or_notify_cancel():
-                    key = (job.options.long_inputs, job.options.normalize, job.options.max_tokens)
-                    groups.setdefault(key, []).append(job)
-            for jobs in groups.values():
-                self._run(embedder, jobs)
-
-    def _run(self, embedder: Embedder, jobs: list[_Job]) -> None:
-        options = jobs[0].options
-        try:
-            if self._chunked(jobs[0]):
-                texts = [text for job in jobs for text in job.inputs if isinstance(text, str)]
-                result = embedder.embed(texts, long_inputs=LongInputs.CHUNK, normalize_embeddings=options.normalize)
-                vectors, counts, truncated = result.vectors, result.token_counts, result.truncated
-                ready = jobs
+        """Decode after decode: the oldest request, then the next ones of the same options while the decode
+        has room (`Embedder.batch_tokens`) and the worker's share allows; each decode's requests are answered
+        when it ends, so a request waits for one decode, not for a worker's whole backlog."""
+        held: _Prepared | None = None  # tokenized, but past the last decode's budget: the next decode's first
+        share = 0
+        while True:
+            if held is None:
+                taken = self._take(None, 0)
+                if taken is None:
+                    return
+                job, share = taken
+                if not job.future.set_running_or_notify_cancel():
+                    continue
+                if self._chunked(job):
+                    self._report([job])
+                    self._run_chunked(embedder, job)
+                    continue
+                first = self._prepare(embedder, job)
+                if first is None:
+                    continue
             else:
-                prepared = [p for job in jobs if (p := self._prepare(embedder, job)) is not None]
-                ready = [p.job for p in prepared]
-                sequences = [seq for p in prepared for seq in p.sequences]
-                vectors = (embedder.encode_tokens(sequences, normalize_embeddings=options.normalize)
-                           if sequences else np.zeros((0, embedder.dimension), np.float32))
-                counts = [n for p in prepared for n in p.token_counts]
-                truncated = [t for p in prepared for t in p.truncated]
+                first, held = held, None
+            group = [first]
+            tokens, inputs = first.tokens, len(first.job.inputs)
+            while tokens < embedder.batch_tokens and inputs < share:
+                taken = self._take(_key(first.job), share)
+                if taken is None:
+                    break
+                job = taken[0]
+                if not job.future.set_running_or_notify_cancel() or (prepared := self._prepare(embedder, job)) is None:
+                    continue
+                if tokens + prepared.tokens > embedder.batch_tokens:
+                    held = prepared
+                    break
+                group.append(prepared)
+                tokens, inputs = tokens + prepared.tokens, inputs + len(job.inputs)
+            self._report([p.job for p in group])
+            self._run(embedder, group)
+
+    def _report(self, jobs: list[_Job]) -> None:
+        if self.on_batch is not None:
+            self.on_batch(sum(len(job.inputs) for job in jobs))
+
+    def _run(self, embedder: Embedder, group: list[_Prepared]) -> None:
+        """One shared call for the group's sequences (requests of one set of options); when it fails, each request
+        on its own, so that only the request at fault gets the error."""
+        try:
+            sequences = [seq for prepared in group for seq in prepared.sequences]
+            vectors = (embedder.encode_tokens(sequences, normalize_embeddings=group[0].job.options.normalize)
+                       if sequences else np.zeros((0, embedder.dimension), np.float32))
         except Exception as exc:
-            if len(jobs) > 1:  # find the request at fault: each on its own (not those _prepare answered already)
-                for job in jobs:
-                    if not job.future.done():
-                        self._run(embedder, [job])
-                return
-            if not isinstance(exc, UserError) or isinstance(exc, NonFiniteVectorError):  # bad input is the client's to fix
-                log.exception("[%s] embedding failed", jobs[0].label, extra={"request_id": jobs[0].label})
-            jobs[0].future.set_exception(exc)
+            if len(group) > 1:
+                for prepared in group:
+                    self._run(embedder, [prepared])
+            else:
+                self._fail(group[0].job, exc)
             return
         start = 0
-        for job in ready:
-            end = start + len(job.inputs)
-            rows = _cut(vectors[start:end], job.options.truncate_dim, job.options.normalize)
-            job.future.set_result(Embeddings(rows, counts[start:end], truncated[start:end]))  # finite: the Embedder checked
+        for prepared in group:
+            end = start + len(prepared.sequences)
+            rows = _cut(vectors[start:end], prepared.job.options.truncate_dim, prepared.job.options.normalize)
+            prepared.job.future.set_result(Embeddings(rows, prepared.token_counts, prepared.truncated))  # finite: checked
             start = end
+
+    def _run_chunked(self, embedder: Embedder, job: _Job) -> None:
+        """A request under long_inputs="chunk": its windows through `Embedder.embed`, alone."""
+        try:
+            texts = [text for text in job.inputs if isinstance(text, str)]
+            result = embedder.embed(texts, long_inputs=LongInputs.CHUNK, normalize_embeddings=job.options.normalize)
+        except Exception as exc:
+            self._fail(job, exc)
+            return
+        rows = _cut(result.vectors, job.options.truncate_dim, job.options.normalize)
+        job.future.set_result(Embeddings(rows, result.token_counts, result.truncated))
+
+    def _fail(self, job: _Job, exc: Exception) -> None:
+        if not isinstance(exc, UserError) or isinstance(exc, NonFiniteVectorError):  # bad input is the client's to fix
+            log.exception("[%s] embedding failed", job.label, extra={"request_id": job.label})
+        job.future.set_exception(exc)
 
     def _chunked(self, job: _Job) -> bool:
         """Text requests under long_inputs="chunk" and no limit of their own go through `Embedder.embed`."""

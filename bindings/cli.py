@@ -38,8 +38,9 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
                        help="llama.cpp contexts per model, each with its share of --threads (default: the "
                             "Embedder's default_layout, one per thread, the fastest measured on CPU, docs/performance.md)")
     serve.add_argument("--batch-inputs", type=int, default=DEFAULT_MAX_BATCH_INPUTS,
-                       help=f"inputs of concurrent requests packed into one shared call (default "
-                            f"{DEFAULT_MAX_BATCH_INPUTS}; 1 runs each request on its own)")
+                       help=f"at most this many inputs of concurrent requests in one shared decode, which also "
+                            f"ends at the model's tokens per decode (default {DEFAULT_MAX_BATCH_INPUTS}; 1 runs "
+                            "each request on its own)")
     serve.add_argument("--request-timeout", type=float, default=Limits.request_timeout_s, metavar="S",
                        help=f"a request's head, then its body, must arrive within S seconds (default "
                             f"{Limits.request_timeout_s:g}); slower clients are dropped")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future
 from pathlib import Path
 from unittest import mock
 
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 
 from granite_gguf.bindings.batching import Batcher, LimitTooSmall, Options, Overloaded, TooLong
-from granite_gguf.bindings.embedder import Embedder, LongInputs
+from granite_gguf.bindings.embedder import Embedder, Embeddings, LongInputs
 from tests.helpers import Workspace
 
 pytestmark = pytest.mark.slow
@@ -169,6 +170,26 @@ def test_idle_workers_split_a_burst_between_them(gguf: Path, reference: Embedder
     assert sorted(inputs for _, inputs in taken) == [4, 4], taken
     assert len({name for name, _ in taken}) == 2
     for texts, result in zip(jobs, results):
+        assert min_cosine(result.vectors, reference.encode(texts)) > COSINE
+
+
+def test_each_decode_answers_its_requests_before_the_next_one_starts(gguf: Path, reference: Embedder) -> None:
+    """One worker, a backlog of passages that fill a decode each: a decode per passage, each answered when its
+    decode ends (not when the worker's whole backlog is done)."""
+    passages = [[f"passage {i}: " + "slow request " * 150] for i in range(6)]
+    done_at_batch: list[int] = []
+    futures: list[Future[Embeddings]] = []
+    batcher = Batcher([Embedder(gguf, max_tokens=MAX_TOKENS, n_threads=1)],
+                      on_batch=lambda inputs: done_at_batch.append(sum(f.done() for f in futures)))
+    try:
+        assert all(len(batcher.embedders[0].tokenize(texts[0])) > MAX_TOKENS // 2 for texts in passages)
+        with batcher._ready:  # the backlog is queued before the worker wakes
+            futures += [batcher.submit(texts) for texts in passages]
+        results = [future.result(timeout=300) for future in futures]
+    finally:
+        batcher.close()
+    assert done_at_batch == [0, 1, 2, 3, 4, 5]
+    for texts, result in zip(passages, results):
         assert min_cosine(result.vectors, reference.encode(texts)) > COSINE
 
 
