@@ -147,6 +147,14 @@ def server_command(kind: str, gguf: Path, port: int, threads: int, parallel: int
     raise ValueError(kind)
 
 
+def imported_from(env: dict[str, str], cwd: Path, tree: str) -> None:
+    """Stop unless `granite_gguf.bindings` imports from `tree` as a server started with `env` in `cwd` would."""
+    probe = [sys.executable, "-c", "import granite_gguf.bindings.server as s; print(s.__file__)"]
+    where = subprocess.run(probe, env=env, cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
+    if not where.startswith(tree):
+        raise SystemExit(f"the old server would import {where}, not the tree of --old-commit in {tree}")
+
+
 @dataclass
 class Running:
     process: subprocess.Popen[bytes]
@@ -271,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
         env = dict(os.environ)
         old_env = dict(env, PYTHONPATH=str(old_tree(args.old_commit, Path(tmp)))) if args.old_commit else env
         log = Path(tmp) / "servers.log"
+        if args.old_commit:
+            imported_from(old_env, log.parent, old_env["PYTHONPATH"])
         for round_index in range(args.rounds):
             order = servers[round_index % len(servers):] + servers[:round_index % len(servers)]
             for kind in order:

@@ -35,10 +35,7 @@ if ! ls "$wheels"/llama_cpp_python-"$version"-*.whl >/dev/null 2>&1; then
         work="$(mktemp -d)"
         trap 'rm -rf "$work"' EXIT
         tar -xzf "$sdist" -C "$work"
-        patch -p1 --forward --batch --fuzz=0 -d "$work/llama_cpp_python-$version/vendor/llama.cpp" \
-            <"$GGML_AMX_PATCH" >"$work/patch.log" 2>&1 \
-            || { cat "$work/patch.log" >&2; echo "error: $GGML_AMX_PATCH does not apply to llama-cpp-python $version" >&2
-                 exit 1; }
+        apply_amx_patch "$work/llama_cpp_python-$version/vendor/llama.cpp"
         .venv/bin/python -m pip wheel --quiet --no-deps --no-cache-dir -w "$wheels" "$work/llama_cpp_python-$version"
     fi
 fi

@@ -1,5 +1,5 @@
-# Sourced by build-llama-server.sh and build-ollama-runner.sh (install.sh's AMX build uses fetch_sdist): the steps
-# both builds of llama.cpp's `llama-server` share. The caller sets `cache` (the cache root), `binary` (where the
+# Sourced by build-llama-server.sh and build-ollama-runner.sh (install.sh's AMX build uses fetch_sdist and
+# apply_amx_patch): the steps both builds of llama.cpp's `llama-server` share. The caller sets `cache` (the cache root), `binary` (where the
 # built server is kept), `link` (its name in .venv/bin) and `label` (how messages name it). The binary is built in a
 # temporary folder beside it and moved into place at the end, so an interrupted build never leaves a broken cached
 # binary.
@@ -17,13 +17,22 @@ reuse_cached_binary() {
     fi
 }
 
-# GRANITE_GGUF_AMX=1 (scripts/cpu-flags.sh) is scripts/install.sh's alone: these builds do not apply its patch,
-# and ggml's AMX kernels without it die with SIGILL.
+# GRANITE_GGUF_AMX=1 (scripts/cpu-flags.sh) is for the builds of the pinned llama-cpp-python's llama.cpp
+# (install.sh, build-llama-server.sh), which apply its patch; ggml's AMX kernels without it die with SIGILL, and
+# the patch is written for that llama.cpp, not for the ollama runner's.
 refuse_amx_opt_in() {
     if [ -n "${GGML_AMX_PATCH:-}" ]; then
-        echo "error: GRANITE_GGUF_AMX=1 is for scripts/install.sh only; unset it to build $label" >&2
+        echo "error: GRANITE_GGUF_AMX=1 is for scripts/install.sh and build-llama-server.sh only; unset it to build $label" >&2
         exit 2
     fi
+}
+
+# apply_amx_patch LLAMA_CPP_DIR: with GRANITE_GGUF_AMX=1, apply $GGML_AMX_PATCH to that llama.cpp tree exactly
+# (--fuzz=0: a patch that no longer fits stops the build instead of landing elsewhere); without it, nothing.
+apply_amx_patch() {
+    [ -n "${GGML_AMX_PATCH:-}" ] || return 0
+    patch -p1 --forward --batch --fuzz=0 -d "$1" <"$GGML_AMX_PATCH" >"$work/patch.log" 2>&1 \
+        || { cat "$work/patch.log" >&2; echo "error: $GGML_AMX_PATCH does not apply to $1" >&2; exit 1; }
 }
 
 require_tools() {
