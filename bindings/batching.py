@@ -273,7 +273,15 @@ class Batcher:
                 and all(isinstance(item, str) for item in job.inputs))
 
     def _prepare(self, embedder: Embedder, job: _Job) -> _Prepared | None:
-        """The job's sequences, each cut to its limit (special tokens kept), or None with its error set."""
+        """The job's sequences, each cut to its limit (special tokens kept), or None with its error set. It runs
+        outside any shared call, so an exception here (a bug) is the job's answer: the worker thread lives on."""
+        try:
+            return self._sequences(embedder, job)
+        except Exception as exc:
+            self._fail(job, exc)
+            return None
+
+    def _sequences(self, embedder: Embedder, job: _Job) -> _Prepared | None:
         limit = self.limit(job.options)
         refuse = job.options.long_inputs is LongInputs.ERROR
         sequences: list[list[int]] = []

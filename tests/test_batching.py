@@ -221,3 +221,30 @@ def test_a_shared_call_that_fails_is_retried_without_answering_a_refused_request
         assert min_cosine(after.vectors, reference.encode(["still working"])) >= COSINE
     finally:
         batcher.close()
+
+
+def test_a_request_whose_tokenizing_fails_gets_the_error_and_the_worker_lives_on(gguf: Path,
+                                                                                 reference: Embedder) -> None:
+    """A bug while a request is tokenized (outside any shared call): that request gets the exception, the others of
+    its decode and later ones are answered."""
+    embedder = Embedder(gguf, max_tokens=MAX_TOKENS)
+    real = embedder.tokenize
+
+    def fails_on_one(text: str, add_special: bool = True) -> list[int]:
+        if text == "planted":
+            raise RuntimeError("a planted bug in tokenize")
+        return real(text, add_special)
+
+    batcher = Batcher([embedder])
+    try:
+        with mock.patch.object(embedder, "tokenize", side_effect=fails_on_one):
+            with batcher._ready:  # one decode: queued before the worker wakes
+                futures = [batcher.submit(texts) for texts in (["one"], ["planted"], ["three"])]
+            with pytest.raises(RuntimeError, match="planted"):
+                futures[1].result(timeout=120)
+            for texts, future in zip((["one"], ["three"]), (futures[0], futures[2])):
+                assert min_cosine(future.result(timeout=120).vectors, reference.encode(texts)) >= COSINE
+        after = batcher.submit(["still working"]).result(timeout=120)
+        assert min_cosine(after.vectors, reference.encode(["still working"])) >= COSINE
+    finally:
+        batcher.close()
