@@ -18,7 +18,8 @@ Servers, each started here in its own process, one after another on the same mac
 Scenarios: `short` (64 clients, queries of 5-30 tokens) and `passages` (8 clients, 512-token passages).
 Each client sends one text per request to /v1/embeddings and sends the next as soon as the answer is
 in; every answer is checked against the Embedder's vector for that text. Servers take turns round by
-round; requests/s and latency percentiles are medians over rounds. Beside them, the CPU time per answer
+round; requests/s (answers arriving in the window) and latency percentiles (every request sent in it, see
+`load`) are medians over rounds. Beside them, the CPU time per answer
 of the server's process and of the load generator (aiohttp, which shares the CPUs: see `load`).
 
     .venv/bin/python scripts/bench_server.py /tmp/granite-gguf-bench/full97m-f16.gguf --old-commit d259862
@@ -184,7 +185,12 @@ def start(command: list[str], url: str, env: dict[str, str], log: Path) -> Runni
 
 async def load(url: str, scenario: Scenario, texts: list[str], expected: np.ndarray, warmup_s: float,
                measure_s: float) -> tuple[int, list[float], int, int, float]:
-    """Closed loop: `scenario.clients` clients each send, wait, check, repeat. Counts the answers of the window.
+    """Closed loop: `scenario.clients` clients each send, wait, check, repeat, until the window ends.
+
+    The rate counts the answers that arrive in the window. The latencies are those of every request sent in the
+    window, the ones still in flight when it ends included (the clients wait for them): counting only answers
+    that arrive in the window leaves out a request a server starves past its end, and counting only requests
+    both sent and answered in it leaves out the slowest ones near the end too.
 
     aiohttp, not httpx: the load generator shares the CPUs with the server, and httpx's client took about 7 ms
     of CPU per request here (more than the server's own HTTP work), so the clients, not the servers, set the
@@ -194,7 +200,7 @@ async def load(url: str, scenario: Scenario, texts: list[str], expected: np.ndar
     begin = time.perf_counter() + warmup_s
     end = begin + measure_s
     latencies: list[float] = []
-    counts = {"errors": 0, "wrong": 0}
+    counts = {"answers": 0, "errors": 0, "wrong": 0}
     worst = [1.0]
     bodies = [json.dumps({"input": text, "model": "m"}).encode() for text in texts]
     headers = {"Content-Type": "application/json"}
@@ -212,8 +218,9 @@ async def load(url: str, scenario: Scenario, texts: list[str], expected: np.ndar
                 except aiohttp.ClientError:
                     ok = False
                 finished = time.perf_counter()
-                if not begin <= finished <= end:  # every answer that arrives in the window, whenever it was sent:
-                    continue  # dropping those sent before it would drop the slowest answers and bias p99 low
+                answered_in_window, sent_in_window = begin <= finished <= end, started >= begin
+                if not (answered_in_window or sent_in_window):
+                    continue  # warm-up
                 if not ok:
                     counts["errors"] += 1
                     continue
@@ -221,10 +228,12 @@ async def load(url: str, scenario: Scenario, texts: list[str], expected: np.ndar
                 cosine = float(vector @ expected[index] / max(np.linalg.norm(vector), 1e-12))
                 worst[0] = min(worst[0], cosine)
                 counts["wrong"] += cosine < MIN_COSINE
-                latencies.append(finished - started)
+                counts["answers"] += answered_in_window
+                if sent_in_window:
+                    latencies.append(finished - started)
 
         await asyncio.gather(*(one_client(c) for c in range(scenario.clients)))
-    return len(latencies), latencies, counts["errors"], counts["wrong"], worst[0]
+    return counts["answers"], latencies, counts["errors"], counts["wrong"], worst[0]
 
 
 def cpu_seconds(pid: int) -> float:
@@ -296,14 +305,14 @@ def main(argv: list[str] | None = None) -> int:
                 try:
                     for name in args.scenarios:
                         server_cpu, client_cpu = cpu_seconds(running.process.pid), client_cpu_seconds()
-                        count, latencies, errors, wrong, worst = asyncio.run(
+                        answers, latencies, errors, wrong, worst = asyncio.run(
                             load(running.url, SCENARIOS[name], pools[name], expected[name], args.warmup,
                                  args.seconds))
-                        answers = max(count, 1)  # CPU over warm-up and window, per answer of the window: a ratio
-                        result = Result(kind, name, count / args.seconds, percentile(latencies, 50),
+                        per = max(answers, 1)  # CPU over warm-up, window and drain, per answer of the window: a ratio
+                        result = Result(kind, name, answers / args.seconds, percentile(latencies, 50),
                                         percentile(latencies, 99), errors, wrong, worst,
-                                        1000 * (cpu_seconds(running.process.pid) - server_cpu) / answers,
-                                        1000 * (client_cpu_seconds() - client_cpu) / answers)
+                                        1000 * (cpu_seconds(running.process.pid) - server_cpu) / per,
+                                        1000 * (client_cpu_seconds() - client_cpu) / per)
                         results.setdefault((kind, name), []).append(result)
                         print(f"round {round_index + 1} {kind:12s} {name:8s} {result.requests_per_s:7.1f} req/s  "
                               f"p50 {result.p50_ms:7.1f} ms  p99 {result.p99_ms:7.1f} ms  errors {errors}  "
