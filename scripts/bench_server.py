@@ -215,7 +215,7 @@ async def load(url: str, scenario: Scenario, texts: list[str], expected: np.ndar
                     async with session.post("/v1/embeddings", data=bodies[index], headers=headers) as response:
                         ok = response.status == 200
                         raw = await response.read()
-                except aiohttp.ClientError:
+                except (aiohttp.ClientError, TimeoutError):  # a refused connection, or no answer within 300 s
                     ok = False
                 finished = time.perf_counter()
                 answered_in_window, sent_in_window = begin <= finished <= end, started >= begin
