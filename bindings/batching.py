@@ -115,7 +115,7 @@ class Batcher:
         self.specials = len(self.embedders[0].tokenize(""))  # e.g. [CLS] and [SEP], kept by every cut
         self._jobs: deque[_Job] = deque()
         self._queued_inputs = 0
-        self._idle = 0  # workers waiting in _take
+        self._idle = 0  # workers waiting in _first
         self._ready = threading.Condition()
         self._stopping = False
         self._threads = [threading.Thread(target=self._work, args=(embedder,), name=f"embed-worker-{i}", daemon=True)
@@ -164,27 +164,33 @@ class Batcher:
         for embedder in self.embedders:
             embedder.close()
 
-    def _take(self, key: _Key | None, share: int) -> tuple[_Job, int] | None:
-        """The oldest queued job and this worker's share of the queue in inputs. With no `key` (a worker
-        starting a decode), block until there is one and fix the share: the queue split evenly between
-        the workers waiting, so a burst that arrives while all wait is spread over all of them. With a
-        `key` (the decode being filled), only a head of the same options, and None at once otherwise."""
+    def _first(self) -> tuple[_Job, int] | None:
+        """Block until a job is queued; the oldest, and this worker's share of the queue in inputs: the queue split
+        evenly between the workers waiting (this one included, at most `max_batch_inputs`), so a burst that arrives
+        while all wait is spread over all of them. None when stopping with nothing left."""
         with self._ready:
-            if key is None:
-                self._idle += 1
-                while not self._jobs and not self._stopping:
-                    self._ready.wait()
-                self._idle -= 1
-                if not self._jobs:
-                    return None  # stopping, and nothing left
-                share = -(-self._queued_inputs // (self._idle + 1))  # ceil, this worker included
-                if len(self._jobs) > 1:
-                    self._ready.notify()  # the rest is another waiting worker's
-            elif not self._jobs or _key(self._jobs[0]) != key or self._chunked(self._jobs[0]):
+            self._idle += 1
+            while not self._jobs and not self._stopping:
+                self._ready.wait()
+            self._idle -= 1
+            if not self._jobs:
                 return None
-            job = self._jobs.popleft()
-            self._queued_inputs -= len(job.inputs)
-            return job, min(share, self.max_batch_inputs)
+            share = -(-self._queued_inputs // (self._idle + 1))  # ceil
+            if len(self._jobs) > 1:
+                self._ready.notify()  # the rest is another waiting worker's
+            return self._pop(), min(share, self.max_batch_inputs)
+
+    def _next(self, key: _Key) -> _Job | None:
+        """The oldest queued job if it can join the decode being filled (same options, not chunked), else None at once."""
+        with self._ready:
+            if not self._jobs or _key(self._jobs[0]) != key or self._chunked(self._jobs[0]):
+                return None
+            return self._pop()
+
+    def _pop(self) -> _Job:
+        job = self._jobs.popleft()
+        self._queued_inputs -= len(job.inputs)
+        return job
 
     def _work(self, embedder: Embedder) -> None:
         """Decode after decode: the oldest request, then the next ones of the same options while the decode
@@ -194,10 +200,10 @@ class Batcher:
         share = 0
         while True:
             if held is None:
-                taken = self._take(None, 0)
-                if taken is None:
+                first_taken = self._first()
+                if first_taken is None:
                     return
-                job, share = taken
+                job, share = first_taken
                 if not job.future.set_running_or_notify_cancel():
                     continue
                 if self._chunked(job):
@@ -212,10 +218,10 @@ class Batcher:
             group = [first]
             tokens, inputs = first.tokens, len(first.job.inputs)
             while tokens < embedder.batch_tokens and inputs < share:
-                taken = self._take(_key(first.job), share)
-                if taken is None:
+                next_job = self._next(_key(first.job))
+                if next_job is None:
                     break
-                job = taken[0]
+                job = next_job
                 if not job.future.set_running_or_notify_cancel() or (prepared := self._prepare(embedder, job)) is None:
                     continue
                 if tokens + prepared.tokens > embedder.batch_tokens:
