@@ -25,7 +25,7 @@ link=llama-server
 label=llama-server
 
 reuse_cached_binary
-require_tools cmake c++ tar
+require_tools cmake c++ tar ${GGML_AMX_PATCH:+patch}  # patch: the AMX opt-in only
 fetch_sdist llama-cpp-python "$version" "llama_cpp_python-$version.tar.gz"
 new_work_folder
 echo "building llama-server from llama-cpp-python $version (about 12 minutes on 2 cores, once per machine)…"

@@ -14,9 +14,9 @@ for pair in avx:AVX avx2:AVX2 fma:FMA f16c:F16C bmi2:BMI2 avx512f:AVX512 avx512_
         GGML_CPU_FLAGS="$GGML_CPU_FLAGS -DGGML_${pair##*:}=ON"
     fi
 done
-# GRANITE_GGUF_AMX=1 (opt-in: scripts/install.sh and build-llama-server.sh) adds ggml's AMX kernels and names the patch that makes
-# them work (GGML_AMX_PATCH, empty without the opt-in); the tag then says `amx` and the patch's sha256 prefix,
-# so an AMX build never stands in for the default one, nor one patch's build for another's.
+# GRANITE_GGUF_AMX=1 (opt-in: scripts/install.sh and build-llama-server.sh) adds ggml's AMX kernels and names
+# the patch that makes them work (GGML_AMX_PATCH, empty without the opt-in); the tag then says `amx` and the
+# patch's sha256 prefix, so an AMX build never stands in for the default one, nor one patch's build for another's.
 GGML_AMX_PATCH=""
 if [ "${GRANITE_GGUF_AMX:-}" = 1 ]; then
     if ! grep -qw amx_tile /proc/cpuinfo 2>/dev/null || ! grep -qw amx_int8 /proc/cpuinfo 2>/dev/null; then

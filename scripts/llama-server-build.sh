@@ -1,8 +1,8 @@
 # Sourced by build-llama-server.sh and build-ollama-runner.sh (install.sh's AMX build uses fetch_sdist and
-# apply_amx_patch): the steps both builds of llama.cpp's `llama-server` share. The caller sets `cache` (the cache root), `binary` (where the
-# built server is kept), `link` (its name in .venv/bin) and `label` (how messages name it). The binary is built in a
-# temporary folder beside it and moved into place at the end, so an interrupted build never leaves a broken cached
-# binary.
+# apply_amx_patch): the steps both builds of llama.cpp's `llama-server` share. The caller sets `cache` (the cache
+# root), `binary` (where the built server is kept), `link` (its name in .venv/bin) and `label` (how messages name
+# it). The binary is built in a temporary folder beside it and moved into place at the end, so an interrupted build
+# never leaves a broken cached binary.
 
 link_into_venv() {  # .venv/bin/$link is where the tests and the docs find the server
     if [ -d .venv/bin ]; then ln -sfn "$binary" ".venv/bin/$link"; fi
